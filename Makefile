@@ -1,0 +1,29 @@
+# The two commands of the README. Each creates .venv if it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export DS_ACCELERATOR ?= cpu
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: demo test venv clean
+
+$(BIN)/hiir: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first: 2.13.0 is the local CPU build; any other spec pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/hiir
+
+venv: $(BIN)/hiir
+
+demo: venv
+	$(BIN)/hiir study run studies/smoke.yaml
+
+test: venv
+	# pytest exits 5 when it collects no tests; that is not a failure.
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+clean:
+	rm -rf hiir-work .cache

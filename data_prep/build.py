@@ -1,0 +1,174 @@
+"""Stage 2 + the driver: `build_dataset` runs read -> degrade -> write on Ray Data.
+
+The driver scans the source and groups images into chunks, one chunk per output shard.
+Ray Data maps each chunk to a task that loads, degrades, cuts and writes its shard
+(atomically) and returns only metadata; the driver then writes manifest.json last.
+The same call scales out on a cluster (ray.init() joins RAY_ADDRESS when it is set).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from hiir.data_prep.degrade import TASKS, degrade_image, mod_crop
+from hiir.data_prep.errors import DatasetError
+from hiir.data_prep.manifest import MANIFEST, SCHEMA_VERSION, SHARD_NAME, Manifest, ShardInfo, SkippedImage, dataset_state, write_manifest
+from hiir.data_prep.scan import MAX_PIXELS, SourceImage, load_image, scan_source
+from hiir.data_prep.shards import TMP_PREFIX, filesystem, image_rows, write_shard
+
+
+def degradation_params(task: str, scale, sigma, quality, lq_source) -> tuple[int, dict]:
+    """(scale, degradation dict) of a task, checking that the task got the values it needs."""
+    if task not in TASKS:
+        raise DatasetError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if (task == "paired") != (lq_source is not None):
+        raise DatasetError("an LQ folder (--lq) is required for task paired and only for it")
+    if task == "sr":
+        if scale not in (2, 3, 4):
+            raise DatasetError(f"task sr needs scale 2, 3 or 4, got {scale!r}")
+        return scale, {"kind": "bicubic_matlab", "scale": scale, "antialiasing": True}
+    if task == "denoise":
+        if sigma is None or not 0 < sigma <= 255:
+            raise DatasetError(f"task denoise needs a noise sigma in (0, 255] (8-bit levels), got {sigma!r}")
+        return 1, {"kind": "gaussian_noise", "sigma": sigma, "range": "0-255", "seeded_by": "seed+image name"}
+    if task == "jpeg":
+        if quality is None or not 1 <= quality <= 100:
+            raise DatasetError(f"task jpeg needs a quality in 1..100, got {quality!r}")
+        return 1, {"kind": "jpeg_pillow", "quality": quality}
+    return scale or 1, {"kind": "given", "lq_source": str(lq_source)}
+
+
+def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Refuse an existing dataset, leftover or non-empty folder unless `overwrite`; then clear
+    our files (manifest first, so a crash mid-way leaves a leftover, never a stale dataset)."""
+    state = dataset_state(out_dir)
+    fs, root = filesystem(out_dir)
+    what = {"dataset": "already holds a dataset", "leftover": "holds the leftover of an interrupted build (shards, no manifest.json)",
+            "other": "is not empty"}.get(state)
+    if what and not overwrite:
+        raise DatasetError(f"output directory {root} {what}; pass overwrite (--overwrite) to replace it")
+    if state in ("dataset", "leftover"):
+        if state == "dataset":
+            fs.delete_file(f"{root}/{MANIFEST}")
+        for f in fs.get_file_info(pafs.FileSelector(root)):
+            name = f.path.rsplit("/", 1)[-1]
+            if SHARD_NAME.match(name) or name.startswith(TMP_PREFIX):
+                fs.delete_file(f.path)
+    fs.create_dir(root, recursive=True)
+
+
+def process_image(img: SourceImage, p: dict):
+    """(pyarrow Table of rows, None) or (None, skip reason); DatasetError when the build must stop."""
+    try:
+        gt = mod_crop(load_image(img.path, p["max_pixels"]), p["scale"])
+        lq = load_image(img.lq_path, p["max_pixels"]) if img.lq_path else None
+    except DatasetError as exc:
+        if p["strict"]:
+            raise
+        return None, str(exc)
+    if img.split == "train" and min(gt.shape[:2]) < p["sub_size"]:
+        return None, f"image {img.path} is {gt.shape[1]}x{gt.shape[0]}, smaller than the {p['sub_size']} px sub-image size"
+    if lq is None:
+        lq = degrade_image(gt, p["task"], scale=p["scale"], sigma=p["sigma"], quality=p["quality"], seed=p["seed"], name=img.name)
+    elif lq.shape[:2] != (gt.shape[0] // p["scale"], gt.shape[1] // p["scale"]):
+        raise DatasetError(f"paired images disagree in size: GT {img.path} is {gt.shape[1]}x{gt.shape[0]} (mod-cropped to x{p['scale']}) "
+                           f"but LQ {img.lq_path} is {lq.shape[1]}x{lq.shape[0]}")
+    return image_rows(gt, lq, name=img.name, source=Path(img.path).name, split=img.split, scale=p["scale"],
+                      sub_size=p["sub_size"], step=p["step"]), None
+
+
+def process_chunk(item: dict, p: dict) -> dict:
+    """Ray Data task: one chunk of images -> one shard file; returns metadata, or the error text."""
+    tables, skipped = [], []
+    try:
+        for d in json.loads(item["images"]):
+            table, reason = process_image(SourceImage(**d), p)
+            if reason:
+                skipped.append({"path": d["path"], "reason": reason})
+            else:
+                tables.append(table)
+        name = f"{item['split']}-{item['index']:05d}.parquet"
+        rows, sha = write_shard(tables, p["out_dir"], name) if tables else (0, "")
+    except DatasetError as exc:
+        return {"shard": "", "split": item["split"], "rows": 0, "sha256": "", "skipped": "[]", "error": str(exc)}
+    return {"shard": name if tables else "", "split": item["split"], "rows": rows, "sha256": sha,
+            "skipped": json.dumps(skipped), "error": ""}
+
+
+def chunk_images(images: list[SourceImage], images_per_shard: int) -> list[dict]:
+    """Ray Data items: per split, consecutive groups of `images_per_shard` images."""
+    items = []
+    for split in ("train", "val"):
+        group = [asdict(i) for i in images if i.split == split]
+        for k in range(0, len(group), images_per_shard):
+            items.append({"split": split, "index": k // images_per_shard, "images": json.dumps(group[k : k + images_per_shard])})
+    return items
+
+
+def run_on_ray(items: list[dict], params: dict, progress: bool) -> list[dict]:
+    """Map `process_chunk` over the items with Ray Data; reuse a running Ray or start (and stop) one."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    old_bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = progress
+    data_log = logging.getLogger("ray.data")
+    old_level = data_log.level
+    if not progress:
+        data_log.setLevel(logging.WARNING)
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        return ds.map(process_chunk, fn_kwargs={"p": params}).take_all()
+    finally:
+        ctx.enable_progress_bars = old_bars
+        data_log.setLevel(old_level)
+        if started:
+            ray.shutdown()
+
+
+def build_dataset(source, out_dir, task: str, *, scale: int | None = None, sigma: float | None = None,
+                  quality: int | None = None, lq_source=None, split: str = "train", val_fraction: float = 0.1,
+                  val_names=None, sub_size: int = 480, step: int = 240, images_per_shard: int = 8, seed: int = 0,
+                  strict: bool = False, overwrite: bool = False, progress: bool = True,
+                  max_pixels: int = MAX_PIXELS) -> Manifest:
+    """Build a dataset directory (Parquet shards + manifest.json) from an image folder.
+
+    task: sr (scale 2/3/4, MATLAB bicubic), denoise (sigma in 8-bit levels, seeded per image),
+    jpeg (Pillow quality) or paired (LQ images from `lq_source`, matched by file stem).
+    split: train (sub_size sub-images every `step` px), val (whole mod-cropped images) or both
+    (val = `val_names`, else a seeded `val_fraction` of the images). Unreadable images are
+    skipped and listed in the manifest, or fail the build with strict=True.
+    """
+    scale, degradation = degradation_params(task, scale, sigma, quality, lq_source)
+    if sub_size % scale or step % scale or step <= 0:
+        raise DatasetError(f"sub_size {sub_size} and step {step} must be positive multiples of the scale {scale}")
+    images = scan_source(source, split, lq_source=lq_source, val_fraction=val_fraction, val_names=val_names, seed=seed)
+    prepare_out_dir(str(out_dir), overwrite)
+    params = {"task": task, "scale": scale, "sigma": sigma, "quality": quality, "seed": seed, "strict": strict,
+              "sub_size": sub_size, "step": step, "max_pixels": max_pixels, "out_dir": str(out_dir)}
+    results = sorted(run_on_ray(chunk_images(images, images_per_shard), params, progress), key=lambda r: r["shard"])
+    errors = [r["error"] for r in results if r["error"]]
+    if errors:
+        prepare_out_dir(str(out_dir), overwrite=True)  # remove this build's shards: no half dataset stays behind
+        raise DatasetError(errors[0])
+    skipped = [SkippedImage(**s) for r in results for s in json.loads(r["skipped"])]
+    for s in skipped:
+        warnings.warn(f"skipped: {s.reason}", stacklevel=2)
+    shards = [ShardInfo(r["shard"], r["split"], r["rows"], r["sha256"]) for r in results if r["shard"]]
+    for sp in {i.split for i in images}:
+        if not any(s.split == sp for s in shards):
+            prepare_out_dir(str(out_dir), overwrite=True)
+            raise DatasetError(f"no usable {sp} image in {source} ({len(skipped)} skipped; first: {skipped[0].reason if skipped else '-'})")
+    manifest = Manifest(SCHEMA_VERSION, task, scale, degradation, seed, os.path.abspath(source),
+                        os.path.abspath(lq_source) if lq_source is not None else None, sub_size, step, shards=shards, skipped=skipped)
+    write_manifest(str(out_dir), manifest)
+    return manifest

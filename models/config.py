@@ -1,0 +1,117 @@
+"""`HiIRConfig`: every study knob of the Hi-IR network, in one frozen dataclass.
+
+Per-stage knobs (`layers_per_stage`, `heads`, `window`, `patch`, `patch2`) accept a scalar or a
+tuple with one entry per stage; `per_stage(name)` broadcasts them. The raw value is what is
+stored, so `dataclasses.replace(cfg, stages=4)` keeps working with scalar knobs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Arch = Literal["columnar", "unet"]
+Layout = Literal["v1", "v2", "v3"]
+Attention = Literal["dot", "cosine"]
+StageConv = Literal["conv1", "conv3", "linear"]
+Norm = Literal["post", "pre"]
+MixerL2 = Literal["permute", "none", "shift", "grid", "random"]
+PerStage = int | tuple[int, ...]
+
+PER_STAGE = ("layers_per_stage", "heads", "window", "patch", "patch2")
+_CHOICES = {
+    "arch": get_args(Arch), "layout": get_args(Layout), "attention": get_args(Attention),
+    "stage_conv": get_args(StageConv), "norm": get_args(Norm), "mixer_l2": get_args(MixerL2),
+    "scale": (1, 2, 3, 4), "in_channels": (1, 3), "tree_depth": (2, 3, 4),
+}
+
+
+@dataclass(frozen=True)
+class HiIRConfig:
+    # network
+    arch: Arch = "columnar"          # columnar (SR, denoise/JPEG) or unet (deblur, derain, dehaze, all-in-one)
+    scale: int = 2                   # 2/3/4 = SR with a pixel-shuffle upsampler; 1 = no upsampler, global residual
+    in_channels: int = 3             # 1 = grey, 3 = colour
+    dim: int = 180                   # embedding width C (unet: width of level 1; level l has C * 2^l)
+    stages: int = 6                  # columnar: Hi-IR stages; unet: levels (always 4)
+    layers_per_stage: PerStage = 6   # unet: per level, the decoder mirrors the encoder
+    heads: PerStage = 6              # attention heads per stage (unet: per level)
+    refine_layers: int = 4           # unet only: layers of the refinement stage
+    # the information tree
+    window: PerStage = 8             # p: L1 window side
+    patch: PerStage = 64             # P: L2 patch side, a multiple of p; L2 groups (P/p)^2 tokens
+    patch2: PerStage | None = None   # P2: second dispersed level (tree_depth 4), a multiple of P; None = 2P
+    layout: Layout = "v3"            # v1 alternating, v2 sequential, v3 unified (the paper's choice)
+    tree_depth: int = 3              # 2 = L1+L2 with a plain MLP; 3 = + L3 conv FFN; 4 = + second dispersed level
+    mixer_l2: MixerL2 = "permute"    # what fills the L2 slot: permute (Hi-IR), none, shift, grid, random
+    attention: Attention = "dot"     # dot (scaled by d^-0.5) or cosine (learnable logit scale)
+    ffn_ratio: float = 3.0           # hidden width of the FFN, r * C
+    norm: Norm = "post"              # post: x + LN(f(x)) (res-post-norm); pre: x + f(LN(x))
+    stage_conv: StageConv = "conv1"  # stage-end op: conv1 (3x3), conv3 (3x3-1x1-3x3 at C/4), linear
+    drop_path: float = 0.0           # stochastic depth, rising linearly to this value over the layers
+    # details the paper leaves open
+    cpb_hidden: int = 512            # hidden width of the continuous position bias MLP (Swin-V2: 512)
+    qkv_bias: bool = True            # bias on the qkv projection
+    upsampler_dim: int = 64          # width of the pixel-shuffle upsampler (SwinIR: 64)
+    random_seed: int = 0             # mixer_l2=random: the fixed permutation used in eval
+    paper_params: float | None = None  # the paper's parameter count in millions, where it gives one
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+        if self.arch == "unet" and self.stages != 4:
+            raise ValueError(f"stages={self.stages} must be 4 for arch='unet' (a 4-level encoder/decoder)")
+        if self.stages < 1 or self.dim < 1:
+            raise ValueError(f"stages={self.stages} and dim={self.dim} must be positive")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path={self.drop_path} must be in [0, 1)")
+        if self.ffn_ratio <= 0:
+            raise ValueError(f"ffn_ratio={self.ffn_ratio} must be positive")
+        for name in PER_STAGE:
+            value = getattr(self, name)
+            if isinstance(value, (tuple, list)) and len(value) != self.stages:
+                raise ValueError(f"{name}={tuple(value)} must have one entry per stage (stages={self.stages})")
+        for s, (p, big, big2, h, c) in enumerate(zip(*map(self.per_stage, ("window", "patch", "patch2", "heads")),
+                                                    self.stage_dims())):
+            where = f" (stage {s})" if self.stages > 1 else ""
+            if p < 1 or big % p:
+                raise ValueError(f"patch={big} must be a multiple of window={p}{where}")
+            if self.tree_depth == 4 and big2 % big:
+                raise ValueError(f"patch2={big2} must be a multiple of patch={big}{where}")
+            qk = c // 2 if self.layout == "v3" else c
+            if c % h or qk % h:
+                raise ValueError(f"heads={h} must divide the width {c} and the q/k width {qk}{where}")
+
+    def per_stage(self, name: str) -> tuple[int, ...]:
+        """The knob broadcast to one value per stage; `patch2=None` resolves to 2 * patch."""
+        value = getattr(self, name)
+        if name == "patch2" and value is None:
+            return tuple(2 * p for p in self.per_stage("patch"))
+        return tuple(value) if isinstance(value, (tuple, list)) else (value,) * self.stages
+
+    def stage_dims(self) -> tuple[int, ...]:
+        """Width of each stage: constant for columnar, doubling per level for unet."""
+        grow = 2 if self.arch == "unet" else 1
+        return tuple(self.dim * grow**s for s in range(self.stages))
+
+    @property
+    def pad_multiple(self) -> int:
+        """The multiple that input height and width are padded to (reflect), before the body."""
+        sizes = self.per_stage("patch2" if self.tree_depth == 4 else "patch")
+        down = 2 if self.arch == "unet" else 1
+        return math.lcm(*(size * down**s for s, size in enumerate(sizes)), down ** (self.stages - 1))
+
+    def replace(self, **overrides) -> "HiIRConfig":
+        """`dataclasses.replace`, with an unknown field named in a ValueError."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            import difflib
+
+            near = {k: difflib.get_close_matches(k, fields, n=3) for k in unknown}
+            raise ValueError("unknown config field(s): " + "; ".join(
+                f"{k} (nearest: {', '.join(v) or 'none'})" for k, v in near.items()))
+        return dataclasses.replace(self, **overrides)

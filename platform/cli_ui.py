@@ -1,0 +1,42 @@
+"""`hiir ui`: the MLflow UI over the project's store."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from hiir.platform.cli_options import resolve_workdir, tracking_uri_option, workdir_option
+
+
+@click.command()
+@workdir_option
+@tracking_uri_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. Anything but loopback exposes every run without authentication.")
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(workdir: Path, tracking_uri: str | None, host: str, port: int) -> None:
+    """Serve the MLflow UI for the project's runs (default store: sqlite:///<workdir>/mlflow.db).
+
+    With MLFLOW_TRACKING_URI pointing at a server, open that server's own UI instead.
+    """
+    from hiir.platform.tracking import resolve_tracking_uri
+
+    workdir = resolve_workdir(workdir)
+    uri = resolve_tracking_uri(workdir, tracking_uri)
+    if uri.startswith("http"):
+        click.echo(f"MLFLOW_TRACKING_URI is a server: open {uri} in a browser.")
+        return
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: binding {host} exposes the MLflow UI, unauthenticated, to the network", err=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    artifacts = workdir / "mlartifacts"
+    click.echo(f"MLflow UI for {uri}\n  http://{host}:{port}   (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port)]
+    try:
+        raise SystemExit(subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
+    except KeyboardInterrupt:
+        pass

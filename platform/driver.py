@@ -1,0 +1,238 @@
+"""The driver: one `fit_run` serves `hiir train` and every trial of a study.
+
+It validates everything it can before a worker starts (datasets, storage, tracking), creates the
+MLflow run (SQLite has one writer: runs are created here, workers only log into them), then builds
+and fits a Ray Train `TorchTrainer`. A re-run with the same name auto-restores from its latest
+checkpoint (Train V2 semantics), and the MLflow run with that name is continued.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiir.platform.config import TrainConfig, flatten
+from hiir.platform.errors import HiirError
+
+log = logging.getLogger("hiir.driver")
+
+DEMO_PREFIX = "demo:"
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_id: str | None
+    metrics: dict[str, Any]
+    export_dir: Path | None
+    storage: str
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, quiet Ray)."""
+    env = {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HIIR_FAULT",
+                                      "MLFLOW_TRACKING_URI") if k in os.environ}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "hiir" / "torch_extensions"))
+    return env
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS/`address`, or start an embedded local instance (no-op when up)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": worker_env()})
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": worker_env()},
+                 configure_logging=True, logging_level=logging.WARNING)
+
+
+def resolve_datasets(cfg: TrainConfig, workdir: Path) -> TrainConfig:
+    """`demo:<name>` -> the built-in demo dataset (built on first use); every set verified up front."""
+    from hiir.data_prep import build_demo, load_manifest
+
+    def resolve(ref: str) -> str:
+        if ref.startswith(DEMO_PREFIX):
+            demos = build_demo(workdir / "data")
+            key = ref[len(DEMO_PREFIX):]
+            if key not in demos:
+                raise HiirError(f"unknown demo dataset {ref!r}; available: "
+                                + ", ".join(DEMO_PREFIX + k for k in demos))
+            return str(demos[key])
+        if "://" not in ref:
+            ref = str(Path(ref).expanduser().resolve())
+        load_manifest(ref, verify=True)  # a missing shard or bad checksum fails here, not in a worker
+        return ref
+
+    data = dataclasses.replace(cfg.data, train=resolve(cfg.data.train), val=[resolve(v) for v in cfg.data.val])
+    return dataclasses.replace(cfg, data=data)
+
+
+def check_storage(storage: str) -> None:
+    """An unwritable or full storage path fails now, with its name, not in a worker's first save."""
+    if "://" in storage:
+        return  # remote storage is checked by Ray's own filesystem layer at start
+    path = Path(storage)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".hiir-write-check-") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise HiirError(f"storage path {path} is not usable: {exc.strerror or exc}") from None
+
+
+def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None, storage: str | None = None,
+            parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+            in_tune: bool = False, address: str | None = None) -> RunResult:
+    """Validate, track, train. Returns the final metrics and where the exported weights are."""
+    from hiir.platform import tracking
+
+    workdir = Path(workdir).resolve()
+    storage = storage or str(workdir / "ray_results")
+    check_storage(storage)
+    cfg = resolve_datasets(cfg, workdir)
+    uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
+    tracking.check_reachable(uri)
+
+    run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {})
+    init_ray(address)
+    trainer = _trainer(cfg, storage, run_id, uri, workdir, in_tune)
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        _end_mlflow_run(uri, run_id, "FAILED")
+        raise HiirError(f"run {cfg.name!r} failed: {_root_cause(exc)}") from exc
+    metrics = dict(result.return_value or result.metrics or {})
+    export = _export(result, workdir / "runs" / cfg.name)
+    _finish_mlflow_run(uri, run_id, workdir, export)
+    return RunResult(cfg.name, run_id, metrics, export, storage)
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workdir: Path, in_tune: bool):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hiir.platform.worker import train_loop_per_worker
+
+    callbacks = []
+    if in_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())  # propagates worker reports to Tune (ASHA needs them)
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
+                           "spool_dir": str(workdir / "spool")},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            worker_runtime_env={"env_vars": worker_env()}, callbacks=callbacks),
+    )
+
+
+def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: str | None,
+                      tags: dict[str, str]) -> str:
+    from mlflow.tracking import MlflowClient
+
+    from hiir.platform import tracking
+
+    client = MlflowClient(uri)
+    exp_id = tracking.ensure_experiment(client, cfg.tracking.experiment, workdir)
+    if parent_run_id:
+        tags = {**tags, tracking.PARENT_TAG: parent_run_id}
+    run_id, resumed = tracking.find_or_create_run(client, exp_id, cfg.name, tags)
+    if not resumed:
+        model = dataclasses.asdict(cfg.model_config())
+        params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()}}
+        for chunk in _chunks(list(params.items()), 100):
+            client.log_batch(run_id, params=[_param(k, v) for k, v in chunk])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "train_config.json"
+            path.write_text(json.dumps(cfg.to_dict(), indent=1))
+            client.log_artifact(run_id, str(path))
+    return run_id
+
+
+def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from hiir.platform.tracking import RunLogger
+
+    spool = RunLogger(uri, run_id, workdir / "spool")
+    try:
+        if export:
+            for name in ("model.safetensors", "model.json"):
+                spool.artifact(export / name, "model")
+        left_clean = spool.flush()
+        MlflowClient(uri).set_terminated(run_id, "FINISHED")
+    except Exception as exc:  # noqa: BLE001 (the weights are on disk; tracking may be down)
+        log.warning("could not finish MLflow run %s (%s); records stay in %s", run_id, exc, spool.spool)
+        return
+    if not left_clean:
+        log.warning("MLflow records of run %s could not all be sent; they are kept in %s", run_id, spool.spool)
+
+
+def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).set_terminated(run_id, status)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
+
+
+def _export(result, target: Path) -> Path | None:
+    """Copy the final weights out of the last checkpoint, atomically, into <workdir>/runs/<name>/."""
+    if result.checkpoint is None:
+        return None
+    with result.checkpoint.as_directory() as d:
+        d = Path(d)
+        if not (d / "model.safetensors").exists():
+            return None
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in ("model.safetensors", "model.json", "train_config.json", "meta.json"):
+            if (d / name).exists():
+                shutil.copy2(d / name, tmp / name)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost user-facing message of a Ray failure chain."""
+    seen = exc
+    while seen.__cause__ is not None or getattr(seen, "cause", None) is not None:
+        seen = seen.__cause__ or seen.cause
+    text = str(seen).strip().splitlines()
+    return text[-1] if text else seen.__class__.__name__
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _param(key: str, value: Any):
+    from mlflow.entities import Param
+
+    return Param(key, str(value)[:6000])

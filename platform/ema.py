@@ -1,0 +1,46 @@
+"""Exponential moving average of the weights (BasicSR's `net_g_ema`, decay 0.999).
+
+The shadow lives on rank 0 only, in fp32 on CPU. Under ZeRO-3 each parameter is a shard, so the
+engine supplies a `gathered()` context that materialises full parameters on every rank (a collective:
+all ranks enter it) before rank 0 reads them.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class EMA:
+    def __init__(self, module: nn.Module, decay: float, *, keep: bool,
+                 gathered: Callable[[], AbstractContextManager] = nullcontext) -> None:
+        self.decay, self.keep, self.gathered = decay, keep, gathered
+        self.shadow: dict[str, torch.Tensor] = {}
+        with self.gathered():
+            if keep:
+                self.shadow = {k: v.detach().float().cpu().clone() for k, v in _params(module)}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        with self.gathered():  # every rank enters: the gather is a collective
+            if not self.keep:
+                return
+            for name, p in _params(module):
+                self.shadow[name].lerp_(p.detach().float().cpu(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if self.keep and missing:
+            raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
+        if self.keep:
+            self.shadow = {k: state[k].float().clone() for k in self.shadow}
+
+
+def _params(module: nn.Module):
+    # Buffers are recomputable (persistent=False) or tracked exactly; only parameters are averaged.
+    return [(k, v) for k, v in module.named_parameters()]

@@ -1,0 +1,185 @@
+"""Engines behind one small interface: DeepSpeed ZeRO 0-3, or plain DDP.
+
+The training loop never asks which engine it has. `deepspeed` is imported only inside its engine,
+so the driver and the CLI never pay for it.
+
+Checkpoint layout (one directory per report, merged by Ray across ranks):
+- DeepSpeed: every rank writes its shard (`state/…`, DeepSpeed's own layout);
+- DDP: rank 0 writes `model.safetensors` and `optim.pt` (loaded with `weights_only=True`).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hiir.platform.config import TrainConfig
+
+DS_TAG = "state"
+
+
+class Engine:
+    """What the loop needs: forward, backward, step, skip, save/load, the bare module, a gather context."""
+
+    module: nn.Module
+    rank: int
+    dtype: torch.dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step(self) -> float: ...            # returns the global grad norm before clipping
+    def skip(self) -> None: ...             # drop this step's update but keep the schedule moving
+    def lr(self) -> float: ...
+    def save(self, directory: Path, client_state: dict[str, Any]) -> None: ...
+    def load(self, directory: Path) -> dict[str, Any]: ...
+
+    def gathered(self) -> AbstractContextManager:
+        return nullcontext()
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+
+def make_engine(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: int) -> Engine:
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=cfg.optim.betas)
+    from hiir.platform.schedule import lr_factor
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim))
+    bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda")
+    engines = {"deepspeed": DeepSpeedEngine, "ddp": DDPEngine}
+    return engines[cfg.engine.kind](cfg, model, optimizer, scheduler, device, rank, bf16)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
+    """Generated from our config; the optimizer is the client torch AdamW (no JIT-compiled op)."""
+    zero: dict[str, Any] = {"stage": cfg.engine.zero_stage}
+    if cfg.engine.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0  # partition even tiny tensors, as a cluster would
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedEngine(Engine):
+    def __init__(self, cfg, model, optimizer, scheduler, device, rank, bf16):
+        import deepspeed
+
+        self._ds = deepspeed
+        self.stage = cfg.engine.zero_stage
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, bf16))
+        self.module, self.rank = self.engine.module, rank
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
+
+    def forward(self, x):
+        return self.engine(x.to(self.dtype))
+
+    def backward(self, loss):
+        self.engine.backward(loss)
+
+    def step(self):
+        self.engine.step()  # also steps the LR scheduler
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else 0.0
+
+    def skip(self):
+        self.scheduler.step()
+
+    def lr(self):
+        return float(self.scheduler.get_last_lr()[0])
+
+    def save(self, directory, client_state):
+        self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state=client_state)
+
+    def load(self, directory):
+        path, client_state = self.engine.load_checkpoint(str(directory), tag=DS_TAG)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+        return client_state or {}
+
+    def gathered(self):
+        if self.stage != 3:
+            return nullcontext()
+        return self._ds.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+
+
+class DDPEngine(Engine):
+    def __init__(self, cfg, model, optimizer, scheduler, device, rank, bf16):
+        self.module, self.rank, self.device = model, rank, device
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        ids = [device.index] if device.type == "cuda" else None
+        self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids) if distributed else model
+        self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, cfg.optim.grad_clip
+        self.dtype = torch.float32
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def forward(self, x):
+        with self.autocast:
+            return self.wrapped(x)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        clip = self.grad_clip if self.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def skip(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def lr(self):
+        return float(self.scheduler.get_last_lr()[0])
+
+    def save(self, directory, client_state):
+        if not self.is_rank0:
+            return  # DDP replicas are identical: rank 0 writes, the others report no checkpoint
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.module.state_dict().items()}, str(directory / "model.safetensors"))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   directory / "optim.pt")
+        (directory / "client_state.json").write_text(json.dumps(client_state))
+
+    def load(self, directory):
+        from safetensors.torch import load_file
+
+        self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.device)))
+        state = torch.load(directory / "optim.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return json.loads((directory / "client_state.json").read_text())
+
+
+def all_ranks_finite(loss: torch.Tensor) -> bool:
+    """True only if the loss is finite on every rank, so all ranks skip or step together."""
+    ok = torch.tensor([1.0 if torch.isfinite(loss).all() else 0.0], device=loss.device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)

@@ -1,0 +1,117 @@
+"""Whole-image evaluation with BasicSR's conventions, shared by training, `hiir eval` and `hiir restore`.
+
+crop_border is the scale for SR and 0 for denoising/JPEG/paired tasks; SR reports Y-channel PSNR as
+its headline (the papers' tables), the other tasks RGB. Both are always logged.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hiir.platform.errors import HiirError
+
+
+@torch.no_grad()
+def restore_array(model: nn.Module, lq: np.ndarray, *, tile: int = 0, overlap: int = 16,
+                  self_ensemble: bool = False) -> np.ndarray:
+    """uint8 HxWxC -> restored float HxWxC in [0, 1] (padding inside the model; tiles above `tile`)."""
+    from hiir.models.inference import self_ensemble as ensemble, tiled_forward
+
+    x = torch.from_numpy(np.ascontiguousarray(lq)).permute(2, 0, 1)[None].float().div_(255)
+    if tile and max(x.shape[-2:]) > tile:
+        forward = lambda t: tiled_forward(model, t, tile=tile, overlap=overlap)  # noqa: E731
+    else:
+        forward = model
+    out = ensemble(model, x, forward_fn=forward) if self_ensemble else forward(x)
+    return out[0].permute(1, 2, 0).clamp_(0, 1).numpy()
+
+
+def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: int = 0, tile: int = 0,
+                      overlap: int = 16, self_ensemble: bool = False, samples: int = 0
+                      ) -> tuple[dict[str, float], list[tuple[str, np.ndarray]]]:
+    """Metrics per val set (`val/<set>/psnr|ssim|psnr_y|ssim_y`, `+` for self-ensemble) plus summaries.
+
+    `val_psnr` is the mean headline PSNR over the sets (what studies rank by) and `val_mse` the mean
+    MSE on [0,1] pixels of the same channel and crop (what scaling laws are fitted to).
+    """
+    from hiir.data_prep import iter_val, load_manifest
+    from hiir.platform.metrics import psnr, ssim, to_uint8
+    from hiir.platform.plots import plot_strip
+
+    results: dict[str, float] = {}
+    headline, strips = [], []
+    for directory in dataset_dirs:
+        manifest = load_manifest(directory, verify=False)
+        name = dataset_name(directory)
+        border = manifest.scale if manifest.task == "sr" else 0
+        y = manifest.task == "sr" and model.config.in_channels == 3
+        rows: dict[str, list[float]] = {}
+        for i, (image, lq, gt) in enumerate(iter_val(directory)):
+            if max_images and i >= max_images:
+                break
+            variants = {"": restore_array(model, lq, tile=tile, overlap=overlap)}
+            if self_ensemble:
+                variants["+"] = restore_array(model, lq, tile=tile, overlap=overlap, self_ensemble=True)
+            for suffix, out in variants.items():
+                sr = to_uint8(out)
+                for key, fn, on_y in (("psnr", psnr, False), ("ssim", ssim, False),
+                                      ("psnr_y", psnr, True), ("ssim_y", ssim, True)):
+                    if on_y and gt.shape[-1] != 3:
+                        continue
+                    rows.setdefault(key + suffix, []).append(fn(sr, gt, border, y_channel=on_y))
+            if len(strips) < samples:
+                strips.append((f"{name}_{image}", plot_strip(lq, to_uint8(variants[""]), gt, None)))
+        if not rows:
+            raise HiirError(f"validation set {directory} has no images")
+        for key, values in rows.items():
+            results[f"val/{name}/{key}"] = float(np.mean(values))
+        key = "psnr_y" if y else "psnr"
+        headline.append(results[f"val/{name}/{key}"])
+    psnrs = np.array(headline)
+    results["val_psnr"] = float(psnrs.mean())
+    results["val_mse"] = float(np.mean(10 ** (-psnrs / 10)))  # per-set MSE on [0,1] pixels, averaged
+    return results, strips
+
+
+def dataset_name(directory: str) -> str:
+    return Path(str(directory).rstrip("/")).name
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """Rebuild a model from exported weights: `model.safetensors` + `model.json` (never a pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from hiir.models import HiIRConfig, build, checkpoint_filter_fn
+
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    config = weights.with_name("model.json")
+    if weights.suffix != ".safetensors":
+        raise HiirError(f"{weights} is not a .safetensors file; hiir loads weights only from safetensors")
+    if not weights.is_file() or not config.is_file():
+        raise HiirError(f"expected {weights} and {config} (written by `hiir train` at the end of a run)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise HiirError(f"{weights} is not a valid safetensors file ({exc})") from None
+    fields = json.loads(config.read_text())
+    cfg = HiIRConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    model = build(cfg)
+    model.load_state_dict(checkpoint_filter_fn(state, model))
+    return model.eval()
+
+
+def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """`val/<set>/<metric>` -> one row per set, for printing tables."""
+    rows: dict[str, dict[str, Any]] = {}
+    for key, value in results.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "val":
+            rows.setdefault(parts[1], {"dataset": parts[1]})[parts[2]] = value
+    return list(rows.values())

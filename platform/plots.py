@@ -1,0 +1,281 @@
+"""Report plots (PNG) for studies and sample-restoration strips for validation logging.
+
+Conventions:
+
+* Headless: every figure is drawn on matplotlib's Agg canvas. ``matplotlib.use("Agg")`` is set
+  inside the functions, before pyplot is imported, so importing this module never touches a
+  display, and Ray workers or CI machines without one can call it.
+* Every file is written atomically: rendered to a temporary file in the destination directory,
+  then moved over the destination with ``os.replace``. A report read while a study is still
+  writing never sees a half-written PNG. Missing parent directories are created.
+* Each function returns the written :class:`~pathlib.Path` (``plot_strip`` returns the image).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from hiir.platform.scaling import PowerLawFit
+
+__all__ = ["plot_scaling", "plot_curves", "plot_strip"]
+
+#: Resolution of every report PNG; a figure of size (w, h) inches is exactly (w*DPI, h*DPI) pixels
+#: (constrained layout, no tight bounding box, so sizes are predictable).
+DPI = 120
+SCALING_FIGSIZE = (6.4, 4.6)
+CURVES_FIGSIZE = (7.0, 4.4)
+
+
+def _pyplot():
+    """pyplot on the Agg backend; the backend is chosen before pyplot is first imported."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        # Leave no stray temporaries behind a failed render.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return dest
+
+
+def _save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Save ``fig`` as PNG atomically and release it (pyplot keeps every open figure alive)."""
+    plt = _pyplot()
+    try:
+        return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    finally:
+        plt.close(fig)
+
+
+def _finite_number(v: Any) -> float | None:
+    """``v`` as a float when it is a finite real number, else None (missing metric, failed trial)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def plot_scaling(
+    points: Sequence[Mapping[str, Any]],
+    x_key: str,
+    y_key: str,
+    path: str | os.PathLike[str],
+    *,
+    fit: PowerLawFit | None = None,
+    label_key: str | None = None,
+    group_key: str | None = None,
+    logx: bool = True,
+    logy: bool = False,
+    fit_to_y: Callable[[np.ndarray], np.ndarray] | None = None,
+    title: str = "Scaling",
+) -> Path:
+    """Scatter ``y_key`` against ``x_key`` over ``points`` (e.g. one dict per trial) and write a PNG.
+
+    Points whose x or y is missing or not a finite number (failed trials) are left out and
+    counted in the legend. ``label_key`` annotates each point (e.g. the preset name);
+    ``group_key`` colours points by a series (e.g. data size), one legend entry each.
+    With ``fit``, the fitted law ``a N^-alpha + c`` is drawn over the x range together with its
+    pointwise bootstrap band. The fit lives in loss/MSE space; when ``y_key`` is another quantity
+    pass ``fit_to_y`` to map the curve onto it (e.g. ``scaling.mse_to_psnr`` for a PSNR axis).
+    Log axes need positive values: with ``logx`` non-positive x are skipped as well.
+    """
+    plt = _pyplot()
+    xs: list[float] = []
+    ys: list[float] = []
+    labels: list[str | None] = []
+    groups: list[str] = []
+    skipped = 0
+    for p in points:
+        x = _finite_number(p.get(x_key))
+        y = _finite_number(p.get(y_key))
+        if x is None or y is None or (logx and x <= 0) or (logy and y <= 0):
+            skipped += 1
+            continue
+        xs.append(x)
+        ys.append(y)
+        labels.append(None if label_key is None or p.get(label_key) is None else str(p.get(label_key)))
+        groups.append("" if group_key is None else str(p.get(group_key)))
+
+    fig, ax = plt.subplots(figsize=SCALING_FIGSIZE, layout="constrained")
+    try:
+        if xs:
+            x_arr = np.asarray(xs)
+            y_arr = np.asarray(ys)
+            for g in dict.fromkeys(groups):  # first-seen order, stable colours
+                sel = np.asarray([gg == g for gg in groups])
+                name = f"{group_key}={g}" if group_key is not None else "trials"
+                ax.scatter(x_arr[sel], y_arr[sel], s=28, zorder=3, label=name)
+            for x, y, lab in zip(xs, ys, labels):
+                if lab:
+                    ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no finite points", ha="center", va="center", transform=ax.transAxes)
+
+        if fit is not None:
+            if xs:
+                lo_x, hi_x = min(xs), max(xs)
+            else:
+                lo_x, hi_x = 1e5, 1e8
+            if logx:
+                grid = np.geomspace(lo_x / 1.5, hi_x * 1.5, 200)
+            else:
+                span = hi_x - lo_x or abs(hi_x) or 1.0
+                grid = np.linspace(max(lo_x - 0.1 * span, lo_x / 2), hi_x + 0.1 * span, 200)
+                grid = grid[grid > 0]
+            to_y = fit_to_y if fit_to_y is not None else (lambda v: v)
+            curve = np.asarray(to_y(np.asarray(fit.predict(grid))), dtype=np.float64)
+            law = f"fit: {fit.a:.4g}·N^-{fit.alpha:.4g} + {fit.c:.4g}"
+            ax.plot(grid, curve, color="black", lw=1.4, zorder=2, label=law)
+            band_lo, band_hi = fit.predict_interval(grid)
+            if np.all(np.isfinite(band_lo)) and np.all(np.isfinite(band_hi)):
+                b1 = np.asarray(to_y(band_lo), dtype=np.float64)
+                b2 = np.asarray(to_y(band_hi), dtype=np.float64)
+                # A decreasing map (MSE -> PSNR) swaps the band's edges; fill_between does not care.
+                ax.fill_between(grid, b1, b2, color="grey", alpha=0.25, zorder=1,
+                                label=f"{fit.ci:.0%} bootstrap band ({fit.bootstrap})")
+
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(y_key)
+        ax.set_title(title if not skipped else f"{title} ({skipped} point(s) without {x_key}/{y_key} left out)",
+                     fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        return _save_figure(fig, path)
+    except BaseException:
+        plt.close(fig)
+        raise
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    path: str | os.PathLike[str],
+    *,
+    ylabel: str,
+    title: str,
+    xlabel: str = "step",
+    logy: bool = False,
+) -> Path:
+    """Training curves, one line per trial: ``curves[name] = (steps, values)``; writes a PNG.
+
+    Non-finite values (a NaN loss) break the line at that step rather than being dropped
+    silently or wrecking the axis. Empty curves are listed in the title. ``logy`` suits losses
+    that span decades.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=CURVES_FIGSIZE, layout="constrained")
+    try:
+        empty: list[str] = []
+        for name, (steps, values) in curves.items():
+            s = np.asarray(steps, dtype=np.float64)
+            v = np.asarray(values, dtype=np.float64)
+            if s.shape != v.shape:
+                raise ValueError(f"curve {name!r}: {s.size} steps but {v.size} values")
+            if s.size == 0:
+                empty.append(name)
+                continue
+            v = np.where(np.isfinite(v), v, np.nan)
+            if logy:
+                v = np.where(v > 0, v, np.nan)
+            ax.plot(s, v, lw=1.2, marker="." if s.size < 30 else None, label=name)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title if not empty else f"{title} (no data: {', '.join(empty)})", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            n = len(ax.get_legend_handles_labels()[0])
+            ax.legend(fontsize=7, ncol=1 if n <= 8 else 2, loc="best")
+        return _save_figure(fig, path)
+    except BaseException:
+        plt.close(fig)
+        raise
+
+
+def _strip_panel(img: np.ndarray, name: str) -> np.ndarray:
+    """One panel as uint8 HxWx3: uint8 kept, float read on [0, 1] (BasicSR rounding), grey tripled."""
+    from hiir.platform.metrics import to_uint8
+
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"{name} must be uint8 or float on [0, 1], got dtype {arr.dtype}")
+        arr = to_uint8(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"{name} must be HxW, HxWx1 or HxWx3, got shape {np.asarray(img).shape}")
+    return arr
+
+
+def plot_strip(
+    lq: np.ndarray,
+    out: np.ndarray,
+    gt: np.ndarray,
+    path: str | os.PathLike[str] | None,
+) -> np.ndarray:
+    """``LQ | output | GT`` side by side as one uint8 HxWx3 image (H, W of GT; width exactly 3W).
+
+    Images are HxWx3 RGB (or grey, repeated to 3 channels), uint8 or float on [0, 1] (rounded as
+    :func:`hiir.platform.metrics.to_uint8`). LQ is upscaled to GT's size by nearest neighbour, so
+    its pixels stay visible as blocks (pixel ``i`` of the result takes LQ pixel ``i * h // H``;
+    for an integer scale this is plain pixel repetition). ``out`` must have GT's size. No
+    separator is drawn between panels. With ``path``, the strip is also written as a PNG
+    (atomically). Returns the strip.
+    """
+    lq_u = _strip_panel(lq, "lq")
+    out_u = _strip_panel(out, "out")
+    gt_u = _strip_panel(gt, "gt")
+    if out_u.shape != gt_u.shape:
+        raise ValueError(f"output and GT sizes differ: out {out_u.shape} vs gt {gt_u.shape}")
+    big_h, big_w = gt_u.shape[:2]
+    h, w = lq_u.shape[:2]
+    if h > big_h or w > big_w:
+        raise ValueError(f"LQ {lq_u.shape} is larger than GT {gt_u.shape}")
+    rows = np.arange(big_h) * h // big_h
+    cols = np.arange(big_w) * w // big_w
+    lq_up = lq_u[rows][:, cols]
+    strip = np.ascontiguousarray(np.concatenate([lq_up, out_u, gt_u], axis=1))
+    if path is not None:
+        from PIL import Image
+
+        image = Image.fromarray(strip)
+        _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return strip

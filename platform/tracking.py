@@ -1,0 +1,162 @@
+"""MLflow tracking: the default SQLite store, run creation in the driver, resilient logging on rank 0.
+
+- The store defaults to `sqlite:///<workdir>/mlflow.db` with artifacts in `<workdir>/mlartifacts`;
+  `MLFLOW_TRACKING_URI` (or `--tracking-uri`) points at a server instead.
+- SQLite allows one writer at a time, so experiments and runs are created once, in the driver, and
+  workers only log into an existing run id.
+- A tracking server that goes away mid-run must not kill training: `RunLogger` keeps every record it
+  could not send in a local JSONL spool, warns once with the spool's path, and replays the spool the
+  next time a call goes through (`hiir` also replays leftovers when the run ends).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from hiir.platform.errors import HiirError
+
+log = logging.getLogger("hiir.tracking")
+
+RUN_NAME_TAG = "hiir.run_name"
+STUDY_TAG = "hiir.study"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(workdir: Path, tracking_uri: str | None) -> str:
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # relative SQLite paths break in Ray workers, which run in another cwd
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if uri.startswith(("file:", "./", "/")) or "://" not in uri:
+        raise HiirError(f"tracking URI {uri!r} is a file store, which MLflow has deprecated; "
+                        "use sqlite:///path/mlflow.db or an http(s):// server")
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail before any worker starts if the tracking server cannot be reached."""
+    if uri.startswith("sqlite:"):
+        path = Path(uri[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise HiirError(f"MLflow store directory {path.parent} is not writable")
+        return
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (user-given URI)
+                if resp.status == 200:
+                    return
+        except OSError as exc:
+            raise HiirError(f"MLflow tracking server {uri} is unreachable ({exc.__class__.__name__}: "
+                            f"{getattr(exc, 'reason', exc)}); start it or unset MLFLOW_TRACKING_URI") from None
+        raise HiirError(f"MLflow tracking server {uri} answered /health with an error")
+
+
+def ensure_experiment(client, name: str, workdir: Path) -> str:
+    """Experiment id, created with an absolute artifact location (never ./mlruns of some cwd)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = client.tracking_uri if hasattr(client, "tracking_uri") else ""
+    location = None if str(uri).startswith("http") else (Path(workdir).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def find_or_create_run(client, experiment_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """(run_id, resumed): an unfinished run with the same name is reused, so resume continues its curves."""
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if found and found[0].info.status in ("RUNNING", "FAILED", "KILLED", "SCHEDULED"):
+        client.set_terminated(found[0].info.run_id, "RUNNING")
+        return found[0].info.run_id, True
+    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    return run.info.run_id, False
+
+
+class RunLogger:
+    """Logs into one existing run; never raises on tracking failures during training."""
+
+    def __init__(self, tracking_uri: str, run_id: str, spool_dir: Path) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.run_id, self.uri = run_id, tracking_uri
+        self.spool = Path(spool_dir) / f"{run_id}.jsonl"
+        self._warned = False
+
+    # --------------------------------------------------------------- public
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        self._send({"kind": "metrics", "values": values, "step": step, "ts": int(time.time() * 1000)})
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._send({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
+
+    def image(self, array, artifact_file: str) -> None:
+        from PIL import Image
+
+        local = self.spool.parent / "images" / artifact_file
+        local.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(local)
+        self.artifact(local, str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None)
+
+    def flush(self) -> bool:
+        """Replay the spool; True when nothing is left behind."""
+        if not self.spool.exists():
+            return True
+        pending = [json.loads(line) for line in self.spool.read_text().splitlines() if line.strip()]
+        left = []
+        for i, record in enumerate(pending):
+            try:
+                self._apply(record)
+            except Exception:  # noqa: BLE001 (still down: keep the rest in order)
+                left = pending[i:]
+                break
+        tmp = self.spool.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in left))
+        os.replace(tmp, self.spool)
+        if not left:
+            self.spool.unlink()
+            if self._warned:
+                log.warning("MLflow is back: replayed the records spooled while %s was unreachable", self.uri)
+        return not left
+
+    # --------------------------------------------------------------- internals
+    def _send(self, record: dict[str, Any]) -> None:
+        if self.spool.exists() and not self.flush():
+            self._spool(record)
+            return
+        try:
+            self._apply(record)
+        except Exception as exc:  # noqa: BLE001 (training goes on whatever the tracking server does)
+            self._spool(record, exc)
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        if record["kind"] == "metrics":
+            metrics = [Metric(k, float(v), record["ts"], record["step"]) for k, v in record["values"].items()]
+            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        else:
+            self.client.log_artifact(self.run_id, record["path"], record["artifact_path"])
+
+    def _spool(self, record: dict[str, Any], exc: Exception | None = None) -> None:
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if not self._warned:
+            self._warned = True
+            reason = f" ({exc.__class__.__name__})" if exc else ""
+            log.warning("MLflow at %s is unreachable%s; training goes on and records are kept in %s "
+                        "to be replayed when it is back", self.uri, reason, self.spool)
+

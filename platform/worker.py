@@ -1,0 +1,228 @@
+"""The training worker: one function, run on every rank by Ray Train's TorchTrainer.
+
+It reads top to bottom like nanoGPT's train.py: unpack the config, build the model, engine and data,
+resume, then one `while step < max_steps` loop (LR → forward → NaN check → backward → step → EMA →
+log → eval/checkpoint/report), and return the final metrics.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hiir.platform.config import TrainConfig, load_config
+from hiir.platform.errors import HiirError
+
+FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE" sends SIGKILL once (see tests/test_train.py)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    import ray.train
+    from hiir.data_prep import TrainReader
+    from hiir.models import build
+    from hiir.platform.ema import EMA
+    from hiir.platform.engine import all_ranks_finite, make_engine
+    from hiir.platform.tracking import RunLogger
+
+    # ---- config -----------------------------------------------------------------------------------
+    cfg: TrainConfig = load_config(loop_config["config"])
+    run_id, tracking_uri = loop_config.get("run_id"), loop_config.get("tracking_uri")
+    spool_dir = Path(loop_config["spool_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device(f"cuda:{ctx.get_local_rank()}") if cfg.scaling.use_gpu else torch.device("cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    torch.manual_seed(cfg.seed + rank)  # drop-path and the `random` mixer differ per rank, reproducibly
+
+    # ---- model, engine, EMA, data -------------------------------------------------------------------
+    model_cfg = cfg.model_config()
+    engine = make_engine(cfg, build(model_cfg).to(device), device, rank)
+    ema = EMA(engine.module, cfg.optim.ema_decay, keep=rank == 0 and cfg.optim.ema_decay > 0,
+              gathered=engine.gathered)
+    reader = TrainReader(cfg.data.train, rank=rank, world_size=world, batch_size=cfg.data.batch_size,
+                         lq_patch=cfg.data.lq_patch, seed=cfg.seed, augment=cfg.data.augment)
+    logger = RunLogger(tracking_uri, run_id, spool_dir) if rank == 0 and run_id else None
+    loss_fn = _losses[cfg.optim.loss]
+
+    # ---- resume --------------------------------------------------------------------------------------
+    step, state = 0, {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            step, state = _restore(Path(d), engine, ema, rank)
+    bad_in_a_row, skipped = state.get("bad_in_a_row", 0), state.get("skipped", 0)
+    window, since_eval = _Window(), _Window()  # reset at each log / at each eval
+    final: dict[str, Any] = {}
+
+    # ---- loop ----------------------------------------------------------------------------------------
+    while step < cfg.optim.max_steps:
+        _maybe_fault("step", rank, step)
+        t0 = time.perf_counter()
+        lq, gt = (_to_tensor(a, device) for a in reader.get_batch(step))
+        t_data = time.perf_counter() - t0
+
+        out = engine.forward(lq).float()
+        loss = loss_fn(out, gt)
+        if all_ranks_finite(loss):
+            engine.backward(loss)
+            grad_norm = engine.step()
+            ema.update(engine.module)
+            bad_in_a_row = 0
+            for w in (window, since_eval):
+                w.add(loss.item(), grad_norm, t_data, time.perf_counter() - t0, lq.shape[0] * world)
+        else:
+            engine.skip()
+            bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
+            if bad_in_a_row > cfg.optim.max_bad_steps:
+                raise HiirError(f"loss was NaN/inf for {bad_in_a_row} steps in a row (at step {step}); "
+                                "lower optim.lr, raise optim.warmup_steps or check the data")
+        step += 1
+
+        if logger and (step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps):
+            logger.metrics({**window.summary(), "lr": engine.lr(), "skipped_steps": skipped,
+                            "peak_mem_mb": _peak_mem_mb(device)}, step)
+            window.reset()
+
+        if step % cfg.eval.every == 0 or step == cfg.optim.max_steps:
+            metrics = {"step": step, "loss": since_eval.mean_loss(), "skipped_steps": skipped}
+            since_eval.reset()
+            with tempfile.TemporaryDirectory(prefix="hiir-ckpt-") as tmp:
+                tmp = Path(tmp)
+                _maybe_fault("save", rank, step)
+                engine.save(tmp, {"step": step, "bad_in_a_row": bad_in_a_row, "skipped": skipped})
+                weights = _eval_weights(cfg, ema, engine)  # all ranks: a ZeRO-3 gather is a collective
+                if rank == 0:
+                    _maybe_fault("validate", rank, step)
+                    model = _eval_model(model_cfg, weights)
+                    metrics.update(_validate(cfg, model, logger, final=step == cfg.optim.max_steps))
+                    _write_rank0_files(tmp, cfg, model_cfg, model, ema, step)
+                    if logger:
+                        logger.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+                has_files = any(tmp.iterdir())
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
+            final = metrics
+
+    if logger:
+        logger.flush()
+    return final
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _charbonnier(out: torch.Tensor, gt: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    return torch.sqrt((out - gt) ** 2 + eps**2).mean()
+
+
+_losses = {"l1": F.l1_loss, "charbonnier": _charbonnier}
+
+
+def _to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
+
+
+class _Window:
+    """Running sums between two logs."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.loss = self.grad = self.data = self.time = self.images = 0.0
+
+    def add(self, loss, grad, t_data, t_step, images) -> None:
+        self.n += 1
+        self.loss += loss
+        self.grad += grad
+        self.data += t_data
+        self.time += t_step
+        self.images += images
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"loss": self.loss / n, "grad_norm": self.grad / n, "step_time_s": self.time / n,
+                "data_wait_frac": self.data / max(self.time, 1e-9), "images_per_s": self.images / max(self.time, 1e-9)}
+
+    def mean_loss(self) -> float:
+        return self.loss / max(self.n, 1)
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _eval_weights(cfg, ema, engine) -> dict[str, torch.Tensor] | None:
+    """Rank 0 gets the weights to validate and export: the EMA, or the raw weights when it is off."""
+    if cfg.optim.ema_decay > 0:
+        return ema.state_dict() if ema.keep else None
+    with engine.gathered():
+        return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+
+
+def _eval_model(model_cfg, weights: dict[str, torch.Tensor]):
+    from hiir.models import build
+
+    model = build(model_cfg)
+    model.load_state_dict(weights, strict=False)  # EMA holds parameters; buffers are recomputed
+    return model.eval()
+
+
+def _validate(cfg, model, logger, *, final: bool) -> dict[str, float]:
+    from hiir.platform.evaluate import evaluate_datasets
+
+    results, samples = evaluate_datasets(model, cfg.data.val, max_images=cfg.eval.max_images,
+                                         tile=cfg.eval.tile, overlap=cfg.eval.tile_overlap,
+                                         self_ensemble=cfg.eval.self_ensemble and final,
+                                         samples=cfg.tracking.sample_images if final else 0)
+    if logger and final:
+        for name, strip in samples:
+            logger.image(strip, f"samples/{name}.png")
+    return results
+
+
+def _write_rank0_files(tmp: Path, cfg, model_cfg, model, ema, step: int) -> None:
+    """The weights and config travel in every checkpoint; the final one doubles as the export."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    if ema.keep:
+        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+    (tmp / "model.json").write_text(json.dumps(dataclasses.asdict(model_cfg), indent=1))
+    (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    (tmp / "meta.json").write_text(json.dumps({"step": step, "engine": cfg.engine.kind}))
+
+
+def _restore(d: Path, engine, ema, rank: int) -> tuple[int, dict[str, Any]]:
+    state = engine.load(d)
+    if ema.keep and (d / "ema.safetensors").exists():
+        from safetensors.torch import load_file
+
+        ema.load_state_dict(load_file(str(d / "ema.safetensors")))
+    return int(state["step"]), state
+
+
+def _maybe_fault(phase: str, rank: int, step: int) -> None:
+    """Test hook: kill this worker for real, once, at a chosen phase/rank/step (never set in normal runs)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    want_phase, want_rank, want_step, marker = spec.split(":", 3)
+    if (phase, rank, step) == (want_phase, int(want_rank), int(want_step)) and not os.path.exists(marker):
+        Path(marker).write_text(f"killed {phase} rank {rank} step {step}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
