@@ -27,7 +27,7 @@ class _Rows:
     """Zero-copy access to the gt/lq pixels of the rows of several Arrow tables."""
 
     def __init__(self, tables: list[pa.Table], keep: Callable[[int], np.ndarray] | None = None):
-        self.parts, index, start = [], [], 0
+        self.parts, index, names, start = [], [], [], 0
         for table in tables:
             for batch in table.to_batches():
                 cols = {k: batch.column(k) for k in ("gt", "lq")}
@@ -36,9 +36,12 @@ class _Rows:
                             np.frombuffer(a.buffers()[1], np.int32)[a.offset : a.offset + len(a) + 1]) for k, a in cols.items()}
                 self.parts.append((bufs, dims))
                 rows = np.arange(start, start + batch.num_rows)
-                index.extend((len(self.parts) - 1, r - start) for r in (rows if keep is None else rows[keep(rows)]))
+                kept = rows if keep is None else rows[keep(rows)]
+                index.extend((len(self.parts) - 1, r - start) for r in kept)
+                batch_names = batch.column("name").to_pylist()
+                names.extend(batch_names[r - start] for r in kept)
                 start += batch.num_rows
-        self.index = index
+        self.index, self.names = index, names
 
     def __len__(self) -> int:
         return len(self.index)
@@ -102,6 +105,11 @@ class TrainReader:
         """Train rows (sub-images) of this rank."""
         return len(self.rows)
 
+    @property
+    def row_names(self) -> list[str]:
+        """Names of this rank's rows (`<image>_sNNN`), e.g. to check that ranks are disjoint."""
+        return list(self.rows.names)
+
     def get_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(lq, gt) of `step`: a pure function of (seed, rank, step)."""
         rng = np.random.default_rng([self.seed, self.rank, step])
@@ -129,7 +137,6 @@ def iter_val(dataset_dir, split: str = "val") -> Iterator[tuple[str, np.ndarray,
     for shard in shards:
         table = read_verified(str(dataset_dir), shard)
         rows = _Rows([table])
-        names = table.column("name").to_pylist()
         for i in range(len(rows)):
             lq, gt = rows.get(i)
-            yield names[i], lq.copy(), gt.copy()
+            yield rows.names[i], lq.copy(), gt.copy()

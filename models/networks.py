@@ -160,6 +160,8 @@ def _stage(cfg: HiIRConfig, specs: list[LayerSpec]) -> HiIRStage:
 
 
 def _init_weights(m: nn.Module) -> None:
+    if any(p.is_meta for p in m.parameters(recurse=False)):  # meta: counting only, nothing to fill
+        return
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

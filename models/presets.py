@@ -19,11 +19,11 @@ _L = _B.replace(stages=12, layers_per_stage=12)
 _XL = _L.replace(dim=256, heads=8, stage_conv="conv3")
 # The depth table is built on v1; P = 32 and P2 = 64 keep depth 4 padded to 64 like the others.
 _DEPTH = _B.replace(layout="v1", window=8, patch=32, patch2=64)
-_TINY = HiIRConfig(dim=24, stages=2, layers_per_stage=2, heads=2, window=4, patch=8,
+_TINY = HiIRConfig(dim=32, stages=2, layers_per_stage=2, heads=2, window=4, patch=8,
                    ffn_ratio=2.0, cpb_hidden=64, upsampler_dim=32)
 # U-shape: Restormer's widths (48, 96, 192, 384) and heads (1, 2, 4, 8), 4 levels of Hi-IR stages.
 _UNET = HiIRConfig(arch="unet", scale=1, dim=48, stages=4, layers_per_stage=(4, 6, 6, 6), heads=(1, 2, 4, 8),
-                   refine_layers=4, window=(8, 8, 8, 4), patch=(32, 32, 16, 16), stage_conv="linear")
+                   refine_layers=4, window=(8, 8, 8, 4), patch=(32, 32, 16, 16))
 
 PRESETS: dict[str, HiIRConfig] = {
     # Hi-IR-B (Table 3; the 110M answer; the permutation ablation)
@@ -57,9 +57,9 @@ PRESETS: dict[str, HiIRConfig] = {
     # tiny presets for tests and the smoke study (2 CPU cores)
     "tiny_x2": _TINY.replace(scale=2),
     "tiny_x4": _TINY.replace(scale=4),
-    "small_x2": _TINY.replace(scale=2, dim=48, heads=4),
+    "small_x2": _TINY.replace(scale=2, dim=64, heads=4, stages=3),  # ~3.5x tiny_x2
     "tiny_denoise": _TINY.replace(scale=1),
-    "tiny_unet": HiIRConfig(arch="unet", scale=1, dim=16, stages=4, layers_per_stage=(1, 1, 1, 2), heads=(1, 2, 2, 4),
+    "tiny_unet": HiIRConfig(arch="unet", scale=1, dim=8, stages=4, layers_per_stage=(1, 1, 1, 2), heads=(1, 2, 2, 4),
                             refine_layers=1, window=(4, 4, 2, 2), patch=(8, 8, 4, 4), ffn_ratio=2.0,
                             cpb_hidden=32, stage_conv="linear"),
 }

@@ -99,7 +99,8 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     from hiir.platform import tracking
 
     workdir = Path(workdir).resolve()
-    storage = storage or str(workdir / "ray_results")
+    storage = storage or (os.environ.get("HIIR_STORAGE", "").rstrip("/") + "/runs" if os.environ.get("HIIR_STORAGE")
+                          else str(workdir / "ray_results"))
     check_storage(storage)
     cfg = resolve_datasets(cfg, workdir)
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
@@ -161,7 +162,8 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
     run_id, resumed = tracking.find_or_create_run(client, exp_id, cfg.name, tags)
     if not resumed:
         model = dataclasses.asdict(cfg.model_config())
-        params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()}}
+        params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()},
+                  **model_stats(cfg)}
         for chunk in _chunks(list(params.items()), 100):
             client.log_batch(run_id, params=[_param(k, v) for k, v in chunk])
         with tempfile.TemporaryDirectory() as tmp:
@@ -169,6 +171,22 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
             path.write_text(json.dumps(cfg.to_dict(), indent=1))
             client.log_artifact(run_id, str(path))
     return run_id
+
+
+def model_stats(cfg: TrainConfig) -> dict[str, float]:
+    """Parameter count and training FLOPs per step (forward + backward ~ 3x forward, all workers)."""
+    import torch
+
+    from hiir.models import build
+    from hiir.models.summary import model_flops
+
+    model_cfg = cfg.model_config()
+    with torch.device("meta"):  # counts without allocating, so the 110M preset costs nothing here
+        model = build(model_cfg)
+        p = cfg.data.lq_patch
+        forward = model_flops(model, (1, model_cfg.in_channels, p, p))
+    return {"model.num_params": model.num_params(),
+            "flops_per_step": 3 * forward * cfg.data.batch_size * cfg.scaling.num_workers}
 
 
 def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None) -> None:

@@ -1,5 +1,8 @@
 """Exponential moving average of the weights (BasicSR's `net_g_ema`, decay 0.999).
 
+Early on, the decay is warmed up as in timm's ModelEmaV3: min(decay, (1 + n) / (10 + n)) after n
+updates, so a short run's EMA is not stuck near the random initialisation.
+
 The shadow lives on rank 0 only, in fp32 on CPU. Under ZeRO-3 each parameter is a shard, so the
 engine supplies a `gathered()` context that materialises full parameters on every rank (a collective:
 all ranks enter it) before rank 0 reads them.
@@ -18,6 +21,7 @@ class EMA:
                  gathered: Callable[[], AbstractContextManager] = nullcontext) -> None:
         self.decay, self.keep, self.gathered = decay, keep, gathered
         self.shadow: dict[str, torch.Tensor] = {}
+        self.updates = 0
         with self.gathered():
             if keep:
                 self.shadow = {k: v.detach().float().cpu().clone() for k, v in _params(module)}
@@ -27,11 +31,13 @@ class EMA:
         with self.gathered():  # every rank enters: the gather is a collective
             if not self.keep:
                 return
+            self.updates += 1
+            decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
             for name, p in _params(module):
-                self.shadow[name].lerp_(p.detach().float().cpu(), 1.0 - self.decay)
+                self.shadow[name].lerp_(p.detach().float().cpu(), 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
+        return self.shadow  # `updates` travels in the checkpoint's client state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self.shadow) - set(state)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import resource
 import signal
 import tempfile
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from hiir.platform.config import TrainConfig, load_config
 from hiir.platform.errors import HiirError
 
-FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE" sends SIGKILL once (see tests/test_train.py)
+FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE[:DELAY_S]" sends SIGKILL once (tests/test_train.py)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +33,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     from hiir.platform.ema import EMA
     from hiir.platform.engine import all_ranks_finite, make_engine
     from hiir.platform.tracking import RunLogger
+
+    # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates: noise, not a problem of ours.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
     # ---- config -----------------------------------------------------------------------------------
     cfg: TrainConfig = load_config(loop_config["config"])
@@ -61,6 +65,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         with checkpoint.as_directory() as d:
             step, state = _restore(Path(d), engine, ema, rank)
     bad_in_a_row, skipped = state.get("bad_in_a_row", 0), state.get("skipped", 0)
+    ema.updates = state.get("ema_updates", 0)
     window, since_eval = _Window(), _Window()  # reset at each log / at each eval
     final: dict[str, Any] = {}
 
@@ -99,7 +104,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="hiir-ckpt-") as tmp:
                 tmp = Path(tmp)
                 _maybe_fault("save", rank, step)
-                engine.save(tmp, {"step": step, "bad_in_a_row": bad_in_a_row, "skipped": skipped})
+                engine.save(tmp, {"step": step, "bad_in_a_row": bad_in_a_row, "skipped": skipped,
+                                   "ema_updates": ema.updates})
                 weights = _eval_weights(cfg, ema, engine)  # all ranks: a ZeRO-3 gather is a collective
                 if rank == 0:
                     _maybe_fault("validate", rank, step)
@@ -107,7 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                     metrics.update(_validate(cfg, model, logger, final=step == cfg.optim.max_steps))
                     _write_rank0_files(tmp, cfg, model_cfg, model, ema, step)
                     if logger:
-                        logger.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+                        logger.metrics({k: v for k, v in metrics.items() if k not in ("step", "loss")}, step)
                 has_files = any(tmp.iterdir())
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
             final = metrics
@@ -222,7 +228,10 @@ def _maybe_fault(phase: str, rank: int, step: int) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    want_phase, want_rank, want_step, marker = spec.split(":", 3)
+    want_phase, want_rank, want_step, marker, *delay = spec.split(":")
     if (phase, rank, step) == (want_phase, int(want_rank), int(want_step)) and not os.path.exists(marker):
+        # Ray Train registers reports at its health check (every 2 s): a kill sooner than that loses
+        # the last report, and resume falls back to the one before. DELAY_S makes the point testable.
+        time.sleep(float(delay[0]) if delay else 0.0)
         Path(marker).write_text(f"killed {phase} rank {rank} step {step}\n")
         os.kill(os.getpid(), signal.SIGKILL)

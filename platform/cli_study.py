@@ -1,0 +1,83 @@
+"""`hiir study run|resume|report|list`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hiir.platform.cli_options import address_option, resolve_workdir, tracking_uri_option, workdir_option
+
+
+@click.group()
+def study() -> None:
+    """Scaling studies: Ray Tune trials of Ray Train runs, nested under one MLflow parent run."""
+
+
+@study.command("run")
+@click.argument("spec")
+@click.option("--scale", default="full", show_default=True, help="`full`, or a scale the spec defines (e.g. smoke).")
+@click.option("--search", type=click.Choice(["basic", "optuna"]), default="basic", show_default=True,
+              help="basic: grid/random; optuna: TPE over the same space.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a base config field.")
+@click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
+@workdir_option
+@tracking_uri_option
+@address_option
+def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_report: bool, workdir: Path,
+        tracking_uri: str | None, address: str | None) -> None:
+    """Run a study (a path, or a name under studies/ such as `smoke` or `paper/tree_depth`).
+
+    \b
+    Example:
+      hiir study run paper/table5_attention --scale smoke
+    """
+    from hiir.platform.study import run_study
+
+    done = run_study(spec, workdir=resolve_workdir(workdir), scale=scale, overrides=overrides,
+                     tracking_uri=tracking_uri, search=search, address=address)
+    _summarize(done, no_report)
+
+
+@study.command("resume")
+@click.argument("study_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--no-report", is_flag=True)
+@address_option
+def resume(study_dir: Path, no_report: bool, address: str | None) -> None:
+    """Continue an interrupted study from its directory (<workdir>/studies/<name>)."""
+    from hiir.platform.study import resume_study
+
+    _summarize(resume_study(study_dir, address=address), no_report)
+
+
+@study.command("report")
+@click.argument("study_ref")
+@workdir_option
+def report(study_ref: str, workdir: Path) -> None:
+    """Write report.md and plots for a study (its name or directory) and log them to its parent run."""
+    from hiir.platform.study import report_study
+
+    path = report_study(study_ref, workdir=resolve_workdir(workdir))
+    click.echo(path.read_text())
+    click.echo(f"report: {path}")
+
+
+@study.command("list")
+@workdir_option
+def list_(workdir: Path) -> None:
+    """The studies in studies/ and the state of their latest run in this workdir."""
+    from hiir.platform.study import list_studies
+
+    for row in list_studies(resolve_workdir(workdir)):
+        click.echo(f"{row['name']:<40} {row['trials']:>4} trials  {row['status']}")
+
+
+def _summarize(done, no_report: bool) -> None:
+    from hiir.platform.study import report_study
+
+    errors = sum(1 for r in done.results if r.error is not None)
+    click.echo(f"study {done.name}: {len(done.results)} trials, {errors} failed")
+    if not no_report:
+        path = report_study(str(done.directory), workdir=done.directory.parent.parent)
+        click.echo(path.read_text())
+        click.echo(f"report: {path}")
+    click.echo(f"browse the runs: hiir ui --workdir {done.directory.parent.parent}")

@@ -1,0 +1,191 @@
+"""`hiir study report`: the study's answer, read back from MLflow (the source of truth).
+
+Writes `report.md` and PNG plots into the study directory and logs them to the parent run:
+- the results table, laid out like the paper's, with the paper's numbers beside ours (`expected`);
+- PSNR and loss against parameters and against training compute (FLOPs x steps);
+- a scaling-law fit L(N) = a*N^-alpha + c in MSE space with bootstrap intervals, when size varies;
+- training curves per trial.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiir.platform.errors import HiirError
+
+
+@dataclass
+class Trial:
+    run_id: str
+    name: str
+    status: str
+    axes: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+    curve: tuple[list[int], list[float]]
+
+    @property
+    def n_params(self) -> float | None:
+        value = self.params.get("model.num_params")
+        return float(value) if value else None
+
+    @property
+    def compute(self) -> float | None:
+        flops, steps = self.params.get("flops_per_step"), self.metrics.get("step")
+        return float(flops) * steps if flops and steps else None
+
+
+def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
+    from mlflow.tracking import MlflowClient
+
+    from hiir.platform.tracking import PARENT_TAG
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=5000)
+    trials = []
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        history = client.get_metric_history(run.info.run_id, "loss")
+        curve = ([m.step for m in history], [m.value for m in history])
+        axes = {k[len("hiir.axis."):]: v for k, v in run.data.tags.items() if k.startswith("hiir.axis.")}
+        trials.append(Trial(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status, axes,
+                            run.data.params, run.data.metrics, curve))
+    return trials
+
+
+def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str) -> Path:
+    """Build report.md and the plots; log them to the parent run. Returns the report's path."""
+    from hiir.platform.plots import plot_curves, plot_scaling
+    from hiir.platform.scaling import fit_power_law, mse_to_psnr
+
+    trials = collect_trials(tracking_uri, parent_run_id)
+    if not trials:
+        raise HiirError(f"study {spec.name!r} has no trial runs under MLflow run {parent_run_id}")
+    directory.mkdir(parents=True, exist_ok=True)
+    done = [t for t in trials if "val_psnr" in t.metrics and t.n_params]
+    points = [{"label": _label(t), "params": t.n_params, "compute": t.compute, "psnr": t.metrics["val_psnr"],
+               "mse": t.metrics.get("val_mse"), "loss": t.metrics.get("loss")} for t in done]
+    plots: list[Path] = []
+    fit = None
+    sizes = {p["params"] for p in points}
+    if len(sizes) >= 3:
+        best = _best_per_size(points)
+        fit = fit_power_law([p["params"] for p in best], [p["mse"] for p in best], n_boot=300)
+    if points:
+        plots.append(plot_scaling(points, "params", "psnr", directory / "psnr_vs_params.png", label_key="label",
+                                  fit=fit, fit_to_y=mse_to_psnr if fit else None,
+                                  title=f"{spec.name}: PSNR vs parameters"))
+        plots.append(plot_scaling(points, "params", "loss", directory / "loss_vs_params.png", label_key="label",
+                                  title=f"{spec.name}: final train loss vs parameters"))
+        with_compute = [p for p in points if p["compute"]]
+        if with_compute:
+            plots.append(plot_scaling(with_compute, "compute", "psnr", directory / "psnr_vs_compute.png",
+                                      label_key="label", title=f"{spec.name}: PSNR vs training FLOPs"))
+            plots.append(plot_scaling(with_compute, "compute", "loss", directory / "loss_vs_compute.png",
+                                      label_key="label", title=f"{spec.name}: final train loss vs training FLOPs"))
+    curves = {_label(t): t.curve for t in trials if t.curve[0]}
+    if curves:
+        plots.append(plot_curves(curves, directory / "training_curves.png", ylabel="train loss (L1)",
+                                 title=f"{spec.name}: training curves"))
+
+    text = render_markdown(spec, trials, fit, plots)
+    report = directory / "report.md"
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, report)
+    (directory / "results.json").write_text(json.dumps(
+        [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
+          "n_params": t.n_params, "compute": t.compute} for t in trials], indent=1))
+    _log_to_parent(tracking_uri, parent_run_id, [report, directory / "results.json", *plots])
+    return report
+
+
+def results_table(spec, trials: list[Trial]) -> list[dict[str, Any]]:
+    """One row per trial: axes, size, status, per-set headline PSNR, and the paper's number beside it."""
+    rows = []
+    expected = (spec.expected or {}).get("rows", [])
+    for t in trials:
+        row: dict[str, Any] = {**t.axes, "params (M)": _fmt_m(t.n_params), "status": _status(t)}
+        for key, value in sorted(t.metrics.items()):
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "val" and parts[2] in ("psnr_y", "psnr") and \
+                    not (parts[2] == "psnr" and f"val/{parts[1]}/psnr_y" in t.metrics):
+                row[parts[1]] = f"{value:.2f}"
+        if "val_psnr" in t.metrics:
+            row["mean PSNR"] = f"{t.metrics['val_psnr']:.2f}"
+        for exp in expected:
+            if all(str(t.axes.get(k, t.params.get(k))) == str(v) for k, v in (exp.get("match") or {}).items()):
+                row["paper"] = ", ".join(f"{k} {v}" for k, v in exp.get("values", {}).items())
+                break
+        rows.append(row)
+    return rows
+
+
+def render_markdown(spec, trials: list[Trial], fit, plots: list[Path]) -> str:
+    rows = results_table(spec, trials)
+    failed = [t for t in trials if t.status == "FAILED"]
+    lines = [f"# Study `{spec.name}`", "", spec.question or "", ""]
+    lines += [f"{len(trials)} trials: {sum(t.status == 'FINISHED' for t in trials)} finished, "
+              f"{len(failed)} failed, {sum(_status(t) == 'stopped early' for t in trials)} stopped early "
+              f"by the scheduler.", ""]
+    lines += ["## Results", "", markdown_table(rows), ""]
+    if spec.expected:
+        lines += [f"## The paper's numbers ({spec.expected.get('table', 'expected')})", "",
+                  spec.expected.get("note", ""), "",
+                  markdown_table([{**(r.get("match") or {}), **{k: v for k, v in r.get("values", {}).items()}}
+                                  for r in spec.expected.get("rows", [])]), ""]
+    if fit is not None:
+        lines += ["## Scaling law", "", "Fitted in MSE space on the best trial per size: "
+                  "L(N) = a·N^(-alpha) + c, with 95% bootstrap intervals.", "",
+                  markdown_table([{"coef": k, "value": f"{getattr(fit, k):.4g}",
+                                   "95% interval": "[{:.4g}, {:.4g}]".format(*getattr(fit, k + "_ci"))}
+                                  for k in ("a", "alpha", "c")]), ""]
+    if failed:
+        lines += ["## Failed trials", ""] + [f"- `{t.name}` ({t.run_id})" for t in failed] + [""]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _best_per_size(points: list[dict]) -> list[dict]:
+    best: dict[float, dict] = {}
+    for p in points:
+        if p["mse"] is not None and (p["params"] not in best or p["mse"] < best[p["params"]]["mse"]):
+            best[p["params"]] = p
+    return list(best.values())
+
+
+def _status(t: Trial) -> str:
+    if t.status == "FINISHED" and t.params.get("optim.max_steps") and \
+            t.metrics.get("step", math.inf) < float(t.params["optim.max_steps"]):
+        return "stopped early"
+    return {"FINISHED": "done", "KILLED": "stopped early", "RUNNING": "running"}.get(t.status, t.status.lower())
+
+
+def _label(t: Trial) -> str:
+    return ",".join(f"{v}" for v in t.axes.values()) or t.name
+
+
+def _fmt_m(n: float | None) -> str:
+    return f"{n / 1e6:.3f}" if n else ""
+
+
+def _log_to_parent(uri: str, run_id: str, paths: list[Path]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), "report")

@@ -1,0 +1,65 @@
+"""Shared fixtures: one real local Ray for the session, one workdir with the demo data built."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real embedded Ray; 3 logical CPUs so two 1-CPU workers leave room for Tune's trial actors."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        from hiir.platform.driver import worker_env
+
+        ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": worker_env()})
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def workdir(ray_session, tmp_path_factory) -> Path:
+    """A workdir whose demo datasets are built (on Ray Data) once for the whole session."""
+    from hiir.data_prep import build_demo
+
+    wd = tmp_path_factory.mktemp("workdir")
+    build_demo(wd / "data", progress=False)
+    return wd
+
+
+@pytest.fixture(scope="session")
+def train_config():
+    return tiny_train_config
+
+
+def tiny_train_config(name: str, **sections):
+    """A 2-worker, tiny-model config on the demo data; `sections` override whole keys."""
+    from hiir.platform.config import load_config
+
+    raw = {
+        "name": name,
+        "model": {"preset": "tiny_x2"},
+        "data": {"train": "demo:sr_x2", "val": ["demo:sr_x2"], "batch_size": 4, "lq_patch": 16},
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": 20},
+        "engine": {"kind": "deepspeed", "zero_stage": 2},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "eval": {"every": 10, "max_images": 1},
+        "max_failures": 0,
+        "tracking": {"experiment": "tests", "log_every": 5, "sample_images": 1},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return load_config(raw)

@@ -1,0 +1,319 @@
+"""hiir.models: parameter counts vs the paper, token groups of every flow, shapes, knobs.
+
+Big presets are built on the meta device; everything that runs is tiny (2 CPU cores).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+import torch
+
+from hiir.models import PRESETS, DispersedAttention, HiIRConfig, WindowAttention, build, checkpoint_filter_fn
+from hiir.models.flows import (MIXERS, Disperse, FlowAttention, disperse, make_mixer, undisperse,
+                               window_merge, window_partition)
+from hiir.models.layer import LayerSpec, UnifiedLayer
+
+# ---------------------------------------------------------------------------------------------
+# parameter counts (meta device)
+
+PAPER = {name: cfg for name, cfg in PRESETS.items() if cfg.paper_params is not None}
+
+
+def _tolerance(name: str) -> float:
+    return 0.10 if name.startswith("depth") else 0.03 if name.startswith("unet") else 0.01
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_param_count_matches_paper(name):
+    with torch.device("meta"):
+        model = build(name)
+    got, want = model.num_params() / 1e6, PAPER[name].paper_params
+    assert abs(got / want - 1) <= _tolerance(name), f"{name}: {got:.3f}M vs paper {want}M"
+
+
+def test_headline_presets_are_there():
+    for name in ("b_x2_conv3", "b_x3_conv1", "b_x4_conv1", "l_x3_conv1", "l_x3_linear", "l_x3_conv3",
+                 "xl_x2", "v1_x4", "v2_x4", "v3_x4", "depth2_x2", "depth3_x2", "depth4_x2", "unet_deblur",
+                 "tiny_x2", "tiny_x4", "small_x2", "tiny_denoise", "tiny_unet"):
+        assert name in PRESETS
+
+
+def test_tiny_sizes():
+    n = {k: build(k).num_params() for k in ("tiny_x2", "small_x2")}
+    assert 0.1e6 <= n["tiny_x2"] <= 0.3e6
+    assert 3 <= n["small_x2"] / n["tiny_x2"] <= 4
+
+
+# ---------------------------------------------------------------------------------------------
+# partitions: round trips and token groups (gradient probes)
+
+
+def test_partition_round_trips():
+    x = torch.randn(2, 16, 24, 12)
+    w = window_partition(x, 4, heads=3)
+    assert w.shape == (2 * 4 * 6, 3, 16, 4)
+    assert torch.equal(window_merge(w, 2, 16, 24), x)
+    d = disperse(x, 4, 8, heads=3)
+    assert d.shape == (2 * 2 * 3 * 16, 3, 4, 4)
+    assert torch.equal(undisperse(d, 2, 16, 24, 4), x)
+    for name in MIXERS:
+        part = make_mixer(name, 4, 8, seed=1).eval()
+        groups, ctx = part.split(x, 3)
+        assert torch.equal(part.merge(groups, ctx), x), name
+
+
+def test_disperse_is_a_permutation_not_a_gather():
+    # token (i, j) of a P x P patch lands in group (i % p, j % p), at position (i // p, j // p)
+    H = W = 8
+    x = torch.arange(H * W, dtype=torch.float32).reshape(1, H, W, 1)
+    d = disperse(x, 4, 8)[:, 0, :, 0]  # (p*p groups, g*g)
+    assert d[1 * 4 + 2].tolist() == [x[0, i, j, 0].item() for i in (1, 5) for j in (2, 6)]
+
+
+def _group_of(attn: torch.nn.Module, H: int, W: int, i: int, j: int) -> set[tuple[int, int]]:
+    """The input tokens that the output at (i, j) depends on (non-zero gradient)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, H, W, attn.qkv.in_features, dtype=torch.float64, requires_grad=True)
+    attn(x)[0, i, j].sum().backward()
+    nz = (x.grad[0].abs().sum(-1) > 1e-10).nonzero().tolist()
+    return {tuple(t) for t in nz}
+
+
+def _attn(partition, dim=8, heads=2):
+    return FlowAttention(dim, heads, partition, cpb_hidden=16).double().eval()
+
+
+@pytest.mark.parametrize("i,j", [(0, 0), (5, 10), (15, 15)])
+def test_l1_attends_its_window(i, j):
+    attn = WindowAttention(8, 2, 4, cpb_hidden=16).double()
+    want = {(a, b) for a in range(16) for b in range(16) if (a // 4, b // 4) == (i // 4, j // 4)}
+    assert _group_of(attn, 16, 16, i, j) == want
+
+
+@pytest.mark.parametrize("i,j", [(0, 0), (5, 10), (13, 7)])
+def test_l2_attends_its_dispersed_group(i, j):
+    attn = DispersedAttention(8, 2, window=4, patch=8, cpb_hidden=16).double()
+    want = {(a, b) for a in range(16) for b in range(16)
+            if (a // 8, b // 8) == (i // 8, j // 8) and (a % 4, b % 4) == (i % 4, j % 4)}
+    assert _group_of(attn, 16, 16, i, j) == want
+    assert len(want) == (8 // 4) ** 2
+
+
+def test_second_dispersed_level_groups_same_offset_in_p1_blocks():
+    attn = _attn(Disperse(8, 16))  # depth 4: P1 = 8 blocks inside P2 = 16 patches
+    i, j = 3, 12
+    want = {(a, b) for a in range(32) for b in range(32)
+            if (a // 16, b // 16) == (i // 16, j // 16) and (a % 8, b % 8) == (i % 8, j % 8)}
+    assert _group_of(attn, 32, 32, i, j) == want
+
+
+def test_grid_attends_an_image_wide_group():
+    attn = DispersedAttention(8, 2, window=4, patch=8, mixer="grid", cpb_hidden=16).double()
+    i, j = 5, 10  # g = 2: groups spaced H/2 = 8 apart across the whole 16 x 16 image
+    want = {(a, b) for a in range(16) for b in range(16) if (a % 8, b % 8) == (i % 8, j % 8)}
+    assert _group_of(attn, 16, 16, i, j) == want
+    # on a bigger image the same group spreads further: not bounded by P
+    assert max(a for a, _ in _group_of(attn, 32, 32, 0, 0)) == 16
+
+
+def test_shift_attends_its_shifted_window_with_mask():
+    attn = DispersedAttention(8, 2, window=4, patch=8, mixer="shift", cpb_hidden=16).double()
+    # interior token: the window shifted by p/2 = 2, rows and cols 2..5
+    assert _group_of(attn, 16, 16, 5, 5) == {(a, b) for a in range(2, 6) for b in range(2, 6)}
+    # corner token: its rolled window wraps around, and the mask keeps only its own region
+    assert _group_of(attn, 16, 16, 0, 0) == {(a, b) for a in range(2) for b in range(2)}
+
+
+def test_none_mixer_is_the_l1_window():
+    attn = DispersedAttention(8, 2, window=4, patch=8, mixer="none", cpb_hidden=16).double()
+    assert _group_of(attn, 16, 16, 5, 10) == {(a, b) for a in range(4, 8) for b in range(8, 12)}
+
+
+def test_random_mixer_groups_p2_random_tokens_fixed_in_eval():
+    attn = DispersedAttention(8, 2, window=4, patch=8, mixer="random", seed=3, cpb_hidden=16).double().eval()
+    group = _group_of(attn, 16, 16, 5, 10)
+    assert len(group) == 16 and group == _group_of(attn, 16, 16, 5, 10)
+    assert group != {(a, b) for a in range(4, 8) for b in range(8, 12)}
+
+
+def test_unified_layer_spreads_over_the_whole_patch():
+    spec = LayerSpec(dim=8, heads=2, window=4, patch=8, patch2=16, cpb_hidden=16)
+    layer = UnifiedLayer(spec, ("l1", "l2")).double()
+    x = torch.randn(1, 16, 16, 8, dtype=torch.float64, requires_grad=True)
+    layer.attn(x)[0, 5, 10].sum().backward()
+    got = {tuple(t) for t in (x.grad[0].abs().sum(-1) > 1e-10).nonzero().tolist()}
+    assert got == {(a, b) for a in range(8) for b in range(8, 16)}  # L1 then L2 = the P x P patch
+
+
+# ---------------------------------------------------------------------------------------------
+# networks: shapes, determinism, every knob
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 4])
+def test_any_size_output_shape(scale):
+    model = build("tiny_x2", scale=scale).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 37, 53)).shape == (1, 3, 37 * scale, 53 * scale)
+    assert model.pad_multiple == 8
+
+
+def test_unet_and_grey_shapes():
+    with torch.no_grad():
+        assert build("tiny_unet").eval()(torch.rand(1, 3, 37, 53)).shape == (1, 3, 37, 53)
+        assert build("tiny_x2", in_channels=1).eval()(torch.rand(2, 1, 5, 7)).shape == (2, 1, 10, 14)
+
+
+def test_equal_seeds_give_equal_results():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = build("tiny_x2", mixer_l2="random", drop_path=0.1).train()
+        x = torch.rand(2, 3, 16, 16)
+        outs.append(model(x))
+    assert torch.equal(*outs)
+
+
+def test_random_mixer_changes_between_training_steps_not_in_eval():
+    torch.manual_seed(0)
+    model = build("tiny_x2", mixer_l2="random")
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(model.train()(x), model(x))
+        assert torch.equal(model.eval()(x), model(x))
+
+
+def _shrink(cfg: HiIRConfig) -> HiIRConfig:
+    """The same knobs at a size that runs in milliseconds."""
+    small = dict(window=2, patch=4, patch2=8 if cfg.patch2 is not None or cfg.tree_depth == 4 else None,
+                 cpb_hidden=16, paper_params=None)
+    if cfg.arch == "unet":
+        return cfg.replace(dim=8, layers_per_stage=1, refine_layers=1, heads=(1, 2, 2, 4), **small)
+    return cfg.replace(dim=16, stages=2, layers_per_stage=2, heads=2, upsampler_dim=8, **small)
+
+
+def _fit_step(cfg: HiIRConfig, size: int = 12):
+    torch.manual_seed(0)
+    model = build(cfg).train()
+    x = torch.rand(2, cfg.in_channels, size, size)
+    out = model(x)
+    assert out.shape == (2, cfg.in_channels, size * cfg.scale, size * cfg.scale)
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_knob_combination_backpropagates(name):
+    _fit_step(_shrink(PRESETS[name]))
+
+
+KNOBS = [("layout", v) for v in ("v1", "v2", "v3")] + [("tree_depth", v) for v in (2, 3, 4)] + \
+        [("mixer_l2", v) for v in MIXERS] + [("attention", "cosine"), ("norm", "pre")] + \
+        [("stage_conv", v) for v in ("conv1", "conv3", "linear")]
+
+
+@pytest.mark.parametrize("knob,value", KNOBS)
+def test_every_knob_value_backpropagates(knob, value):
+    cfg = _shrink(PRESETS["tiny_x2"]).replace(**{knob: value})
+    _fit_step(cfg)
+    if knob == "mixer_l2":  # also on the v1 layout, where L2 is its own layer
+        _fit_step(cfg.replace(layout="v1"))
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = build("tiny_x2", mixer_l2="random")
+        model.set_grad_checkpointing(ckpt)
+        torch.manual_seed(1)
+        model(torch.rand(1, 3, 16, 16)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_no_weight_decay_names_biases_norms_and_position_bias():
+    model = build("tiny_x2", attention="cosine")
+    names = model.no_weight_decay()
+    params = dict(model.named_parameters())
+    assert names <= set(params)
+    assert any(n.endswith("logit_scale") for n in names) and any(".cpb." in n for n in names)
+    assert all(params[n].ndim >= 2 for n in set(params) - names)
+
+
+def test_state_dict_names_are_stable():
+    keys = set(build("tiny_x2").state_dict())
+    assert "stages.0.layers.0.l1.qkv.weight" in keys and "stages.0.layers.0.l2.qkv.weight" in keys
+    assert "stages.0.layers.0.ffn.dwconv.weight" in keys and "stages.0.stage_conv.body.0.weight" in keys
+    assert not any(k.endswith(("coords_table", ".index")) for k in keys)  # recomputable buffers
+    v1 = set(build("tiny_x2", layout="v1").state_dict())
+    assert "stages.0.layers.0.l1.qkv.weight" in v1 and "stages.0.layers.1.l2.qkv.weight" in v1
+
+
+def test_checkpoint_filter_fn_unwraps_prefixes():
+    torch.manual_seed(0)
+    src = build("tiny_x2")
+    wrapped = {"params_ema": {f"module._orig_mod.{k}": v for k, v in src.state_dict().items()}}
+    dst = build("tiny_x2")
+    dst.load_state_dict(checkpoint_filter_fn(wrapped, dst))
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(src.eval()(x), dst.eval()(x))
+    assert set(checkpoint_filter_fn({"state_dict": src.state_dict()})) == set(src.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# config and build errors
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(layout="v4"), "layout='v4' is not one of v1, v2, v3"),
+    (dict(patch=12, window=8), "patch=12 must be a multiple of window=8"),
+    (dict(mixer_l2="swap"), "mixer_l2='swap' is not one of permute, none, shift, grid, random"),
+    (dict(scale=5), "scale=5 is not one of 1, 2, 3, 4"),
+    (dict(heads=(2, 2, 2)), "heads=(2, 2, 2) must have one entry per stage"),
+    (dict(tree_depth=4, patch2=12), "patch2=12 must be a multiple of patch=8"),
+    (dict(window_size=8), "window_size (nearest: window"),
+])
+def test_config_errors_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PRESETS["tiny_x2"].replace(**overrides)
+
+
+def test_unknown_preset_lists_nearest():
+    with pytest.raises(ValueError, match="b_x2_conv3"):
+        build("b_x2_conv")
+
+
+def test_per_stage_tuples_and_overrides():
+    cfg = PRESETS["tiny_x2"].replace(heads=(2, 4), window=(4, 2))
+    assert cfg.per_stage("heads") == (2, 4) and cfg.per_stage("patch") == (8, 8)
+    model = build("tiny_x2", heads=(2, 4))
+    assert model.config.heads == (2, 4) and dataclasses.is_dataclass(model.config)
+
+
+# ---------------------------------------------------------------------------------------------
+# speed budget of the smoke study
+
+
+def test_tiny_train_step_is_fast():
+    """tiny_x2, batch 8 of 32x32 LR: well under 0.3 s a step. Other jobs share the 2 cores,
+    so the best of 5 steps counts, in wall time or in CPU time per thread."""
+    torch.manual_seed(0)
+    model = build("tiny_x2")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 64, 64)
+    wall, cpu = [], []
+    for _ in range(6):
+        t, c = time.perf_counter(), time.process_time()
+        loss = (model(x) - y).abs().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        wall.append(time.perf_counter() - t)
+        cpu.append((time.process_time() - c) / torch.get_num_threads())
+    assert min(min(wall[1:]), min(cpu[1:])) < 0.3, (wall, cpu)
