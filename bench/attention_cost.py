@@ -7,22 +7,28 @@ Three layers at the same width, side by side:
             L^2 entries would not fit), stopped at a time/memory budget
 
 Each (layer, size) runs in its own subprocess, so its peak RSS is its own; peak memory is
-reported as the RSS high-water mark above the process's baseline after building the layer.
+the RSS high-water mark after the first (warm-up) step, above the baseline after building
+the layer. glibc is told to keep freed memory (MALLOC_ENV) so big steps do not page-fault.
 Prints time and memory ratios against the 64^2 point (linear growth: 512^2/64^2 = 64).
 
-    .venv/bin/python bench/attention_cost.py            # about 2-3 minutes on 2 cores
+    .venv/bin/python bench/attention_cost.py            # about 2 minutes on 2 cores
     .venv/bin/python bench/attention_cost.py --dim 180 --patch 64
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
 SIZES = (64, 128, 256, 512)
+# glibc hands every buffer over 32 MB back to the OS on free and page-faults it in again on the
+# next step; at 512^2 tokens that doubled the step time (3.06 s -> 1.27 s). Keep freed memory.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 35), "MALLOC_TRIM_THRESHOLD_": str(1 << 36),
+              "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
 def _layer(kind: str, side: int, dim: int, heads: int, window: int, patch: int):
@@ -61,14 +67,16 @@ def run_one(kind: str, side: int, dim: int, heads: int, window: int, patch: int,
     layer = _layer(kind, side, dim, heads, window, patch)
     x = torch.randn(1, side, side, dim, requires_grad=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
+    times, peak = [], 0
+    for i in range(repeats + 1 + 3):  # the first is a warm-up; small sizes get up to 3 more
+        if i > repeats and sum(times) > 1.0:
+            break
         t = time.perf_counter()
         layer(x).square().mean().backward()
         times.append(time.perf_counter() - t)
         layer.zero_grad(set_to_none=True)
         x.grad = None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+        peak = peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base  # after the first step
     return {"kind": kind, "side": side, "tokens": side * side, "time_s": min(times[1:]), "peak_mb": peak / 1024}
 
 
@@ -79,8 +87,10 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--budget-s", type=float, default=20.0,
-                    help="stop a layer once one forward+backward takes longer than this")
+    ap.add_argument("--budget-s", type=float, default=8.0,
+                    help="skip a size whose predicted forward+backward time exceeds this")
+    ap.add_argument("--budget-mb", type=float, default=6000.0,
+                    help="skip a size whose predicted peak memory exceeds this")
     ap.add_argument("--one", nargs=2, metavar=("KIND", "SIDE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     knobs = dict(dim=args.dim, heads=args.heads, window=args.window, patch=args.patch)
@@ -95,23 +105,22 @@ def main() -> None:
         results[kind] = []
         for side in SIZES:
             last = results[kind][-1] if results[kind] else None
-            if last and last["time_s"] * (side / last["side"]) ** (4 if kind == "global" else 2) > 4 * args.budget_s:
-                print(f"  {kind}: stopped before {side}^2 tokens (predicted > {4 * args.budget_s:.0f} s "
-                      f"from {last['time_s']:.2f} s at {last['side']}^2)")
+            grow = (side / last["side"]) ** 2 if last else 1.0  # pixels x4 per step
+            t_next = last["time_s"] * grow ** (2 if kind == "global" else 1) if last else 0.0
+            m_next = last["peak_mb"] * grow if last else 0.0
+            if t_next > args.budget_s or m_next > args.budget_mb:
+                print(f"  {kind}: stopped before {side}^2 tokens: predicted {t_next:.0f} s, {m_next:.0f} MB "
+                      f"(budget {args.budget_s:.0f} s, {args.budget_mb:.0f} MB)", flush=True)
                 break
             cmd = [sys.executable, __file__, "--one", kind, str(side), "--repeats", str(args.repeats),
                    *sum(([f"--{k}", str(v)] for k, v in knobs.items()), [])]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
             if proc.returncode != 0:
                 print(f"  {kind}: failed at {side}^2 tokens ({proc.stderr.strip().splitlines()[-1][:120]})")
                 break
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results[kind].append(r)
             print(f"  {kind:8s} {side:4d}^2 tokens  {r['time_s']:8.3f} s  peak +{r['peak_mb']:8.1f} MB", flush=True)
-            if r["time_s"] > args.budget_s:
-                print(f"  {kind}: stopped after {side}^2 tokens (one step took {r['time_s']:.1f} s "
-                      f"> budget {args.budget_s:.0f} s)")
-                break
 
     print("\nratios against 64^2 tokens (pixels x4 per row; linear = 4, 16, 64; quadratic = 16, 256, 4096)")
     print(f"{'layer':9s} " + " ".join(f"{f'{s}^2 time':>11s} {'mem':>6s}" for s in SIZES[1:]))

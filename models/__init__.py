@@ -1,4 +1,48 @@
-"""Hi-IR models (placeholder docstring, replaced at the end)."""
+"""hiir.models: the Hi-IR network (arXiv 2411.18588, later Fractal-IR), rebuilt from the paper.
+
+Public API
+    HiIRConfig                  frozen dataclass, every study knob (see config.py); `per_stage(name)`
+    PRESETS                     dict name -> HiIRConfig (paper count in `paper_params`)
+    build(name_or_config, **overrides) -> nn.Module   (overrides via dataclasses.replace)
+    WindowAttention(dim, heads, window, attention=...)          L1 flow
+    DispersedAttention(dim, heads, window, patch, attention=..., mixer=...)   L2 flow
+    checkpoint_filter_fn(state_dict, model=None)
+    inference.tiled_forward(model, x, tile, overlap), inference.self_ensemble(model, x, forward_fn=None)
+    summary.preset_table(flops=True), summary.model_flops(model, input_shape, backward=False)
+    network: forward((B,C,h,w) in [0,1]) -> (B,C,h*s,w*s); .config, .num_params(),
+             .no_weight_decay(), .set_grad_checkpointing(), .pad_multiple
+
+Presets and parameter counts (ours vs paper)
+    b_x2_conv3 14.74 vs 14.68 | b_x3_conv1 15.93 vs 15.87 | b_x4_conv1 15.89 vs 15.84
+    l_x3/x4_conv1 58.00/57.96 vs 57.78/57.74 | l_x3/x4_linear 54.63/54.59 vs 54.41/54.37
+    l_x3/x4_conv3 56.13/56.09 vs 55.91/55.88 | xl_x2 111.21 vs 110.90
+    v1/v2/v3_x4 14.55/19.42/15.89 vs ~14.5/~19.37/~15.84
+    depth2/3/4_x2 11.87/14.40/16.84 vs 11.87/14.35/17.19 (x4: 12.02/14.55/16.99 vs 12.02/14.50/17.34)
+    unet_deblur 22.68 vs 22.33 (+1.6%)
+    no paper count: b_x2_conv3_nopermute, l_x3_conv1_cosine, tiny_x2 0.12M, tiny_x4 0.16M,
+    small_x2 0.45M, tiny_denoise 0.07M, tiny_unet 0.22M
+
+Choices the paper leaves open (each one is a knob; default in brackets)
+    - v3 unified layer: L1 qkv from x (q, k at C/2, v at C); L2 qkv computed from L1's output
+      (no projection between), one output projection. 5C^2 + 2 position-bias MLPs per layer;
+      with an FFN of ratio 3 plus a depthwise 3x3 this gives every count above within 0.41%.
+    - window p = 8, patch P = 64 for B/L/XL (L2 groups (P/p)^2 = 64 tokens, like an L1
+      window) [not stated in the paper]; tiny presets p = 4, P = 8.
+    - position bias: Swin-V2 continuous MLP (hidden 512), per flow; attention `dot`.
+    - stage ends conv1 for B/L, conv3 for B x2 and XL (the only choice that lands on 14.68M and
+      110.90M); the body-end conv is the same type as the stage ends (SwinIR).
+    - tree depth 2 = no L3: plain MLP of ratio 2 (what the 11.87M count needs); depth 4 on v1:
+      odd layers run L2 then a second dispersed level L2b (tokens with the same offset in
+      P1 x P1 blocks, grouped in P2 x P2 patches; P2 = 2P by default) with its own qkv/proj:
+      -2.0% against 17.19M. Depth presets use P = 32, P2 = 64.
+    - mixers in the L2 slot: `grid` uses groups of (P/p)^2 tokens spread image-wide (spacing
+      H/g), so it costs the same as L2; `random` shuffles all positions then uses p x p windows,
+      new permutation per forward in training (global torch RNG), fixed seed in eval;
+      `shift` = p x p windows rolled by p/2 with SwinIR's -100 mask; `none` = p x p windows.
+    - U-shape: Restormer widths 48/96/192/384, heads 1/2/4/8, layers 4/6/6 + latent 6, decoder
+      mirrors the encoder, 4 refinement layers, conv1 stage ends, p = 8/8/8/4, P = 32/32/16/16.
+    - no mean-shift of the input (SwinIR subtracts the DIV2K mean); res-post-norm; qkv bias.
+"""
 from .config import HiIRConfig
 from .flows import DispersedAttention, WindowAttention
 from .networks import HiIRColumnar, HiIRUNet, checkpoint_filter_fn

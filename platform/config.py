@@ -222,6 +222,9 @@ def _build(cls: type, raw: Any, prefix: str):
             continue
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, raw[name], f"{prefix}{name}.")
+        elif typing.get_origin(tp) is dict and isinstance(raw[name], dict):
+            default = {f.name: f for f in dataclasses.fields(cls)}[name].default_factory()
+            kwargs[name] = {**default, **_coerce(raw[name], tp, prefix + name)}  # `model.x=...` keeps the preset
         else:
             kwargs[name] = _coerce(raw[name], tp, prefix + name)
     return cls(**kwargs)

@@ -52,8 +52,11 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if address:
         ray.init(address=address, runtime_env={"env_vars": worker_env()})
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": worker_env()},
-                 configure_logging=True, logging_level=logging.WARNING)
+        # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
+        # it, a trial stopped by ASHA leaks its workers' placement group and starves later trials.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING,
+                 log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
 
 
 def resolve_datasets(cfg: TrainConfig, workdir: Path) -> TrainConfig:

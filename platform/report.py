@@ -9,7 +9,6 @@ Writes `report.md` and PNG plots into the study directory and logs them to the p
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +71,8 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
                "mse": t.metrics.get("val_mse"), "loss": t.metrics.get("loss")} for t in done]
     plots: list[Path] = []
     fit = None
-    sizes = {p["params"] for p in points}
-    if len(sizes) >= 3:
-        best = _best_per_size(points)
+    best = _best_per_size(points)
+    if len(best) >= 3:
         fit = fit_power_law([p["params"] for p in best], [p["mse"] for p in best], n_boot=300)
     if points:
         plots.append(plot_scaling(points, "params", "psnr", directory / "psnr_vs_params.png", label_key="label",
@@ -93,7 +91,7 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
         plots.append(plot_curves(curves, directory / "training_curves.png", ylabel="train loss (L1)",
                                  title=f"{spec.name}: training curves"))
 
-    text = render_markdown(spec, trials, fit, plots)
+    text = render_markdown(spec, trials, fit, plots, sizes=len(best))
     report = directory / "report.md"
     tmp = report.with_suffix(".md.tmp")
     tmp.write_text(text)
@@ -126,11 +124,11 @@ def results_table(spec, trials: list[Trial]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_markdown(spec, trials: list[Trial], fit, plots: list[Path]) -> str:
+def render_markdown(spec, trials: list[Trial], fit, plots: list[Path], *, sizes: int = 0) -> str:
     rows = results_table(spec, trials)
     failed = [t for t in trials if t.status == "FAILED"]
     lines = [f"# Study `{spec.name}`", "", spec.question or "", ""]
-    lines += [f"{len(trials)} trials: {sum(t.status == 'FINISHED' for t in trials)} finished, "
+    lines += [f"{len(trials)} trials: {sum(_status(t) == 'done' for t in trials)} finished, "
               f"{len(failed)} failed, {sum(_status(t) == 'stopped early' for t in trials)} stopped early "
               f"by the scheduler.", ""]
     lines += ["## Results", "", markdown_table(rows), ""]
@@ -140,11 +138,14 @@ def render_markdown(spec, trials: list[Trial], fit, plots: list[Path]) -> str:
                   markdown_table([{**(r.get("match") or {}), **{k: v for k, v in r.get("values", {}).items()}}
                                   for r in spec.expected.get("rows", [])]), ""]
     if fit is not None:
-        lines += ["## Scaling law", "", "Fitted in MSE space on the best trial per size: "
+        lines += ["## Scaling law", "", "Fitted in MSE space on the best trial per size (sizes within 5% grouped): "
                   "L(N) = a·N^(-alpha) + c, with 95% bootstrap intervals.", "",
                   markdown_table([{"coef": k, "value": f"{getattr(fit, k):.4g}",
                                    "95% interval": "[{:.4g}, {:.4g}]".format(*getattr(fit, k + "_ci"))}
                                   for k in ("a", "alpha", "c")]), ""]
+    elif sizes:
+        lines += ["## Scaling law", "", f"Not fitted: the finished trials cover {sizes} model size(s); "
+                  "L(N) = a·N^(-alpha) + c needs at least 3.", ""]
     if failed:
         lines += ["## Failed trials", ""] + [f"- `{t.name}` ({t.run_id})" for t in failed] + [""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
@@ -160,18 +161,20 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _best_per_size(points: list[dict]) -> list[dict]:
-    best: dict[float, dict] = {}
-    for p in points:
-        if p["mse"] is not None and (p["params"] not in best or p["mse"] < best[p["params"]]["mse"]):
-            best[p["params"]] = p
-    return list(best.values())
+def _best_per_size(points: list[dict], tolerance: float = 0.05) -> list[dict]:
+    """The best trial of each model size. Sizes within 5% are one size: knobs such as cosine
+    attention's logit scale or tree depth change the count slightly without making a new size."""
+    best: list[dict] = []
+    for p in sorted((p for p in points if p["mse"] is not None), key=lambda p: p["params"]):
+        if best and p["params"] <= best[-1]["_group_start"] * (1 + tolerance):
+            if p["mse"] < best[-1]["mse"]:
+                best[-1] = {**p, "_group_start": best[-1]["_group_start"]}
+        else:
+            best.append({**p, "_group_start": p["params"]})
+    return best
 
 
 def _status(t: Trial) -> str:
-    if t.status == "FINISHED" and t.params.get("optim.max_steps") and \
-            t.metrics.get("step", math.inf) < float(t.params["optim.max_steps"]):
-        return "stopped early"
     return {"FINISHED": "done", "KILLED": "stopped early", "RUNNING": "running"}.get(t.status, t.status.lower())
 
 

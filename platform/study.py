@@ -38,6 +38,7 @@ AXIS_ALIASES = {
     "layout": "model.layout",
     "lr": "optim.lr",
 }
+TRIAL_ACTOR_CPU = 0.01  # the trial function only drives its TorchTrainer; Tune refuses 0
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPEC_KEYS = ("name", "question", "base", "datasets", "resources", "search", "num_samples", "scheduler",
              "metric", "mode", "expected", "scale")
@@ -263,7 +264,8 @@ def max_concurrent(per_trial: TrainConfig) -> int:
     if per_trial.scaling.use_gpu:
         need, have = per_trial.scaling.num_workers, total.get("GPU", 0)
     else:
-        need, have = per_trial.scaling.num_workers * per_trial.scaling.cpus_per_worker, total.get("CPU", 0)
+        need = per_trial.scaling.num_workers * per_trial.scaling.cpus_per_worker + TRIAL_ACTOR_CPU
+        have = total.get("CPU", 0)
     return max(1, int(have // need))
 
 
@@ -369,7 +371,7 @@ def resume_study(directory: Path, *, address: str | None = None) -> StudyRun:
 def _trainable(state: dict[str, Any]):
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, study=state), {"cpu": 0.01})
+    return tune.with_resources(tune.with_parameters(run_trial, study=state), {"cpu": TRIAL_ACTOR_CPU})
 
 
 def _tuner(spec: StudySpec, state: dict[str, Any]):
@@ -379,7 +381,9 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
     base = spec.trial_config({})
     scheduler = None
     if spec.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr=spec.scheduler.time_attr, max_t=base.optim.max_steps,
+        # max_t one past the last step: ASHA stops any trial that reaches max_t, which would kill a
+        # finished trial before it exports its weights and closes its MLflow run.
+        scheduler = ASHAScheduler(time_attr=spec.scheduler.time_attr, max_t=base.optim.max_steps + 1,
                                   grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor)
     search_alg = None
@@ -401,22 +405,28 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
 
 
 def _finish(name: str, directory: Path, state: dict[str, Any], results) -> StudyRun:
+    """Close the MLflow runs as Tune saw the trials: finished, stopped early by the scheduler, or failed."""
     from mlflow.tracking import MlflowClient
 
     from hiir.platform.tracking import PARENT_TAG
 
     errors = sum(1 for r in results if r.error is not None)
-    status = "FINISHED" if errors < len(results) else "FAILED"
     try:
         client = MlflowClient(state["tracking_uri"])
         parent = client.get_run(state["parent_run_id"])
-        # Trials that the scheduler stopped never end their own run: mark them here.
-        for run in client.search_runs([parent.info.experiment_id],
-                                      filter_string=f"tags.`{PARENT_TAG}` = '{state['parent_run_id']}' "
-                                                    "and attributes.status = 'RUNNING'"):
-            client.set_tag(run.info.run_id, "hiir.stopped_early", "true")
-            client.set_terminated(run.info.run_id, "KILLED")
-        client.set_terminated(state["parent_run_id"], status)
+        runs = {r.data.tags.get("hiir.trial_id"): r for r in client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{state['parent_run_id']}'")}
+        for result in results:
+            run = runs.get((result.metrics or {}).get("trial_id"))
+            if run is None:
+                continue
+            if result.error is not None:
+                client.set_tag(run.info.run_id, "hiir.error", str(result.error).strip().splitlines()[-1][:500])
+                client.set_terminated(run.info.run_id, "FAILED")
+            elif run.info.status != "FINISHED":  # the scheduler stopped it before its last step
+                client.set_tag(run.info.run_id, "hiir.stopped_early", "true")
+                client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(state["parent_run_id"], "FINISHED" if errors < len(results) else "FAILED")
     except Exception as exc:  # noqa: BLE001 (a down server must not lose the results on disk)
         import logging
 

@@ -21,7 +21,8 @@ def ray_session():
     if started:
         from hiir.platform.driver import worker_env
 
-        ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": worker_env()})
+        ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": worker_env()})
     yield ray
     if started:
         ray.shutdown()

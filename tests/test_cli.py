@@ -1,0 +1,47 @@
+"""The `hiir` CLI: every noun has help, user mistakes end in one line and a non-zero exit."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hiir.platform.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("noun", ["models", "data", "train", "eval", "restore", "study", "ui"])
+def test_every_subcommand_has_help(noun):
+    out = CliRunner().invoke(cli, [noun, "--help"])
+    assert out.exit_code == 0, out.output
+    assert "Usage:" in out.output and len(out.output.splitlines()) > 3
+
+
+def _hiir(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hiir.platform.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    out = _hiir("train", str(tmp_path / "nope.yaml"), "--workdir", str(tmp_path))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"error: config file {tmp_path / 'nope.yaml'} does not exist"]
+
+
+def test_bad_config_field_is_one_line_naming_the_field(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {preset: tiny_x2}\noptim: {lr: 1e-3, warmpu_steps: 5}\n")
+    out = _hiir("train", str(cfg), "--workdir", str(tmp_path))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optim.warmpu_steps" in lines[0] and "optim.warmup_steps" in lines[0], lines
+
+
+def test_unknown_study_is_one_line(tmp_path):
+    out = _hiir("study", "run", "smok", "--workdir", str(tmp_path))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "smoke" in lines[0], lines
