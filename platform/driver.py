@@ -212,10 +212,13 @@ def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None
 
 
 def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
+    """Mark a run ended, unless a study already closed it (a trial stopped by ASHA is KILLED, not FAILED)."""
     from mlflow.tracking import MlflowClient
 
     try:
-        MlflowClient(uri).set_terminated(run_id, status)
+        client = MlflowClient(uri)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
 

@@ -73,12 +73,13 @@ def ensure_experiment(client, name: str, workdir: Path) -> str:
 
 
 def find_or_create_run(client, experiment_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
-    """(run_id, resumed): an unfinished run with the same name is reused, so resume continues its curves."""
+    """(run_id, resumed): a run with the same name is reused, as Ray Train resumes its checkpoint,
+    so the resumed (or extended) run continues the same curves."""
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
         order_by=["attributes.start_time DESC"], max_results=1)
-    if found and found[0].info.status in ("RUNNING", "FAILED", "KILLED", "SCHEDULED"):
-        client.set_terminated(found[0].info.run_id, "RUNNING")
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id, True
     run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
     return run.info.run_id, False

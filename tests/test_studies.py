@@ -1,0 +1,242 @@
+"""Every study spec under studies/ validates, expands to its trial count and carries the paper's
+numbers where it reproduces a table; bad specs fail with one clear line. No Ray, no training."""
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+from pathlib import Path
+
+import pytest
+
+from hiir.platform.config import flatten, load_config, load_config_file
+from hiir.platform.errors import ConfigError, HiirError
+from hiir.platform.study import load_spec, parse_spec
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+# name -> (trials at full scale, trials at smoke scale); None: the spec has no smoke scale
+# (smoke.yaml is itself the demo-scale study).
+TRIAL_COUNTS = {
+    "smoke": (8, None),
+    "paper/table3_scaling": (12, 8),         # x3: B/L x warmup no/yes x conv1/linear/conv3
+    "paper/table3_scaling_x4": (12, 8),
+    "paper/table5_attention": (4, 4),        # x3: B/L x dot/cosine
+    "paper/table5_attention_x4": (4, 4),
+    "paper/tree_depth": (3, 3),              # x2: depth 2/3/4
+    "paper/tree_depth_x4": (3, 3),
+    "paper/layouts": (6, 6),                 # x4: v1/v2/v3 x with/without L3
+    "paper/permutation": (5, 5),             # x2: permute/none/shift/grid/random
+    "paper/scale_110m": (2, 2),              # x2: B vs XL
+    "search/warmup_attention_conv_depth": (24, 8),  # ASHA: 6 grid cells x 4 samples
+}
+PAPER = sorted(n for n in TRIAL_COUNTS if n.startswith("paper/"))
+TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100", "Manga109")
+SMOKE_MAX_TRIALS = 8
+
+
+def spec_names() -> list[str]:
+    return sorted(str(p.relative_to(STUDIES).with_suffix("")) for p in STUDIES.rglob("*.yaml")
+                  if p.relative_to(STUDIES).parts[0] != "train")
+
+
+@functools.lru_cache(maxsize=None)
+def spec(name: str, scale: str):
+    return load_spec(STUDIES / f"{name}.yaml", scale=scale)
+
+
+def all_points(s) -> list[dict]:
+    """Grid points crossed with every value of the finite sampled axes (choice) and the ends of
+    the ranges: what a trial can be handed, beyond the grid points that parse_spec checks."""
+    axes = []
+    for a in s.axes:
+        if a.kind in ("grid", "choice"):
+            axes.append([(a.key, v) for v in a.values])
+        elif a.kind == "randint":
+            axes.append([(a.key, a.values[0]), (a.key, a.values[1] - 1)])
+        else:
+            axes.append([(a.key, v) for v in a.values])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+# ---------------------------------------------------------------- every spec
+
+
+def test_every_spec_has_its_trial_count_here():
+    assert spec_names() == sorted(TRIAL_COUNTS), "add new specs to TRIAL_COUNTS (and drop removed ones)"
+
+
+@pytest.mark.parametrize("name", sorted(TRIAL_COUNTS))
+def test_spec_validates_and_expands(name):
+    full, smoke = TRIAL_COUNTS[name]
+    s = spec(name, "full")
+    assert s.trial_count == full
+    for point in all_points(s):
+        s.trial_config(point)
+    if smoke is None:
+        assert "smoke" not in s.scales
+        return
+    small = spec(name, "smoke")
+    assert small.trial_count == smoke <= SMOKE_MAX_TRIALS
+    for point in all_points(small):
+        small.trial_config(point)
+
+
+@pytest.mark.parametrize("name", sorted(TRIAL_COUNTS))
+def test_smoke_scale_fits_two_cpu_cores(name):
+    s = spec(name, "full" if TRIAL_COUNTS[name][1] is None else "smoke")
+    assert s.trial_count <= SMOKE_MAX_TRIALS
+    for point in all_points(s):
+        cfg = s.trial_config(point)
+        assert cfg.data.train.startswith("demo:") and all(v.startswith("demo:") for v in cfg.data.val)
+        assert not cfg.scaling.use_gpu
+        assert cfg.scaling.num_workers * cfg.scaling.cpus_per_worker <= 2
+        assert cfg.optim.max_steps <= 120 and cfg.optim.max_steps % cfg.eval.every == 0
+        assert 1 <= cfg.eval.max_images <= 3 and cfg.data.lq_patch <= 24
+        assert cfg.model_config().dim <= 64, f"{point}: a full-size preset survived the smoke scale"
+        assert int(cfg.data.train.rsplit("x", 1)[1]) == cfg.model_config().scale, f"{point}: data vs model scale"
+
+
+@pytest.mark.parametrize("name", PAPER + ["search/warmup_attention_conv_depth"])
+def test_full_scale_is_the_papers_setting(name):
+    s = spec(name, "full")
+    for point in s.grid_points():
+        cfg = s.trial_config(point)
+        model = cfg.model_config()
+        assert cfg.scaling.use_gpu and cfg.scaling.num_workers == 8
+        assert cfg.engine.precision == "auto"  # bf16 on GPU
+        assert cfg.data.lq_patch == 64 and cfg.optim.max_steps >= 100_000
+        assert cfg.data.train.endswith(f"sr_x{model.scale}/DF2K"), cfg.data.train
+        sets = [Path(v).name for v in cfg.data.val]
+        assert set(sets) <= set(TEST_SETS) and all(f"sr_x{model.scale}/" in v for v in cfg.data.val)
+        if name in PAPER:
+            assert sets == list(TEST_SETS)
+            assert model.dim >= 180, f"{point}: not a paper-size model"
+
+
+def test_study_names_are_unique():
+    names = [spec(n, "full").name for n in TRIAL_COUNTS]
+    assert len(names) == len(set(names)), names
+
+
+def test_train_configs_validate():
+    paths = sorted((STUDIES / "train").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        load_config_file(path)
+
+
+# ---------------------------------------------------------------- the paper's numbers
+
+
+def _matches(match: dict, point: dict, cfg) -> bool:
+    """As the report matches a trial: axis values first, else the trial's logged config params."""
+    params = flatten(cfg.to_dict())
+    return all(str(point.get(k, params.get(k))) == str(v) for k, v in match.items())
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_expected_rows_sit_beside_a_trial(name):
+    s = spec(name, "full")
+    rows = (s.expected or {}).get("rows") or []
+    assert rows and s.expected.get("table"), "a paper study needs the paper's numbers under expected"
+    axis_keys = {a.key for a in s.axes}
+    points = [(p, s.trial_config(p)) for p in s.grid_points()]
+    matched_by: dict[int, int] = {}
+    for i, row in enumerate(rows):
+        assert set(row) == {"match", "values"}, row
+        assert row["match"] and set(row["match"]) <= axis_keys, f"row {i} matches on a non-axis key: {row['match']}"
+        assert row["values"] and set(row["values"]) <= {*TEST_SETS, "params_M"}, row["values"]
+        assert all(isinstance(v, (int, float)) for v in row["values"].values())
+        hits = [j for j, (p, cfg) in enumerate(points) if _matches(row["match"], p, cfg)]
+        assert hits, f"expected row {row['match']} matches no trial of {name}"
+        for j in hits:
+            assert j not in matched_by, f"trial {points[j][0]} matches rows {matched_by[j]} and {i}"
+            matched_by[j] = i
+
+
+def test_expected_numbers_are_the_papers():
+    """A few spot checks against the OpenReview text, so a typo in a spec shows up here."""
+    def row(name, **match):
+        rows = spec(name, "full").expected["rows"]
+        return next(r["values"] for r in rows if r["match"] == match)
+
+    assert row("paper/table3_scaling", **{"model.preset": "b_x3_conv1", "optim.warmup_steps": 0,
+                                          "model.stage_conv": "conv1"})["Set5"] == 35.06
+    assert row("paper/table3_scaling_x4", **{"model.preset": "l_x4_conv1", "optim.warmup_steps": 10000,
+                                             "model.stage_conv": "conv1"})["Set5"] == 32.67
+    assert row("paper/table5_attention_x4", **{"model.preset": "l_x4_conv1", "model.attention": "dot"})["Set5"] == 33.14
+    assert row("paper/permutation", **{"model.mixer_l2": "none"})["Set5"] == 38.51
+    assert row("paper/scale_110m", **{"model.preset": "xl_x2"})["Set5"] == 38.72
+    assert row("paper/tree_depth", **{"model.preset": "depth4_x2"})["Set5"] == 38.41
+
+
+# ---------------------------------------------------------------- bad specs
+
+
+def _good() -> dict:
+    return {
+        "name": "bad-spec-test",
+        "base": {"model": {"preset": "tiny_x2"}, "optim": {"max_steps": 20}},
+        "datasets": {"train": "demo:sr_x2", "val": ["demo:sr_x2"]},
+        "search": {"attention": ["dot", "cosine"]},
+        "scale": {"smoke": {"set": {"optim.max_steps": 10}}},
+    }
+
+
+def _bad(**changes) -> dict:
+    raw = copy.deepcopy(_good())
+    for key, value in changes.items():
+        raw[key] = value
+    return raw
+
+
+def test_the_good_spec_parses():
+    assert parse_spec(_good()).trial_count == 2
+    assert parse_spec(_good(), scale="smoke").base["optim"]["max_steps"] == 10
+
+
+@pytest.mark.parametrize("raw, scale, words", [
+    (_bad(search={"atention": ["dot"]}), "full", ["search axis 'atention'", "did you mean", "attention"]),
+    (_bad(search={"model.atention": ["dot"]}), "full", ["search axis 'model.atention'", "model.attention"]),
+    (_bad(search={"attention": []}), "full", ["search.attention is empty"]),
+    (_bad(search={"attention": {"choice": []}}), "full", ["search.attention is empty"]),
+    (_bad(search={"attention": {"normal": [0, 1]}}), "full", ["search.attention", "'normal'", "choice"]),
+    (_bad(search={"attention": ["dot", "cosin"]}), "full", ["model.attention='cosin'", "dot, cosine"]),
+    (_bad(scheduler={"kind": "hyperband"}), "full", ["scheduler.kind='hyperband'", "asha, none"]),
+    (_bad(scheduler={"kind": "asha", "grace": 3}), "full", ["scheduler.grace", "grace_period"]),
+    (_bad(serach={"attention": ["dot"]}), "full", ["serach is not a study field", "did you mean search"]),
+    (_good(), "tiny", ["scale='tiny' is not defined", "full, smoke"]),
+    (_bad(mode="maximum"), "full", ["mode='maximum'", "max, min"]),
+    ({k: v for k, v in _good().items() if k != "base"}, "full", ["base is missing"]),
+])
+def test_bad_specs_fail_with_one_clear_line(raw, scale, words):
+    with pytest.raises(ConfigError) as info:
+        parse_spec(raw, scale=scale)
+    message = str(info.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_a_bad_spec_file_is_named_in_its_error(tmp_path):
+    import yaml
+
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(_bad(search={"tree_dept": [2, 3]})))
+    with pytest.raises(ConfigError, match=r"^typo\.yaml: search axis 'tree_dept' .*tree_depth"):
+        load_spec(path)
+
+
+def test_a_missing_dataset_is_caught_before_any_trial(tmp_path):
+    """parse_spec cannot know the cluster's files; the driver checks every set before Tune starts."""
+    from hiir.data_prep import DatasetError
+    from hiir.platform.driver import resolve_datasets
+
+    missing = tmp_path / "sr_x2" / "DF2K"
+    cfg = load_config({"data": {"train": str(missing), "val": [str(tmp_path / "sr_x2" / "Set5")]}})
+    with pytest.raises((DatasetError, HiirError)) as info:
+        resolve_datasets(cfg, tmp_path)
+    message = str(info.value)
+    assert str(missing) in message and "\n" not in message
+    assert "hiir data build" in message

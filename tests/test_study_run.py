@@ -1,0 +1,125 @@
+"""Studies end to end on a real local Ray Tune + Ray Train + SQLite MLflow, at toy scale.
+
+- A 4-trial grid under ASHA: 4 child runs nested under one parent run, the weak trials stopped
+  early, and a report with its table and plots.
+- A study whose driver process is SIGKILLed mid-way resumes with `hiir study resume` and completes
+  without rerunning its finished trials.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hiir.platform.tracking import PARENT_TAG, default_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "model": {"preset": "tiny_x2"},
+    "optim": {"lr": 2e-3, "warmup_steps": 2, "max_steps": 30},
+    "engine": {"kind": "deepspeed", "zero_stage": 2},
+    "eval": {"every": 10, "max_images": 1},
+    "tracking": {"log_every": 5, "sample_images": 0},
+}
+
+
+def _write_spec(path: Path, name: str, search: dict, scheduler: dict | None = None, **base) -> Path:
+    spec = {
+        "name": name, "question": "does it work?",
+        "base": {**BASE, **base, "tracking": {**BASE["tracking"], "experiment": name}},
+        "datasets": {"train": "demo:sr_x2", "val": ["demo:sr_x2"], "batch_size": 4, "lq_patch": 16},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "search": search,
+        "scheduler": scheduler or {"kind": "none"},
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _children(workdir: Path, parent_run_id: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(default_tracking_uri(workdir))
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+
+
+def _history(workdir: Path, run_id: str, key: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(default_tracking_uri(workdir)).get_metric_history(run_id, key)
+
+
+def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_path):
+    from hiir.platform.study import report_study, run_study
+
+    # A learning rate of 1e-9 cannot learn in 30 steps: those trials are the weak ones.
+    spec = _write_spec(tmp_path / "asha.yaml", "asha-grid", {"lr": [2e-3, 1e-9], "attention": ["dot", "cosine"]},
+                       {"kind": "asha", "time_attr": "step", "grace_period": 10, "reduction_factor": 2})
+    done = run_study(spec, workdir=workdir)
+    assert len(done.results) == 4 and not any(r.error for r in done.results)
+
+    runs = _children(workdir, done.parent_run_id)
+    assert len(runs) == 4
+    assert {r.data.tags["hiir.axis.optim.lr"] for r in runs} == {"0.002", "1e-09"}
+    stopped = [r for r in runs if r.info.status == "KILLED"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert stopped, "ASHA stopped no trial"
+    last_step = {r.info.run_id: max(m.step for m in _history(workdir, r.info.run_id, "val_psnr")) for r in runs}
+    assert all(last_step[r.info.run_id] < 30 and r.data.tags["hiir.stopped_early"] == "true" for r in stopped)
+    assert all(last_step[r.info.run_id] == 30 for r in finished)
+    assert all(r.data.tags["hiir.axis.optim.lr"] == "0.002" for r in finished)
+
+    report = report_study(str(done.directory), workdir=workdir)
+    text = report.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| ") and "status" in line)
+    assert "optim.lr" in header and "model.attention" in header and "stopped early" in text
+    for png in ("psnr_vs_params.png", "training_curves.png"):
+        assert (done.directory / png).stat().st_size > 1000
+
+
+@pytest.mark.timeout(900)
+def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, ray_session, tmp_path):
+    spec = _write_spec(tmp_path / "resume.yaml", "resume-study", {"attention": ["dot", "cosine"],
+                                                                  "tree_depth": [2, 3]},
+                       optim={**BASE["optim"], "max_steps": 20})
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "-m", "hiir.platform.cli", "study", "run", str(spec), "--workdir", str(workdir),
+           "--no-report"]
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    state_file = workdir / "studies" / "resume-study" / "study.json"
+    try:
+        deadline = time.time() + 400
+        finished: set[str] = set()
+        while time.time() < deadline and driver.poll() is None:
+            if state_file.exists():
+                parent = json.loads(state_file.read_text())["parent_run_id"]
+                finished = {r.info.run_id for r in _children(workdir, parent) if r.info.status == "FINISHED"}
+                if finished:
+                    time.sleep(5)  # let Tune write its experiment state, as it would over a long run
+                    break
+            time.sleep(2)
+        assert finished, "no trial finished before the deadline"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-study, for real
+        driver.wait()
+
+    out = subprocess.run([sys.executable, "-m", "hiir.platform.cli", "study", "resume",
+                          str(state_file.parent), "--no-report"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = _children(workdir, parent)
+    assert len(runs) == 4, [r.info.run_name for r in runs]  # no trial ran twice under a new run
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    for run_id in finished:  # finished trials were kept, not retrained
+        steps = [m.step for m in _history(workdir, run_id, "loss")]
+        assert len(steps) == len(set(steps)), steps
