@@ -29,8 +29,9 @@ def ui(workdir: Path, tracking_uri: str | None, host: str, port: int) -> None:
     if uri.startswith("http"):
         click.echo(f"MLFLOW_TRACKING_URI is a server: open {uri} in a browser.")
         return
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: binding {host} exposes the MLflow UI, unauthenticated, to the network", err=True)
+    warning = exposure_warning(host)
+    if warning:
+        click.echo(warning, err=True)
     workdir.mkdir(parents=True, exist_ok=True)
     artifacts = workdir / "mlartifacts"
     click.echo(f"MLflow UI for {uri}\n  http://{host}:{port}   (Ctrl-C to stop)")
@@ -40,3 +41,25 @@ def ui(workdir: Path, tracking_uri: str | None, host: str, port: int) -> None:
         raise SystemExit(subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
     except KeyboardInterrupt:
         pass
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning when `host` is not a loopback address: the MLflow UI has no authentication."""
+    import ipaddress
+    import socket
+
+    try:
+        return None if ipaddress.ip_address(host).is_loopback else _exposed(host)
+    except ValueError:
+        pass  # a name: resolve it
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+            return None
+    except (OSError, ValueError):
+        pass
+    return _exposed(host)
+
+
+def _exposed(host: str) -> str:
+    return f"warning: binding {host} exposes the MLflow UI, unauthenticated, beyond this machine"

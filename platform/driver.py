@@ -154,11 +154,10 @@ def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workd
 
 def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: str | None,
                       tags: dict[str, str]) -> str:
-    from mlflow.tracking import MlflowClient
 
     from hiir.platform import tracking
 
-    client = MlflowClient(uri)
+    client = tracking.client(uri)
     exp_id = tracking.ensure_experiment(client, cfg.tracking.experiment, workdir)
     if parent_run_id:
         tags = {**tags, tracking.PARENT_TAG: parent_run_id}
@@ -168,11 +167,11 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
         params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()},
                   **model_stats(cfg)}
         for chunk in _chunks(list(params.items()), 100):
-            client.log_batch(run_id, params=[_param(k, v) for k, v in chunk])
+            tracking.locked_retry(client.log_batch, run_id, params=[_param(k, v) for k, v in chunk])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "train_config.json"
             path.write_text(json.dumps(cfg.to_dict(), indent=1))
-            client.log_artifact(run_id, str(path))
+            tracking.locked_retry(client.log_artifact, run_id, str(path))
     return run_id
 
 
@@ -195,7 +194,7 @@ def model_stats(cfg: TrainConfig) -> dict[str, float]:
 def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None) -> None:
     from mlflow.tracking import MlflowClient
 
-    from hiir.platform.tracking import RunLogger
+    from hiir.platform.tracking import RunLogger, locked_retry
 
     spool = RunLogger(uri, run_id, workdir / "spool")
     try:
@@ -203,7 +202,7 @@ def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None
             for name in ("model.safetensors", "model.json"):
                 spool.artifact(export / name, "model")
         left_clean = spool.flush()
-        MlflowClient(uri).set_terminated(run_id, "FINISHED")
+        locked_retry(MlflowClient(uri).set_terminated, run_id, "FINISHED")
     except Exception as exc:  # noqa: BLE001 (the weights are on disk; tracking may be down)
         log.warning("could not finish MLflow run %s (%s); records stay in %s", run_id, exc, spool.spool)
         return
@@ -215,10 +214,12 @@ def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
     """Mark a run ended, unless a study already closed it (a trial stopped by ASHA is KILLED, not FAILED)."""
     from mlflow.tracking import MlflowClient
 
+    from hiir.platform.tracking import locked_retry
+
     try:
         client = MlflowClient(uri)
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, status)
+        if locked_retry(client.get_run, run_id).info.status == "RUNNING":
+            locked_retry(client.set_terminated, run_id, status)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
 

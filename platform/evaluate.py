@@ -22,7 +22,7 @@ def restore_array(model: nn.Module, lq: np.ndarray, *, tile: int = 0, overlap: i
     """uint8 HxWxC -> restored float HxWxC in [0, 1] (padding inside the model; tiles above `tile`)."""
     from hiir.models.inference import self_ensemble as ensemble, tiled_forward
 
-    x = torch.from_numpy(np.ascontiguousarray(lq)).permute(2, 0, 1)[None].float().div_(255)
+    x = torch.from_numpy(np.array(lq, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255)
     if tile and max(x.shape[-2:]) > tile:
         forward = lambda t: tiled_forward(model, t, tile=tile, overlap=overlap)  # noqa: E731
     else:

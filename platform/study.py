@@ -325,13 +325,13 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
 
-    client = MlflowClient(uri)
+    client = tracking.client(uri)
     experiment = spec.trial_config({}).tracking.experiment
     exp_id = tracking.ensure_experiment(client, experiment, workdir)
-    parent = client.create_run(exp_id, run_name=spec.name, tags={
+    parent = tracking.locked_retry(client.create_run, exp_id, run_name=spec.name, tags={
         tracking.STUDY_TAG: spec.name, "hiir.kind": "study", "hiir.scale": scale,
         "mlflow.note.content": spec.question})
-    client.log_batch(parent.info.run_id, params=[_param("study.trials", spec.trial_count),
+    tracking.locked_retry(client.log_batch, parent.info.run_id, params=[_param("study.trials", spec.trial_count),
                                                  _param("study.scale", scale), _param("study.search", search),
                                                  _param("study.spec", str(path))])
     state = {"raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),

@@ -62,26 +62,62 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise HiirError(f"MLflow tracking server {uri} answered /health with an error")
 
 
+def client(uri: str):
+    """An MlflowClient; a new SQLite store is created (schema migrations) by one process at a time."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        import fcntl
+
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent first use would race the migrations
+            MlflowClient(uri).search_experiments(max_results=1)
+    return MlflowClient(uri)
+
+
+def locked_retry(fn, *args, attempts: int = 40, **kwargs):
+    """Call `fn`, waiting out SQLite's single-writer lock ("database is locked") with backoff.
+
+    Several studies may share one embedded store; each write waits its turn instead of failing.
+    """
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 (MLflow wraps SQLAlchemy's OperationalError)
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 def ensure_experiment(client, name: str, workdir: Path) -> str:
     """Experiment id, created with an absolute artifact location (never ./mlruns of some cwd)."""
-    exp = client.get_experiment_by_name(name)
+    exp = locked_retry(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
     uri = client.tracking_uri if hasattr(client, "tracking_uri") else ""
     location = None if str(uri).startswith("http") else (Path(workdir).resolve() / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return locked_retry(client.create_experiment, name, artifact_location=location)
+    except Exception as exc:  # noqa: BLE001 (another process created it first)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise HiirError(f"cannot create MLflow experiment {name!r}: {exc}") from None
+        return exp.experiment_id
 
 
 def find_or_create_run(client, experiment_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
     """(run_id, resumed): a run with the same name is reused, as Ray Train resumes its checkpoint,
     so the resumed (or extended) run continues the same curves."""
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+    found = locked_retry(client.search_runs, [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
     if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
+        locked_retry(client.update_run, found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id, True
-    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    run = locked_retry(client.create_run, experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
     return run.info.run_id, False
 
 
@@ -89,9 +125,10 @@ class RunLogger:
     """Logs into one existing run; never raises on tracking failures during training."""
 
     def __init__(self, tracking_uri: str, run_id: str, spool_dir: Path) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
+        # A dead server must cost a training step milliseconds, not MLflow's default minutes of retries.
+        for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+            os.environ.setdefault(key, value)
+        self.client = client(tracking_uri)
         self.run_id, self.uri = run_id, tracking_uri
         self.spool = Path(spool_dir) / f"{run_id}.jsonl"
         self._warned = False
@@ -99,6 +136,9 @@ class RunLogger:
     # --------------------------------------------------------------- public
     def metrics(self, values: dict[str, float], step: int) -> None:
         self._send({"kind": "metrics", "values": values, "step": step, "ts": int(time.time() * 1000)})
+
+    def tags(self, values: dict[str, str]) -> None:
+        self._send({"kind": "tags", "values": values})
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._send({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
@@ -119,7 +159,7 @@ class RunLogger:
         left = []
         for i, record in enumerate(pending):
             try:
-                self._apply(record)
+                locked_retry(self._apply, record)
             except Exception:  # noqa: BLE001 (still down: keep the rest in order)
                 left = pending[i:]
                 break
@@ -138,7 +178,7 @@ class RunLogger:
             self._spool(record)
             return
         try:
-            self._apply(record)
+            locked_retry(self._apply, record)
         except Exception as exc:  # noqa: BLE001 (training goes on whatever the tracking server does)
             self._spool(record, exc)
 
@@ -148,6 +188,11 @@ class RunLogger:
         if record["kind"] == "metrics":
             metrics = [Metric(k, float(v), record["ts"], record["step"]) for k, v in record["values"].items()]
             self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        elif record["kind"] == "tags":
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in record["values"].items()],
+                                  synchronous=True)
         else:
             self.client.log_artifact(self.run_id, record["path"], record["artifact_path"])
 

@@ -31,6 +31,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     from hiir.data_prep import TrainReader
     from hiir.models import build
     from hiir.platform.ema import EMA
+    from hiir.platform.checkpoint import write_integrity
     from hiir.platform.engine import all_ranks_finite, make_engine
     from hiir.platform.tracking import RunLogger
 
@@ -62,8 +63,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     step, state = 0, {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as d:
-            step, state = _restore(Path(d), engine, ema, rank)
+        step, state, skipped_ckpts = _restore_latest_good(checkpoint, engine, ema)
+        if logger:
+            logger.tags({"hiir.resumed_from_step": str(step), "hiir.skipped_checkpoints": ",".join(skipped_ckpts)})
     bad_in_a_row, skipped = state.get("bad_in_a_row", 0), state.get("skipped", 0)
     ema.updates = state.get("ema_updates", 0)
     window, since_eval = _Window(), _Window()  # reset at each log / at each eval
@@ -112,6 +114,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                     model = _eval_model(model_cfg, weights)
                     metrics.update(_validate(cfg, model, logger, final=step == cfg.optim.max_steps))
                     _write_rank0_files(tmp, cfg, model_cfg, model, ema, step)
+                if any(tmp.iterdir()):
+                    write_integrity(tmp, rank, writers=world if cfg.engine.kind == "deepspeed" else 1)
                     if logger:
                         logger.metrics({k: v for k, v in metrics.items() if k not in ("step", "loss")}, step)
                 has_files = any(tmp.iterdir())
@@ -214,13 +218,26 @@ def _write_rank0_files(tmp: Path, cfg, model_cfg, model, ema, step: int) -> None
     (tmp / "meta.json").write_text(json.dumps({"step": step, "engine": cfg.engine.kind}))
 
 
-def _restore(d: Path, engine, ema, rank: int) -> tuple[int, dict[str, Any]]:
-    state = engine.load(d)
-    if ema.keep and (d / "ema.safetensors").exists():
-        from safetensors.torch import load_file
+def _restore_latest_good(checkpoint, engine, ema) -> tuple[int, dict[str, Any], list[str]]:
+    """Load the newest checkpoint that verifies whole; every rank reaches the same verdict."""
+    from hiir.platform.checkpoint import candidates, verify
 
-        ema.load_state_dict(load_file(str(d / "ema.safetensors")))
-    return int(state["step"]), state
+    skipped = []
+    for ckpt in candidates(checkpoint):
+        with ckpt.as_directory() as d:
+            try:
+                verify(Path(d))
+            except HiirError as exc:
+                warnings.warn(f"{exc}; trying the previous checkpoint", stacklevel=1)
+                skipped.append(Path(ckpt.path).name)
+                continue
+            state = engine.load(Path(d))
+            if ema.keep and (Path(d) / "ema.safetensors").exists():
+                from safetensors.torch import load_file
+
+                ema.load_state_dict(load_file(str(Path(d) / "ema.safetensors")))
+            return int(state["step"]), state, skipped
+    raise HiirError(f"no usable checkpoint among {', '.join(skipped)}; start a new run name or repair storage")
 
 
 def _maybe_fault(phase: str, rank: int, step: int) -> None:

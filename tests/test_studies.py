@@ -94,7 +94,8 @@ def test_smoke_scale_fits_two_cpu_cores(name):
         assert cfg.optim.max_steps <= 120 and cfg.optim.max_steps % cfg.eval.every == 0
         assert 1 <= cfg.eval.max_images <= 3 and cfg.data.lq_patch <= 24
         assert cfg.model_config().dim <= 64, f"{point}: a full-size preset survived the smoke scale"
-        assert int(cfg.data.train.rsplit("x", 1)[1]) == cfg.model_config().scale, f"{point}: data vs model scale"
+        data_scale = int(cfg.data.train.rsplit("x", 1)[1])
+        assert data_scale == cfg.model_config().scale, f"{point}: x{data_scale} data for a different model scale"
 
 
 @pytest.mark.parametrize("name", PAPER + ["search/warmup_attention_conv_depth"])
@@ -145,7 +146,7 @@ def test_expected_rows_sit_beside_a_trial(name):
     matched_by: dict[int, int] = {}
     for i, row in enumerate(rows):
         assert set(row) == {"match", "values"}, row
-        assert row["match"] and set(row["match"]) <= axis_keys, f"row {i} matches on a non-axis key: {row['match']}"
+        assert row["match"] and set(row["match"]) <= axis_keys, f"row {i} matches a non-axis key: {row['match']}"
         assert row["values"] and set(row["values"]) <= {*TEST_SETS, "params_M"}, row["values"]
         assert all(isinstance(v, (int, float)) for v in row["values"].values())
         hits = [j for j, (p, cfg) in enumerate(points) if _matches(row["match"], p, cfg)]
@@ -165,7 +166,8 @@ def test_expected_numbers_are_the_papers():
                                           "model.stage_conv": "conv1"})["Set5"] == 35.06
     assert row("paper/table3_scaling_x4", **{"model.preset": "l_x4_conv1", "optim.warmup_steps": 10000,
                                              "model.stage_conv": "conv1"})["Set5"] == 32.67
-    assert row("paper/table5_attention_x4", **{"model.preset": "l_x4_conv1", "model.attention": "dot"})["Set5"] == 33.14
+    assert row("paper/table5_attention_x4",
+               **{"model.preset": "l_x4_conv1", "model.attention": "dot"})["Set5"] == 33.14
     assert row("paper/permutation", **{"model.mixer_l2": "none"})["Set5"] == 38.51
     assert row("paper/scale_110m", **{"model.preset": "xl_x2"})["Set5"] == 38.72
     assert row("paper/tree_depth", **{"model.preset": "depth4_x2"})["Set5"] == 38.41
