@@ -229,7 +229,8 @@ class ContinuousPositionBias(nn.Module):
         self.register_buffer("index", rel[..., 0] * (2 * grid - 1) + rel[..., 1], persistent=False)
 
     def forward(self) -> torch.Tensor:
-        table = self.mlp(self.coords_table)  # ((2g-1)^2, h)
+        # DeepSpeed's bf16 casts parameters but not buffers: follow the MLP's dtype.
+        table = self.mlp(self.coords_table.to(self.mlp[0].weight.dtype))  # ((2g-1)^2, h)
         return 16 * torch.sigmoid(table[self.index].permute(2, 0, 1))  # h, L, L
 
 

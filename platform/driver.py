@@ -80,7 +80,7 @@ def resolve_datasets(cfg: TrainConfig, workdir: Path) -> TrainConfig:
     return dataclasses.replace(cfg, data=data)
 
 
-def check_storage(storage: str) -> None:
+def check_storage(storage: str, need_bytes: int = 0) -> None:
     """An unwritable or full storage path fails now, with its name, not in a worker's first save."""
     if "://" in storage:
         return  # remote storage is checked by Ray's own filesystem layer at start
@@ -93,6 +93,16 @@ def check_storage(storage: str) -> None:
             os.fsync(f.fileno())
     except OSError as exc:
         raise HiirError(f"storage path {path} is not usable: {exc.strerror or exc}") from None
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise HiirError(f"storage path {path} has {free / 2**20:.1f} MiB free; the checkpoints this run keeps "
+                        f"need about {need_bytes / 2**20:.1f} MiB")
+
+
+def checkpoint_bytes(cfg: TrainConfig, num_params: int) -> int:
+    """Disk the kept checkpoints need: fp32 weights, two Adam moments, EMA and export (~5 copies)
+    per checkpoint, `keep` of them plus the one being written."""
+    return 5 * 4 * num_params * (cfg.checkpoint.keep + 1)
 
 
 def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None, storage: str | None = None,
@@ -104,12 +114,13 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     workdir = Path(workdir).resolve()
     storage = storage or (os.environ.get("HIIR_STORAGE", "").rstrip("/") + "/runs" if os.environ.get("HIIR_STORAGE")
                           else str(workdir / "ray_results"))
-    check_storage(storage)
+    stats = model_stats(cfg)
+    check_storage(storage, checkpoint_bytes(cfg, int(stats["model.num_params"])))
     cfg = resolve_datasets(cfg, workdir)
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
 
-    run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {})
+    run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {}, stats)
     init_ray(address)
     trainer = _trainer(cfg, storage, run_id, uri, workdir, in_tune)
     try:
@@ -153,8 +164,7 @@ def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workd
 
 
 def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: str | None,
-                      tags: dict[str, str]) -> str:
-
+                      tags: dict[str, str], stats: dict[str, float]) -> str:
     from hiir.platform import tracking
 
     client = tracking.client(uri)
@@ -164,8 +174,7 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
     run_id, resumed = tracking.find_or_create_run(client, exp_id, cfg.name, tags)
     if not resumed:
         model = dataclasses.asdict(cfg.model_config())
-        params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()},
-                  **model_stats(cfg)}
+        params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()}, **stats}
         for chunk in _chunks(list(params.items()), 100):
             tracking.locked_retry(client.log_batch, run_id, params=[_param(k, v) for k, v in chunk])
         with tempfile.TemporaryDirectory() as tmp:

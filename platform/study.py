@@ -308,8 +308,6 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
               tracking_uri: str | None = None, search: str = "basic", address: str | None = None) -> StudyRun:
     """Validate the spec, create the parent run, run the trials with Ray Tune."""
     import yaml
-    from mlflow.tracking import MlflowClient
-
     from hiir.platform import tracking
     from hiir.platform.driver import check_storage, init_ray, resolve_datasets
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 def _checkpoints(storage: Path, name: str) -> list[Path]:
-    return sorted((storage / name).glob("checkpoint_*"))
+    return sorted(p for p in (storage / name).glob("checkpoint_*") if p.is_dir())
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_good_one(workdir, train_config):

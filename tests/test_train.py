@@ -2,7 +2,7 @@
 
 One uninterrupted ZeRO-2 run is the reference; a second run of the same config is SIGKILLed mid-step
 (no retries, so it fails), then re-run under the same name: it resumes from its checkpoint and must
-land where the reference did. ZeRO-3 runs with a worker killed and FailureConfig retrying it.
+land where the reference did. ZeRO-3 (in bf16) runs with a worker killed and FailureConfig retrying it.
 """
 from __future__ import annotations
 
@@ -70,9 +70,10 @@ def test_killed_run_resumes_where_it_stopped(reference, workdir, train_config, t
     assert steps == sorted(set(steps)) and steps[-1] == 20  # one run, one continuous curve
 
 
-def test_zero3_survives_a_killed_worker(workdir, train_config, tmp_path, monkeypatch):
-    cfg = train_config("z3-retry", engine={"zero_stage": 3}, max_failures=1,
-                            optim={"max_steps": 20})
+def test_zero3_bf16_survives_a_killed_worker(workdir, train_config, tmp_path, monkeypatch):
+    # bf16 is what `precision: auto` picks on GPU; DeepSpeed runs it on CPU too, so it is tested here.
+    cfg = train_config("z3-retry", engine={"zero_stage": 3, "precision": "bf16"}, max_failures=1,
+                       optim={"max_steps": 20})
     marker = tmp_path / "killed"
     monkeypatch.setenv("HIIR_FAULT", f"step:0:14:{marker}:3")
     result = fit_run(cfg, workdir=workdir)
