@@ -40,6 +40,7 @@ AXIS_ALIASES = {
 }
 TRIAL_ACTOR_CPU = 0.01  # the trial function only drives its TorchTrainer; Tune refuses 0
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+SCALE_KEYS = ("set", "presets", "search", "scheduler", "num_samples")
 SPEC_KEYS = ("name", "question", "base", "datasets", "resources", "search", "num_samples", "scheduler",
              "metric", "mode", "expected", "scale")
 
@@ -144,15 +145,21 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
     _merge_section(base, "data", raw.get("datasets"))
     _merge_section(base, "scaling", raw.get("resources"))
     search = copy.deepcopy(raw.get("search") or {})
+    sched = dict(raw.get("scheduler") or {}) if isinstance(raw.get("scheduler") or {}, dict) else raw["scheduler"]
+    num_samples = raw.get("num_samples", 1)
     if scale != "full":
-        search = _apply_scale(base, search, scales[scale], scale)
+        scale_cfg = scales[scale] or {}
+        _check_scale(scale, scale_cfg)
+        search = _apply_scale(base, search, scale_cfg, scale)
+        if isinstance(sched, dict):
+            sched.update(scale_cfg.get("scheduler") or {})
+        num_samples = scale_cfg.get("num_samples", num_samples)
     for item in overrides:
         from hiir.platform.config import _set_path, parse_override
 
         key, value = parse_override(item)
         _set_path(base, _axis_key(key).split("."), value)
     axes = [_parse_axis(name, value) for name, value in search.items()]
-    sched = raw.get("scheduler") or {}
     if not isinstance(sched, dict):
         raise ConfigError("scheduler must be a mapping like {kind: asha, grace_period: 50}")
     unknown = set(sched) - {f.name for f in dataclasses.fields(Scheduler)}
@@ -163,7 +170,7 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
         raise ConfigError(f"scheduler.kind={sched['kind']!r} is not one of asha, none")
     spec = StudySpec(
         name=str(raw["name"]), question=str(raw.get("question", "")), base=base, axes=axes,
-        num_samples=int(raw.get("num_samples", 1)), scheduler=Scheduler(**sched),
+        num_samples=int(num_samples), scheduler=Scheduler(**sched),
         metric=str(raw.get("metric", "val_psnr")), mode=raw.get("mode", "max"),
         expected=raw.get("expected"), scales=scales, path=path)
     if spec.mode not in ("max", "min"):
@@ -187,6 +194,22 @@ def _merge_section(base: dict, section: str, values: dict | None) -> None:
         if not isinstance(values, dict):
             raise ConfigError(f"{'datasets' if section == 'data' else 'resources'} must be a mapping")
         base.setdefault(section, {}).update(values)
+
+
+def _check_scale(scale: str, scale_cfg: Any) -> None:
+    from hiir.models import PRESETS
+
+    if not isinstance(scale_cfg, dict):
+        raise ConfigError(f"scale.{scale} must be a mapping with any of {', '.join(SCALE_KEYS)}")
+    for key in scale_cfg:
+        if key not in SCALE_KEYS:
+            close = difflib.get_close_matches(key, SCALE_KEYS, n=1)
+            raise ConfigError(f"scale.{scale}.{key} is not a scale field ({', '.join(SCALE_KEYS)})"
+                              + (f"; did you mean {close[0]}?" if close else ""))
+    for source, target in (scale_cfg.get("presets") or {}).items():
+        for name in (source, target):
+            if name not in PRESETS:
+                raise ConfigError(f"scale.{scale}.presets: {name!r} is not a known preset; see `hiir models`")
 
 
 def _apply_scale(base: dict, search: dict, scale_cfg: dict, scale: str) -> dict:

@@ -226,3 +226,44 @@ def test_ddp_optimizer_state_loads_with_weights_only(tmp_path):
     calls = [c for folder in ("platform", "models", "data_prep") for f in (root / folder).rglob("*.py")
              for c in re.findall(r"torch\.load\([^)]*\)", f.read_text())]
     assert calls and all("weights_only=True" in c for c in calls), calls
+
+
+# ---------------------------------------------------------------- data build
+
+
+def _build_cmd(source: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hiir.platform.cli", "data", "build", str(source), "--task", "sr", "--scale", "2",
+            "--sub-size", "48", "--step", "24", "--out", str(out), *extra]
+
+
+@pytest.mark.timeout(600)
+def test_killed_data_build_is_refused_then_rebuilt_with_overwrite(workdir, tmp_path):
+    import shutil
+
+    from hiir.data_prep import load_manifest
+
+    photos = sorted((workdir / "data" / "demo_photos").glob("*.png"))
+    source = tmp_path / "photos"
+    source.mkdir()
+    for copy in range(4):  # enough work that the build is still writing when it is killed
+        for photo in photos:
+            shutil.copy(photo, source / f"{copy}-{photo.name}")
+    out = tmp_path / "ds"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(_build_cmd(source, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out.exists() and any(out.iterdir())):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # killed for real, mid-build
+    proc.wait()
+    assert out.exists() and not (out / "manifest.json").exists(), "the build finished before it could be killed"
+
+    again = subprocess.run(_build_cmd(source, out), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "interrupted build" in again.stderr, again.stderr[-2000:]
+
+    rebuilt = subprocess.run(_build_cmd(source, out, "--overwrite"), env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    manifest = load_manifest(out, verify=True)
+    assert manifest.rows("train") > 0 and not any(p.name.startswith(".tmp-") for p in out.iterdir())

@@ -18,7 +18,7 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 # name -> (trials at full scale, trials at smoke scale); None: the spec has no smoke scale
 # (smoke.yaml is itself the demo-scale study).
 TRIAL_COUNTS = {
-    "smoke": (8, None),
+    "smoke": (8, 8),
     "paper/table3_scaling": (12, 8),         # x3: B/L x warmup no/yes x conv1/linear/conv3
     "paper/table3_scaling_x4": (12, 8),
     "paper/table5_attention": (4, 4),        # x3: B/L x dot/cosine
@@ -198,6 +198,14 @@ def test_the_good_spec_parses():
     assert parse_spec(_good(), scale="smoke").base["optim"]["max_steps"] == 10
 
 
+def test_a_scale_may_change_the_scheduler_and_samples():
+    raw = _bad(scheduler={"kind": "asha", "grace_period": 5000},
+               scale={"smoke": {"scheduler": {"grace_period": 4}, "num_samples": 3}})
+    small = parse_spec(raw, scale="smoke")
+    assert small.scheduler.grace_period == 4 and small.scheduler.kind == "asha" and small.trial_count == 6
+    assert parse_spec(raw).scheduler.grace_period == 5000
+
+
 @pytest.mark.parametrize("raw, scale, words", [
     (_bad(search={"atention": ["dot"]}), "full", ["search axis 'atention'", "did you mean", "attention"]),
     (_bad(search={"model.atention": ["dot"]}), "full", ["search axis 'model.atention'", "model.attention"]),
@@ -211,6 +219,8 @@ def test_the_good_spec_parses():
     (_good(), "tiny", ["scale='tiny' is not defined", "full, smoke"]),
     (_bad(mode="maximum"), "full", ["mode='maximum'", "max, min"]),
     ({k: v for k, v in _good().items() if k != "base"}, "full", ["base is missing"]),
+    (_bad(scale={"smoke": {"preset": {"b_x2_conv3": "tiny_x2"}}}), "smoke", ["scale.smoke.preset", "presets"]),
+    (_bad(scale={"smoke": {"presets": {"b_x2_conv9": "tiny_x2"}}}), "smoke", ["'b_x2_conv9'", "hiir models"]),
 ])
 def test_bad_specs_fail_with_one_clear_line(raw, scale, words):
     with pytest.raises(ConfigError) as info:
