@@ -185,21 +185,26 @@ print("OK", who)
 # ---------------------------------------------------------------- security
 
 
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious weights file carries."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
 def test_pickle_payload_in_a_weights_file_is_refused(tmp_path):
     from hiir.platform.evaluate import load_exported
 
     target = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {target}",))
-
     weights = tmp_path / "model.safetensors"
-    weights.write_bytes(pickle.dumps(Payload()))
+    weights.write_bytes(pickle.dumps(_Payload(target)))
     (tmp_path / "model.json").write_text("{}")
     with pytest.raises(HiirError, match="not a valid safetensors"):
         load_exported(tmp_path)
-    (tmp_path / "model.pt").write_bytes(pickle.dumps(Payload()))
+    (tmp_path / "model.pt").write_bytes(pickle.dumps(_Payload(target)))
     with pytest.raises(HiirError, match="only from safetensors"):
         load_exported(tmp_path / "model.pt")
     assert not target.exists()
@@ -210,13 +215,8 @@ def test_ddp_optimizer_state_loads_with_weights_only(tmp_path):
     import torch
 
     target = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {target}",))
-
     path = tmp_path / "optim.pt"
-    path.write_bytes(pickle.dumps(Payload()))
+    path.write_bytes(pickle.dumps(_Payload(target)))
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
     assert not target.exists()
