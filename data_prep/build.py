@@ -16,14 +16,24 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from hiir.data_prep.degrade import TASKS, degrade_image, mod_crop
+import numpy as np
+
+from hiir.data_prep.degrade import SYNTHETIC, TASKS, degrade_image, mod_crop
 from hiir.data_prep.errors import DatasetError
 from hiir.data_prep.manifest import MANIFEST, SCHEMA_VERSION, SHARD_NAME, Manifest, ShardInfo, SkippedImage, dataset_state, write_manifest
 from hiir.data_prep.scan import MAX_PIXELS, SourceImage, load_image, scan_source
 from hiir.data_prep.shards import TMP_PREFIX, filesystem, image_rows, write_shard
 
 
-def degradation_params(task: str, scale, sigma, quality, lq_source) -> tuple[int, dict]:
+SYNTHETIC_MODELS = {
+    "derain": "rain streaks: sparse drops smeared by a near-vertical motion kernel, added",
+    "dehaze": "atmospheric scattering I = J t + A (1 - t), t = exp(-beta d), synthetic depth d",
+    "deblur": "linear motion blur, 7-15 px, random angle",
+    "lowlight": "gamma 1.2-1.8, scaled by 0.15-0.35, sensor noise sigma 1-4",
+}
+
+
+def degradation_params(task: str, scale, sigma, quality, lq_source, pipeline=None) -> tuple[int, dict]:
     """(scale, degradation dict) of a task, checking that the task got the values it needs."""
     if task not in TASKS:
         raise DatasetError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -41,6 +51,13 @@ def degradation_params(task: str, scale, sigma, quality, lq_source) -> tuple[int
         if quality is None or not 1 <= quality <= 100:
             raise DatasetError(f"task jpeg needs a quality in 1..100, got {quality!r}")
         return 1, {"kind": "jpeg_pillow", "quality": quality}
+    if task in SYNTHETIC:
+        return 1, {"kind": f"synthetic_{task}", "synthetic_stand_in": True, "model": SYNTHETIC_MODELS[task],
+                   "seeded_by": "seed+image name"}
+    if task == "online":  # HR-only: the reader degrades on the fly (hiir.data_prep.online)
+        from hiir.data_prep.online import validate_pipeline
+
+        return 1, {"kind": "online", "online": True, "pipeline": validate_pipeline(pipeline, "pipeline (--degrade)")}
     return scale or 1, {"kind": "given", "lq_source": str(lq_source)}
 
 
@@ -74,7 +91,9 @@ def process_image(img: SourceImage, p: dict):
         return None, str(exc)
     if img.split == "train" and min(gt.shape[:2]) < p["sub_size"]:
         return None, f"image {img.path} is {gt.shape[1]}x{gt.shape[0]}, smaller than the {p['sub_size']} px sub-image size"
-    if lq is None:
+    if lq is None and p["task"] == "online":
+        lq = np.zeros((0, 0, gt.shape[2]), np.uint8)  # GT only: no LQ bytes stored
+    elif lq is None:
         lq = degrade_image(gt, p["task"], scale=p["scale"], sigma=p["sigma"], quality=p["quality"], seed=p["seed"], name=img.name)
     elif lq.shape[:2] != (gt.shape[0] // p["scale"], gt.shape[1] // p["scale"]):
         raise DatasetError(f"paired images disagree in size: GT {img.path} is {gt.shape[1]}x{gt.shape[0]} (mod-cropped to x{p['scale']}) "
@@ -139,7 +158,7 @@ def build_dataset(source, out_dir, task: str, *, scale: int | None = None, sigma
                   quality: int | None = None, lq_source=None, split: str = "train", val_fraction: float = 0.1,
                   val_names=None, sub_size: int = 480, step: int = 240, images_per_shard: int = 8, seed: int = 0,
                   strict: bool = False, overwrite: bool = False, progress: bool = True,
-                  max_pixels: int = MAX_PIXELS) -> Manifest:
+                  max_pixels: int = MAX_PIXELS, pipeline=None, local: bool = False) -> Manifest:
     """Build a dataset directory (Parquet shards + manifest.json) from an image folder.
 
     task: sr (scale 2/3/4, MATLAB bicubic), denoise (sigma in 8-bit levels, seeded per image),
@@ -147,15 +166,23 @@ def build_dataset(source, out_dir, task: str, *, scale: int | None = None, sigma
     split: train (sub_size sub-images every `step` px), val (whole mod-cropped images) or both
     (val = `val_names`, else a seeded `val_fraction` of the images). Unreadable images are
     skipped and listed in the manifest, or fail the build with strict=True.
+    task online: GT-only train shards; `pipeline` (optional) is recorded as the default on-the-fly
+    degradation. derain/dehaze/deblur/lowlight: synthetic stand-ins, labelled so in the manifest.
+    local=True maps the chunks in this process instead of Ray Data (tiny builds such as the demo's).
     """
-    scale, degradation = degradation_params(task, scale, sigma, quality, lq_source)
+    scale, degradation = degradation_params(task, scale, sigma, quality, lq_source, pipeline)
+    if task == "online" and split != "train":
+        raise DatasetError("task online builds a train split only; evaluate on fixed val sets built per level "
+                           "(e.g. --task denoise --sigma 25 --split val)")
     if sub_size % scale or step % scale or step <= 0:
         raise DatasetError(f"sub_size {sub_size} and step {step} must be positive multiples of the scale {scale}")
     images = scan_source(source, split, lq_source=lq_source, val_fraction=val_fraction, val_names=val_names, seed=seed)
     prepare_out_dir(str(out_dir), overwrite)
     params = {"task": task, "scale": scale, "sigma": sigma, "quality": quality, "seed": seed, "strict": strict,
               "sub_size": sub_size, "step": step, "max_pixels": max_pixels, "out_dir": str(out_dir)}
-    results = sorted(run_on_ray(chunk_images(images, images_per_shard), params, progress), key=lambda r: r["shard"])
+    items = chunk_images(images, images_per_shard)
+    results = [process_chunk(i, params) for i in items] if local else run_on_ray(items, params, progress)
+    results = sorted(results, key=lambda r: r["shard"])
     errors = [r["error"] for r in results if r["error"]]
     if errors:
         prepare_out_dir(str(out_dir), overwrite=True)  # remove this build's shards: no half dataset stays behind

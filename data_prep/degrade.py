@@ -14,7 +14,11 @@ from PIL import Image
 
 from hiir.data_prep.imresize import imresize
 
-TASKS = ("sr", "denoise", "jpeg", "paired")
+# Synthetic stand-ins for the all-in-one tasks whose real data (SOTS, Rain100L, GoPro, LOL) the demo
+# photos cannot supply. They are labelled `synthetic_stand_in` in the manifest and in study reports.
+SYNTHETIC = ("derain", "dehaze", "deblur", "lowlight")
+# online: HR-only train shards; the LQ side is made in the reader (hiir.data_prep.online).
+TASKS = ("sr", "denoise", "jpeg", "paired", "online") + SYNTHETIC
 
 
 def to_uint8(img: np.ndarray, peak: float = 255.0) -> np.ndarray:
@@ -90,6 +94,39 @@ def motion_blur(img: np.ndarray, length: int, angle_deg: float = 0.0) -> np.ndar
     return _convolve_taps(img, motion_kernel(length, angle_deg))
 
 
+def synthetic_rain(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rain streaks: sparse drops smeared by a near-vertical motion kernel, added (Rain100L-like, light)."""
+    h, w = gt.shape[:2]
+    drops = (rng.random((h, w)) < rng.uniform(0.003, 0.008)) * rng.uniform(0.5, 1.0, (h, w))
+    length = int(rng.integers(9, 18))
+    streaks = np.clip(motion_blur(drops, length, rng.uniform(75, 105)) * length * 0.6, 0, 0.8)
+    return to_uint8(gt / 255.0 + streaks[..., None], peak=1.0)
+
+
+def synthetic_haze(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Atmospheric scattering I = J t + A (1 - t), t = exp(-beta d), d a smooth synthetic depth."""
+    h, w = gt.shape[:2]
+    coarse = Image.fromarray(rng.random((4, 4)).astype(np.float32), mode="F").resize((w, h), Image.BICUBIC)
+    depth = 0.6 * np.linspace(1.0, 0.0, h)[:, None] + 0.4 * np.clip(np.asarray(coarse, np.float64), 0, 1)
+    t = np.exp(-rng.uniform(0.8, 1.6) * depth)[..., None]
+    return to_uint8(gt / 255.0 * t + rng.uniform(0.75, 0.95) * (1 - t), peak=1.0)
+
+
+def synthetic_lowlight(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Low light: gamma, then scaling down, then a little sensor noise (LOL-like darkness)."""
+    dark = (gt / 255.0) ** rng.uniform(1.2, 1.8) * rng.uniform(0.15, 0.35)
+    return to_uint8(add_gaussian_noise(dark, rng.uniform(1.0, 4.0), rng), peak=1.0)
+
+
+def synthetic_motion_blur(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Linear motion blur of 7-15 px at a random angle (GoPro-like blur, without the camera pipeline)."""
+    return to_uint8(motion_blur(gt, int(rng.integers(7, 16)), rng.uniform(0, 180)))
+
+
+SYNTHETIC_FNS = {"derain": synthetic_rain, "dehaze": synthetic_haze, "deblur": synthetic_motion_blur,
+                 "lowlight": synthetic_lowlight}
+
+
 def degrade_image(gt: np.ndarray, task: str, *, scale: int = 1, sigma: float | None = None,
                   quality: int | None = None, seed: int = 0, name: str = "") -> np.ndarray:
     """The LQ uint8 image of one (already mod-cropped) GT uint8 image, as the build stores it."""
@@ -99,4 +136,6 @@ def degrade_image(gt: np.ndarray, task: str, *, scale: int = 1, sigma: float | N
         return to_uint8(add_gaussian_noise(gt / 255.0, sigma, image_rng(seed, name)), peak=1.0)
     if task == "jpeg":
         return jpeg(gt, quality)
+    if task in SYNTHETIC_FNS:
+        return SYNTHETIC_FNS[task](gt, image_rng(seed, name))
     raise ValueError(f"task {task!r} has no synthetic degradation; expected one of sr, denoise, jpeg")

@@ -20,6 +20,8 @@ from hiir.data_prep.errors import DatasetError
 from hiir.data_prep.manifest import Manifest, load_manifest, read_verified
 
 # Issue 8 hook: degrade(lq, gt, rng) -> (lq, gt), applied per batch after cropping and augmentation.
+# A hook with `from_gt = True` and a `scale` (hiir.data_prep.online.OnlineDegrade) makes the LQ side
+# itself: the reader then crops only GT patches of lq_patch * hook.scale and passes lq=None.
 BatchHook = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
@@ -60,6 +62,9 @@ class _Rows:
     def min_lq_size(self) -> int:
         return min(int(min(self.parts[p][1]["lq_h"][r], self.parts[p][1]["lq_w"][r])) for p, r in self.index)
 
+    def min_gt_size(self) -> int:
+        return min(int(min(self.parts[p][1]["gt_h"][r], self.parts[p][1]["gt_w"][r])) for p, r in self.index)
+
 
 def augment(lq: np.ndarray, gt: np.ndarray, hflip: bool, vflip: bool, rot90: bool):
     """BasicSR's augment: the same horizontal flip, vertical flip and transpose on both images."""
@@ -96,9 +101,18 @@ class TrainReader:
         self.rows = _Rows([read_verified(str(dataset_dir), s) for s in mine], keep)  # sha256 checked here
         if len(self.rows) == 0:
             raise DatasetError(f"dataset {dataset_dir} has too few train rows for rank {rank} of {world_size}")
-        if self.rows.min_lq_size() < lq_patch:
+        self.from_gt = bool(getattr(degrade, "from_gt", False))  # online: LQ made by the hook from GT
+        if self.from_gt:
+            need = lq_patch * degrade.scale
+            if self.rows.min_gt_size() < need:
+                raise DatasetError(f"lq_patch {lq_patch} x scale {degrade.scale} = {need} px is larger than the smallest "
+                                   f"GT sub-image ({self.rows.min_gt_size()} px) of {dataset_dir}")
+        elif self.manifest.degradation.get("online"):
+            raise DatasetError(f"dataset {dataset_dir} is HR-only (online): give its degradation pipeline (data.degrade)")
+        elif self.rows.min_lq_size() < lq_patch:
             raise DatasetError(f"lq_patch {lq_patch} is larger than the smallest LQ sub-image ({self.rows.min_lq_size()} px) of {dataset_dir}")
-        self.scale, self.rank, self.batch_size, self.lq_patch = self.manifest.scale, rank, batch_size, lq_patch
+        self.scale = degrade.scale if self.from_gt else self.manifest.scale
+        self.rank, self.batch_size, self.lq_patch = rank, batch_size, lq_patch
         self.seed, self.augment, self.degrade = seed, augment, degrade
 
     def __len__(self) -> int:
@@ -110,12 +124,15 @@ class TrainReader:
         """Names of this rank's rows (`<image>_sNNN`), e.g. to check that ranks are disjoint."""
         return list(self.rows.names)
 
-    def get_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(lq, gt) of `step`: a pure function of (seed, rank, step)."""
+    def get_batch(self, step: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(lq, gt) of `step`: a pure function of (seed, rank, step); `n` images (default batch_size)."""
         rng = np.random.default_rng([self.seed, self.rank, step])
+        n = self.batch_size if n is None else n
+        if self.from_gt:
+            return self._gt_batch(rng, n)
         p, s = self.lq_patch, self.scale
-        picks = rng.integers(0, len(self.rows), self.batch_size)
-        flips = rng.random((self.batch_size, 3)) < 0.5 if self.augment else np.zeros((self.batch_size, 3), bool)
+        picks = rng.integers(0, len(self.rows), n)
+        flips = rng.random((n, 3)) < 0.5 if self.augment else np.zeros((n, 3), bool)
         lqs, gts = [], []
         for i, f in zip(picks, flips):
             lq, gt = self.rows.get(int(i))
@@ -125,6 +142,18 @@ class TrainReader:
             gts.append(gt)
         lq, gt = np.stack(lqs), np.stack(gts)  # (B, p, p, C), (B, p*s, p*s, C)
         return self.degrade(lq, gt, rng) if self.degrade else (lq, gt)
+
+    def _gt_batch(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Online: GT patches of lq_patch * scale (crop, flips, rot90), then the hook makes the LQ."""
+        g = self.lq_patch * self.scale
+        picks = rng.integers(0, len(self.rows), n)
+        flips = rng.random((n, 3)) < 0.5 if self.augment else np.zeros((n, 3), bool)
+        gts = []
+        for i, f in zip(picks, flips):
+            _, gt = self.rows.get(int(i))
+            y, x = int(rng.integers(0, gt.shape[0] - g + 1)), int(rng.integers(0, gt.shape[1] - g + 1))
+            gts.append(augment(gt[y : y + g, x : x + g], gt[y : y + g, x : x + g], *f)[1])
+        return self.degrade(None, np.stack(gts), rng)
 
 
 def iter_val(dataset_dir, split: str = "val") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:

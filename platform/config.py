@@ -25,6 +25,13 @@ class DataConfig:
     batch_size: int = 8                  # per worker
     lq_patch: int = 32                   # LQ patch side; GT side is lq_patch * scale
     augment: bool = True                 # random flips and rot90
+    # On-the-fly degradation of `train` (issue 8): an ordered pipeline made from the GT patch, e.g.
+    # [{kind: noise, sigma: [15, 75]}, {kind: jpeg, quality: [10, 90]}]; kinds bicubic (scale, first),
+    # blur (sigma), noise (sigma, 8-bit levels), jpeg (quality). See hiir.data_prep.online.
+    degrade: list[dict[str, Any]] = field(default_factory=list)
+    # Task mixture (instead of one `train` set, which is then "mixture"): [{task, dataset, weight,
+    # degrade?, val?}]. Each batch mixes tasks by weight; each task's `val` sets join `val`.
+    mixture: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class TrackingConfig:
     experiment: str = "hiir"
     log_every: int = 10                  # steps between metric logs
     sample_images: int = 2               # LQ | output | GT strips logged at the end
+    system_metrics_s: float = 10.0       # MLflow system-metrics sampling interval; 0 disables
 
 
 @dataclass
@@ -147,6 +155,57 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name}={_get(cfg, name)!r} {rule}")
 
 
+MIXTURE_KEYS = ("task", "dataset", "weight", "degrade", "val")
+
+
+def _check_data(data: DataConfig, raw_data: dict) -> None:
+    """Validate and normalise data.degrade and data.mixture in place (idempotent: a resolved
+    config's to_dict() loads back to the same config)."""
+    from hiir.data_prep.online import validate_pipeline
+
+    try:
+        data.degrade = validate_pipeline(data.degrade, "data.degrade")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not data.mixture:
+        return
+    if data.degrade:
+        raise ConfigError("data.degrade applies to a single data.train set; with data.mixture give each entry its degrade")
+    if "train" not in raw_data:
+        data.train = "mixture"
+    elif data.train != "mixture":
+        raise ConfigError(f"data.train={data.train!r} conflicts with data.mixture; leave data.train out (or set it to mixture)")
+    val = list(data.val) if "val" in raw_data else []
+    entries, tasks = [], set()
+    for i, entry in enumerate(data.mixture):
+        at = f"data.mixture[{i}]"
+        unknown = set(entry) - set(MIXTURE_KEYS)
+        if unknown:
+            raise ConfigError(f"{at}.{sorted(unknown)[0]} is not a mixture field ({', '.join(MIXTURE_KEYS)})")
+        for key in ("task", "dataset"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ConfigError(f"{at}.{key} is missing (a non-empty string)")
+        if "/" in entry["task"] or entry["task"] in tasks:
+            raise ConfigError(f"{at}.task={entry['task']!r} must be unique and contain no '/'")
+        tasks.add(entry["task"])
+        weight = _coerce(entry.get("weight", 1.0), float, f"{at}.weight")
+        if not weight > 0:
+            raise ConfigError(f"{at}.weight={weight!r} must be > 0")
+        try:
+            steps = validate_pipeline(entry.get("degrade") or [], f"{at}.degrade")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        sets = _coerce(entry.get("val") or [], list[str], f"{at}.val")
+        val += [v for v in sets if v not in val]
+        entries.append({"task": entry["task"], "dataset": entry["dataset"], "weight": weight, "degrade": steps, "val": sets})
+    data.mixture, data.val = entries, val
+
+
+def val_tasks(data: DataConfig) -> dict[str, str]:
+    """val set ref -> task name, for the sets a mixture entry lists (per-task means in evaluation)."""
+    return {v: e["task"] for e in data.mixture for v in e.get("val", [])}
+
+
 def load_config(raw: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Build and validate a TrainConfig from a plain dict plus `key=value` overrides."""
     raw = _deep_copy(raw or {})
@@ -155,6 +214,7 @@ def load_config(raw: dict[str, Any] | None = None, overrides: list[str] | tuple[
         _set_path(raw, key.split("."), value)
     cfg = _build(TrainConfig, raw, "")
     _check_ranges(cfg)
+    _check_data(cfg.data, raw.get("data") or {})
     cfg.model_config()  # validates the model section; the network pads any patch size itself
     return cfg
 

@@ -23,6 +23,7 @@ from hiir.platform.errors import HiirError
 log = logging.getLogger("hiir.driver")
 
 DEMO_PREFIX = "demo:"
+SYNTHETIC_TAG = "hiir.synthetic_val"  # val sets that are synthetic stand-ins, comma-separated
 
 
 @dataclass
@@ -60,24 +61,68 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
 
 
 def resolve_datasets(cfg: TrainConfig, workdir: Path) -> TrainConfig:
-    """`demo:<name>` -> the built-in demo dataset (built on first use); every set verified up front."""
+    """`demo:<name>` -> the built-in demo dataset (built on first use); every set verified up front,
+    mixture entries included (an online set without a pipeline, or tasks of different scales, fail here)."""
     from hiir.data_prep import build_demo, load_manifest
+    from hiir.data_prep.demo import DEGRADATION_SETS, DEMO_SETS
+
+    refs = [cfg.data.train] * (not cfg.data.mixture) + list(cfg.data.val) + \
+        [r for e in cfg.data.mixture for r in (e["dataset"], *e.get("val", []))]
+    keys = list(dict.fromkeys(r[len(DEMO_PREFIX):] for r in refs if r.startswith(DEMO_PREFIX)))
+    known = [*DEMO_SETS, *DEGRADATION_SETS]
+    for key in keys:
+        if key not in known:
+            raise HiirError(f"unknown demo dataset {DEMO_PREFIX + key!r}; available: "
+                            + ", ".join(DEMO_PREFIX + k for k in known))
+    demos = build_demo(workdir / "data", keys=keys) if keys else {}
 
     def resolve(ref: str) -> str:
         if ref.startswith(DEMO_PREFIX):
-            demos = build_demo(workdir / "data")
-            key = ref[len(DEMO_PREFIX):]
-            if key not in demos:
-                raise HiirError(f"unknown demo dataset {ref!r}; available: "
-                                + ", ".join(DEMO_PREFIX + k for k in demos))
-            return str(demos[key])
+            return str(demos[ref[len(DEMO_PREFIX):]])
         if "://" not in ref:
             ref = str(Path(ref).expanduser().resolve())
         load_manifest(ref, verify=True)  # a missing shard or bad checksum fails here, not in a worker
         return ref
 
-    data = dataclasses.replace(cfg.data, train=resolve(cfg.data.train), val=[resolve(v) for v in cfg.data.val])
+    mixture = [{**e, "dataset": resolve(e["dataset"]), "val": [resolve(v) for v in e.get("val", [])]}
+               for e in cfg.data.mixture]
+    for i, e in enumerate(mixture):
+        _check_online(e["dataset"], e.get("degrade"), f"data.mixture[{i}]")
+    train = cfg.data.train if mixture else resolve(cfg.data.train)
+    if not mixture:
+        _check_online(train, cfg.data.degrade, "data")
+    scales = {e["task"]: _train_scale(e["dataset"], e.get("degrade")) for e in mixture}
+    if len(set(scales.values())) > 1:
+        raise HiirError(f"the tasks of data.mixture must share one scale (one model), got {scales}")
+    data = dataclasses.replace(cfg.data, train=train, val=[resolve(v) for v in cfg.data.val], mixture=mixture)
     return dataclasses.replace(cfg, data=data)
+
+
+def _check_online(dataset: str, steps, where: str) -> None:
+    from hiir.data_prep import load_manifest
+
+    deg = load_manifest(dataset, verify=False).degradation
+    if deg.get("online") and not steps and not deg.get("pipeline"):
+        raise HiirError(f"{dataset} is an HR-only (online) dataset without a pipeline in its manifest; "
+                        f"give {where}.degrade, e.g. [{{kind: noise, sigma: [15, 75]}}]")
+
+
+def _train_scale(dataset: str, steps) -> int:
+    from hiir.data_prep import load_manifest
+    from hiir.data_prep.online import pipeline_scale
+
+    m = load_manifest(dataset, verify=False)
+    steps = steps or (m.degradation.get("pipeline") if m.degradation.get("online") else None)
+    return pipeline_scale(steps) if steps else m.scale
+
+
+def synthetic_val_sets(cfg: TrainConfig) -> list[str]:
+    """Names of the val sets that are synthetic stand-ins (tagged on the run; studies' reports say so)."""
+    from hiir.data_prep import load_manifest
+    from hiir.platform.evaluate import dataset_name
+
+    return [dataset_name(v) for v in cfg.data.val
+            if load_manifest(v, verify=False).degradation.get("synthetic_stand_in")]
 
 
 def check_storage(storage: str, need_bytes: int = 0) -> None:
@@ -119,6 +164,9 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     cfg = resolve_datasets(cfg, workdir)
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
+    synthetic = synthetic_val_sets(cfg)
+    if synthetic:
+        tags = {**(tags or {}), SYNTHETIC_TAG: ",".join(synthetic)}
 
     run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {}, stats)
     init_ray(address)

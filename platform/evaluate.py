@@ -32,19 +32,22 @@ def restore_array(model: nn.Module, lq: np.ndarray, *, tile: int = 0, overlap: i
 
 
 def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: int = 0, tile: int = 0,
-                      overlap: int = 16, self_ensemble: bool = False, samples: int = 0
+                      overlap: int = 16, self_ensemble: bool = False, samples: int = 0,
+                      tasks: dict[str, str] | None = None
                       ) -> tuple[dict[str, float], list[tuple[str, np.ndarray]]]:
     """Metrics per val set (`val/<set>/psnr|ssim|psnr_y|ssim_y`, `+` for self-ensemble) plus summaries.
 
     `val_psnr` is the mean headline PSNR over the sets (what studies rank by) and `val_mse` the mean
     MSE on [0,1] pixels of the same channel and crop (what scaling laws are fitted to).
+    `tasks` (set dir -> task, a mixture's per-task val sets) adds `val_task/<task>/psnr|ssim`: the
+    mean over that task's sets (its levels), headline channel.
     """
     from hiir.data_prep import iter_val, load_manifest
     from hiir.platform.metrics import psnr, ssim, to_uint8
     from hiir.platform.plots import plot_strip
 
     results: dict[str, float] = {}
-    headline, strips = [], []
+    headline, strips, per_task = [], [], {}
     for directory in dataset_dirs:
         manifest = load_manifest(directory, verify=False)
         name = dataset_name(directory)
@@ -72,6 +75,12 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
             results[f"val/{name}/{key}"] = float(np.mean(values))
         key = "psnr_y" if y else "psnr"
         headline.append(results[f"val/{name}/{key}"])
+        if tasks and directory in tasks:
+            per_task.setdefault(tasks[directory], []).append((results[f"val/{name}/{key}"],
+                                                              results[f"val/{name}/{key.replace('psnr', 'ssim')}"]))
+    for task, values in per_task.items():
+        results[f"val_task/{task}/psnr"] = float(np.mean([v[0] for v in values]))
+        results[f"val_task/{task}/ssim"] = float(np.mean([v[1] for v in values]))
     psnrs = np.array(headline)
     results["val_psnr"] = float(psnrs.mean())
     results["val_mse"] = float(np.mean(10 ** (-psnrs / 10)))  # per-set MSE on [0,1] pixels, averaged

@@ -26,6 +26,7 @@ class Trial:
     params: dict[str, str]
     metrics: dict[str, float]
     curve: tuple[list[int], list[float]]
+    synthetic: tuple[str, ...] = ()  # val sets that are synthetic stand-ins (driver tag hiir.synthetic_val)
 
     @property
     def n_params(self) -> float | None:
@@ -52,8 +53,9 @@ def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
         history = client.get_metric_history(run.info.run_id, "loss")
         curve = ([m.step for m in history], [m.value for m in history])
         axes = {k[len("hiir.axis."):]: v for k, v in run.data.tags.items() if k.startswith("hiir.axis.")}
+        synthetic = tuple(s for s in run.data.tags.get("hiir.synthetic_val", "").split(",") if s)
         trials.append(Trial(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status, axes,
-                            run.data.params, run.data.metrics, curve))
+                            run.data.params, run.data.metrics, curve, synthetic))
     return trials
 
 
@@ -109,11 +111,20 @@ def results_table(spec, trials: list[Trial]) -> list[dict[str, Any]]:
     expected = (spec.expected or {}).get("rows", [])
     for t in trials:
         row: dict[str, Any] = {**t.axes, "params (M)": _fmt_m(t.n_params), "status": _status(t)}
-        for key, value in sorted(t.metrics.items()):
+        # Headline channel as evaluation chose it: Y for SR (scale > 1), RGB for x1 restoration tasks.
+        y_headline = str(t.params.get("resolved_model.scale", "")) != "1"
+        order = _set_order(t)
+        for key, value in sorted(t.metrics.items(), key=lambda kv: (order.get(kv[0].split("/")[-2], len(order))
+                                                                    if kv[0].count("/") == 2 else len(order), kv[0])):
             parts = key.split("/")
             if len(parts) == 3 and parts[0] == "val" and parts[2] in ("psnr_y", "psnr") and \
-                    not (parts[2] == "psnr" and f"val/{parts[1]}/psnr_y" in t.metrics):
-                row[parts[1]] = f"{value:.2f}"
+                    not (y_headline and parts[2] == "psnr" and f"val/{parts[1]}/psnr_y" in t.metrics) and \
+                    not (not y_headline and parts[2] == "psnr_y" and f"val/{parts[1]}/psnr" in t.metrics):
+                row[parts[1] + ("*" if parts[1] in t.synthetic else "")] = f"{value:.2f}"
+        for key, value in sorted(t.metrics.items()):  # a mixture's per-task means (over its levels)
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "val_task" and parts[2] == "psnr":
+                row[f"{parts[1]} (mean)"] = f"{value:.2f}"
         if "val_psnr" in t.metrics:
             row["mean PSNR"] = f"{t.metrics['val_psnr']:.2f}"
         for exp in expected:
@@ -124,6 +135,17 @@ def results_table(spec, trials: list[Trial]) -> list[dict[str, Any]]:
     return rows
 
 
+def _set_order(t: Trial) -> dict[str, int]:
+    """Val set name -> position in the trial's data.val (the config's order, e.g. the paper's columns)."""
+    import ast
+
+    try:
+        sets = ast.literal_eval(t.params.get("data.val", "[]"))
+    except (ValueError, SyntaxError):
+        return {}
+    return {Path(str(v).rstrip("/")).name: i for i, v in enumerate(sets)}
+
+
 def render_markdown(spec, trials: list[Trial], fit, plots: list[Path], *, sizes: int = 0) -> str:
     rows = results_table(spec, trials)
     failed = [t for t in trials if t.status == "FAILED"]
@@ -132,11 +154,17 @@ def render_markdown(spec, trials: list[Trial], fit, plots: list[Path], *, sizes:
               f"{len(failed)} failed, {sum(_status(t) == 'stopped early' for t in trials)} stopped early "
               f"by the scheduler.", ""]
     lines += ["## Results", "", markdown_table(rows), ""]
+    synthetic = sorted({s for t in trials for s in t.synthetic})
+    if synthetic:
+        lines += [f"\\* synthetic stand-in (not the real benchmark; numbers are not comparable with the paper's): "
+                  f"{', '.join(synthetic)}. See each dataset's manifest.json (degradation.synthetic_stand_in).", ""]
     if spec.expected:
         lines += [f"## The paper's numbers ({spec.expected.get('table', 'expected')})", "",
                   spec.expected.get("note", ""), "",
                   markdown_table([{**(r.get("match") or {}), **{k: v for k, v in r.get("values", {}).items()}}
                                   for r in spec.expected.get("rows", [])]), ""]
+        if spec.expected.get("baselines"):
+            lines += ["Other methods in the same table:", "", markdown_table(spec.expected["baselines"]), ""]
     if fit is not None:
         lines += ["## Scaling law", "", "Fitted in MSE space on the best trial per size (sizes within 5% grouped): "
                   "L(N) = a·N^(-alpha) + c, with 95% bootstrap intervals.", "",

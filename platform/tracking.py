@@ -134,6 +134,26 @@ class RunLogger:
         self._warned = False
 
     # --------------------------------------------------------------- public
+    def start_system_metrics(self, interval_s: float = 10.0) -> None:
+        """CPU, memory, disk, network (and GPU) utilisation, sampled by MLflow's own monitor thread."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
+                                                tracking_uri=self.uri)
+            self._system.start()
+        except Exception as exc:  # noqa: BLE001 (psutil missing or server down: training goes on)
+            self._system = None
+            log.warning("MLflow system metrics are off: %s", exc)
+
+    def stop_system_metrics(self) -> None:
+        if getattr(self, "_system", None) is not None:
+            try:
+                self._system.finish()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not stop MLflow system metrics: %s", exc)
+            self._system = None
+
     def metrics(self, values: dict[str, float], step: int) -> None:
         self._send({"kind": "metrics", "values": values, "step": step, "ts": int(time.time() * 1000)})
 

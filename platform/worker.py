@@ -28,7 +28,7 @@ FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE[:DELAY_S]" s
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
-    from hiir.data_prep import TrainReader
+    from hiir.data_prep.online import make_train_reader
     from hiir.models import build
     from hiir.platform.ema import EMA
     from hiir.platform.checkpoint import write_integrity
@@ -54,9 +54,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     engine = make_engine(cfg, build(model_cfg).to(device), device, rank)
     ema = EMA(engine.module, cfg.optim.ema_decay, keep=rank == 0 and cfg.optim.ema_decay > 0,
               gathered=engine.gathered)
-    reader = TrainReader(cfg.data.train, rank=rank, world_size=world, batch_size=cfg.data.batch_size,
-                         lq_patch=cfg.data.lq_patch, seed=cfg.seed, augment=cfg.data.augment)
+    reader = make_train_reader(cfg.data.train, degrade=cfg.data.degrade, mixture=cfg.data.mixture, rank=rank,
+                               world_size=world, batch_size=cfg.data.batch_size, lq_patch=cfg.data.lq_patch,
+                               seed=cfg.seed, augment=cfg.data.augment)  # one set, online, or a task mixture
+    mix = {}  # samples per task since the last log (a mixture's batch composition, batch_frac/<task>)
     logger = RunLogger(tracking_uri, run_id, spool_dir) if rank == 0 and run_id else None
+    if logger and cfg.tracking.system_metrics_s > 0:
+        logger.start_system_metrics(cfg.tracking.system_metrics_s)
     loss_fn = _losses[cfg.optim.loss]
 
     # ---- resume --------------------------------------------------------------------------------------
@@ -76,6 +80,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         _maybe_fault("step", rank, step)
         t0 = time.perf_counter()
         lq, gt = (_to_tensor(a, device) for a in reader.get_batch(step))
+        if cfg.data.mixture:
+            for task, n in reader.counts(step).items():
+                mix[task] = mix.get(task, 0) + n
         t_data = time.perf_counter() - t0
 
         out = engine.forward(lq).float()
@@ -97,8 +104,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
         if logger and (step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps):
             logger.metrics({**window.summary(), "lr": engine.lr(), "skipped_steps": skipped,
-                            "peak_mem_mb": _peak_mem_mb(device)}, step)
+                            "peak_mem_mb": _peak_mem_mb(device),
+                            **{f"batch_frac/{t}": n / max(sum(mix.values()), 1) for t, n in mix.items()}}, step)
             window.reset()
+            mix = {}
 
         if step % cfg.eval.every == 0 or step == cfg.optim.max_steps:
             metrics = {"step": step, "loss": since_eval.mean_loss(), "skipped_steps": skipped}
@@ -123,6 +132,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             final = metrics
 
     if logger:
+        logger.stop_system_metrics()
         logger.flush()
     return final
 
@@ -192,9 +202,10 @@ def _eval_model(model_cfg, weights: dict[str, torch.Tensor]):
 
 
 def _validate(cfg, model, logger, *, final: bool) -> dict[str, float]:
+    from hiir.platform.config import val_tasks
     from hiir.platform.evaluate import evaluate_datasets
 
-    results, samples = evaluate_datasets(model, cfg.data.val, max_images=cfg.eval.max_images,
+    results, samples = evaluate_datasets(model, cfg.data.val, tasks=val_tasks(cfg.data), max_images=cfg.eval.max_images,
                                          tile=cfg.eval.tile, overlap=cfg.eval.tile_overlap,
                                          self_ensemble=cfg.eval.self_ensemble and final,
                                          samples=cfg.tracking.sample_images if final else 0)

@@ -56,7 +56,7 @@ def tiny_train_config(name: str, **sections):
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "eval": {"every": 10, "max_images": 1},
         "max_failures": 0,
-        "tracking": {"experiment": "tests", "log_every": 5, "sample_images": 1},
+        "tracking": {"experiment": "tests", "log_every": 5, "sample_images": 1, "system_metrics_s": 1.0},
     }
     for key, value in sections.items():
         if isinstance(value, dict):

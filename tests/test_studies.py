@@ -29,8 +29,12 @@ TRIAL_COUNTS = {
     "paper/permutation": (5, 5),             # x2: permute/none/shift/grid/random
     "paper/scale_110m": (2, 2),              # x2: B vs XL
     "search/warmup_attention_conv_depth": (24, 8),  # ASHA: 6 grid cells x 4 samples
+    "paper/generalization": (1, 1),          # one model, noise + JPEG levels (online degradation)
+    "paper/all_in_one": (1, 1),              # one model, five tasks (a mixture)
 }
-PAPER = sorted(n for n in TRIAL_COUNTS if n.startswith("paper/"))
+MIXTURE = ("paper/generalization", "paper/all_in_one")  # issue 8: task mixtures on the U-shaped network
+PAPER = sorted(n for n in TRIAL_COUNTS if n.startswith("paper/") and n not in MIXTURE)  # the SR tables
+ALL_IN_ONE_SETS = ("SOTS", "Rain100L", "BSD68_s25", "GoPro", "LOL")
 TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100", "Manga109")
 SMOKE_MAX_TRIALS = 8
 
@@ -88,12 +92,16 @@ def test_smoke_scale_fits_two_cpu_cores(name):
     assert s.trial_count <= SMOKE_MAX_TRIALS
     for point in all_points(s):
         cfg = s.trial_config(point)
-        assert cfg.data.train.startswith("demo:") and all(v.startswith("demo:") for v in cfg.data.val)
+        train = [e["dataset"] for e in cfg.data.mixture] or [cfg.data.train]
+        assert all(t.startswith("demo:") for t in train) and all(v.startswith("demo:") for v in cfg.data.val)
         assert not cfg.scaling.use_gpu
         assert cfg.scaling.num_workers * cfg.scaling.cpus_per_worker <= 2
         assert cfg.optim.max_steps <= 120 and cfg.optim.max_steps % cfg.eval.every == 0
         assert 1 <= cfg.eval.max_images <= 3 and cfg.data.lq_patch <= 24
         assert cfg.model_config().dim <= 64, f"{point}: a full-size preset survived the smoke scale"
+        if cfg.data.mixture:  # restoration tasks: x1 data, x1 model
+            assert cfg.model_config().scale == 1 and not any("sr_x" in t for t in train + cfg.data.val)
+            continue
         data_scale = int(cfg.data.train.rsplit("x", 1)[1])
         assert data_scale == cfg.model_config().scale, f"{point}: x{data_scale} data for a different model scale"
 
@@ -113,6 +121,44 @@ def test_full_scale_is_the_papers_setting(name):
         if name in PAPER:
             assert sets == list(TEST_SETS)
             assert model.dim >= 180, f"{point}: not a paper-size model"
+
+
+@pytest.mark.parametrize("name", MIXTURE)
+def test_mixture_studies_full_scale_and_smoke(name):
+    """Full scale: the U-shaped 22M network on 8 GPUs, real datasets; smoke: tiny_unet on the demo,
+    every task's val set evaluated, synthetic stand-ins only where the demo cannot supply a task."""
+    from hiir.data_prep.demo import DEGRADATION_SETS, DEMO_SETS
+
+    cfg = spec(name, "full").trial_config(spec(name, "full").grid_points()[0])
+    assert cfg.model["preset"] == "unet_deblur" and cfg.scaling.use_gpu and cfg.scaling.num_workers == 8
+    assert cfg.data.train == "mixture" and len(cfg.data.mixture) == (2 if name.endswith("generalization") else 5)
+    assert all(e["val"] for e in cfg.data.mixture)
+    small = spec(name, "smoke").trial_config(spec(name, "smoke").grid_points()[0])
+    assert small.model["preset"] == "tiny_unet" and [e["task"] for e in small.data.mixture] == [e["task"] for e in cfg.data.mixture]
+    refs = {r[len("demo:"):] for e in small.data.mixture for r in (e["dataset"], *e["val"])}
+    assert refs <= set(DEMO_SETS) | set(DEGRADATION_SETS)
+    if name.endswith("generalization"):
+        assert [Path(v).name for v in cfg.data.val] == ["BSD68_s15", "BSD68_s25", "BSD68_s50", "BSD68_q10",
+                                                        "BSD68_q20", "BSD68_q30", "BSD68_q40"]
+        assert [e["degrade"] for e in cfg.data.mixture] == [[{"kind": "noise", "sigma": [15.0, 75.0]}],
+                                                          [{"kind": "jpeg", "quality": [10, 90]}]]
+        assert not any(r.endswith("_synth") for r in refs)
+    else:
+        assert [Path(v).name for v in cfg.data.val] == list(ALL_IN_ONE_SETS)
+        assert {r for r in refs if r.endswith("_synth")} == {"dehaze_synth", "derain_synth", "deblur_synth", "lowlight_synth"}
+        assert "SYNTHETIC STAND-INS" in (STUDIES / f"{name}.yaml").read_text()
+
+
+def test_all_in_one_carries_the_seeds_table():
+    e = spec("paper/all_in_one", "full").expected
+    (row,) = e["rows"]
+    assert row["match"] == {"model.preset": "unet_deblur"}
+    assert row["values"] == {"SOTS": 31.42, "Rain100L": 38.67, "BSD68_s25": 31.58, "GoPro": 28.95, "LOL": 23.12,
+                             "Average": 30.75, "params_M": 22}
+    averages = {b["method"]: b["Average"] for b in e["baselines"]}
+    assert averages == {"AirNet": 25.49, "IDR": 28.34, "PromptIR": 29.15, "AdaIR": 30.20}
+    for b in [*e["baselines"], {"method": "Hi-IR", **row["values"]}]:  # Average is the mean of the five columns
+        assert abs(sum(b[k] for k in ALL_IN_ONE_SETS) / 5 - b["Average"]) < 0.011, b["method"]
 
 
 def test_study_names_are_unique():

@@ -41,6 +41,7 @@ def test_zero2_two_workers_learns_exports_and_tracks(reference, workdir):
     for key in ("lr", "grad_norm", "images_per_s", "step_time_s", "peak_mem_mb", "val/demo_sr_x2/psnr_y",
                 "val/demo_sr_x2/ssim"):
         assert key in run.data.metrics, key
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"train_config.json", "model", "samples"} <= artifacts, artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/model.safetensors",
