@@ -7,6 +7,7 @@ checkpoint (Train V2 semantics), and the MLflow run with that name is continued.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -172,7 +173,8 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     init_ray(address)
     trainer = _trainer(cfg, storage, run_id, uri, workdir, in_tune)
     try:
-        result = trainer.fit()
+        with _progress(uri, run_id, cfg.optim.max_steps, enabled=not in_tune):
+            result = trainer.fit()
     except Exception as exc:
         _end_mlflow_run(uri, run_id, "FAILED")
         raise HiirError(f"run {cfg.name!r} failed: {_root_cause(exc)}") from exc
@@ -279,6 +281,41 @@ def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
             locked_retry(client.set_terminated, run_id, status)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
+
+
+@contextlib.contextmanager
+def _progress(uri: str, run_id: str, total: int, *, enabled: bool, every_s: float = 3.0):
+    """A progress bar for `hiir train`, fed by the `step` metric rank 0 logs (workers may be remote)."""
+    if not enabled:
+        yield
+        return
+    import threading
+
+    from tqdm import tqdm
+
+    from hiir.platform.tracking import client as mlflow_client
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        tracker = mlflow_client(uri)
+        with tqdm(total=total, desc="train", unit="step", dynamic_ncols=True) as bar:
+            while not stop.wait(every_s):
+                try:
+                    metrics = tracker.get_run(run_id).data.metrics
+                except Exception:  # noqa: BLE001 (tracking down: the bar just pauses)
+                    continue
+                bar.update(int(metrics.get("step", bar.n)) - bar.n)
+                if "loss" in metrics:
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s + 5)
 
 
 def _export(result, target: Path) -> Path | None:

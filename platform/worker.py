@@ -103,7 +103,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         step += 1
 
         if logger and (step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps):
-            logger.metrics({**window.summary(), "lr": engine.lr(), "skipped_steps": skipped,
+            logger.metrics({**window.summary(), "step": step, "lr": engine.lr(), "skipped_steps": skipped,
                             "peak_mem_mb": _peak_mem_mb(device),
                             **{f"batch_frac/{t}": n / max(sum(mix.values()), 1) for t, n in mix.items()}}, step)
             window.reset()
