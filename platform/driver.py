@@ -176,7 +176,8 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
         with _progress(uri, run_id, cfg.optim.max_steps, enabled=not in_tune):
             result = trainer.fit()
     except Exception as exc:
-        _end_mlflow_run(uri, run_id, "FAILED")
+        if not in_tune:  # in a study, Tune's verdict (failed, or stopped by the scheduler) closes the run
+            _end_mlflow_run(uri, run_id, "FAILED")
         raise HiirError(f"run {cfg.name!r} failed: {_root_cause(exc)}") from exc
     metrics = dict(result.return_value or result.metrics or {})
     export = _export(result, workdir / "runs" / cfg.name)
@@ -270,7 +271,7 @@ def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None
 
 
 def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
-    """Mark a run ended, unless a study already closed it (a trial stopped by ASHA is KILLED, not FAILED)."""
+    """Mark a run ended unless something already closed it."""
     from mlflow.tracking import MlflowClient
 
     from hiir.platform.tracking import locked_retry

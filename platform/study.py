@@ -437,16 +437,22 @@ def _finish(name: str, directory: Path, state: dict[str, Any], results) -> Study
         parent = client.get_run(state["parent_run_id"])
         runs = {r.data.tags.get("hiir.trial_id"): r for r in client.search_runs(
             [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{state['parent_run_id']}'")}
+        seen = set()
         for result in results:
             run = runs.get((result.metrics or {}).get("trial_id"))
             if run is None:
                 continue
+            seen.add(run.info.run_id)
             if result.error is not None:
                 client.set_tag(run.info.run_id, "hiir.error", str(result.error).strip().splitlines()[-1][:500])
                 client.set_terminated(run.info.run_id, "FAILED")
             elif run.info.status != "FINISHED":  # the scheduler stopped it before its last step
                 client.set_tag(run.info.run_id, "hiir.stopped_early", "true")
                 client.set_terminated(run.info.run_id, "KILLED")
+        for run in runs.values():  # a trial that died before its first report left no result to match
+            if run.info.run_id not in seen and run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "hiir.error", "the trial ended before its first report")
+                client.set_terminated(run.info.run_id, "FAILED")
         client.set_terminated(state["parent_run_id"], "FINISHED" if errors < len(results) else "FAILED")
     except Exception as exc:  # noqa: BLE001 (a down server must not lose the results on disk)
         import logging

@@ -73,6 +73,7 @@ def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_p
     stopped = [r for r in runs if r.info.status == "KILLED"]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert stopped, "ASHA stopped no trial"
+    assert len(stopped) + len(finished) == 4, [(r.info.run_name, r.info.status) for r in runs]  # none FAILED
     last_step = {r.info.run_id: max(m.step for m in _history(workdir, r.info.run_id, "val_psnr")) for r in runs}
     assert all(last_step[r.info.run_id] < 30 and r.data.tags["hiir.stopped_early"] == "true" for r in stopped)
     assert all(last_step[r.info.run_id] == 30 for r in finished)
