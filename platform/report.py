@@ -110,7 +110,8 @@ def results_table(spec, trials: list[Trial]) -> list[dict[str, Any]]:
     rows = []
     expected = (spec.expected or {}).get("rows", [])
     for t in trials:
-        row: dict[str, Any] = {**t.axes, "params (M)": _fmt_m(t.n_params), "status": _status(t)}
+        row: dict[str, Any] = {**{k: _fmt_axis(v) for k, v in t.axes.items()}, "params (M)": _fmt_m(t.n_params),
+                               "status": _status(t)}
         # Headline channel as evaluation chose it: Y for SR (scale > 1), RGB for x1 restoration tasks.
         y_headline = str(t.params.get("resolved_model.scale", "")) != "1"
         order = _set_order(t)
@@ -208,6 +209,15 @@ def _status(t: Trial) -> str:
 
 def _label(t: Trial) -> str:
     return ",".join(f"{v}" for v in t.axes.values()) or t.name
+
+
+def _fmt_axis(value: str) -> str:
+    """Sampled floats (a loguniform learning rate) print with 4 significant digits."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() or len(value) <= 8 else f"{number:.4g}"
 
 
 def _fmt_m(n: float | None) -> str:

@@ -124,3 +124,14 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
     for run_id in finished:  # finished trials were kept, not retrained
         steps = [m.step for m in _history(workdir, run_id, "loss")]
         assert len(steps) == len(set(steps)), steps
+
+
+def test_optuna_search_samples_a_continuous_space(workdir, tmp_path):
+    from hiir.platform.study import run_study
+
+    spec = _write_spec(tmp_path / "optuna.yaml", "optuna-study", {"lr": {"loguniform": [1e-4, 3e-3]}},
+                       optim={**BASE["optim"], "max_steps": 10})
+    done = run_study(spec, workdir=workdir, search="optuna")
+    runs = _children(workdir, done.parent_run_id)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert 1e-4 <= float(runs[0].data.tags["hiir.axis.optim.lr"]) <= 3e-3
