@@ -227,7 +227,7 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
         model = dataclasses.asdict(cfg.model_config())
         params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()}, **stats}
         for chunk in _chunks(list(params.items()), 100):
-            tracking.locked_retry(client.log_batch, run_id, params=[_param(k, v) for k, v in chunk])
+            tracking.locked_retry(client.log_batch, run_id, params=[tracking.param(k, v) for k, v in chunk])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "train_config.json"
             path.write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -350,9 +350,3 @@ def _root_cause(exc: BaseException) -> str:
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def _param(key: str, value: Any):
-    from mlflow.entities import Param
-
-    return Param(key, str(value)[:6000])

@@ -352,9 +352,10 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     parent = tracking.locked_retry(client.create_run, exp_id, run_name=spec.name, tags={
         tracking.STUDY_TAG: spec.name, "hiir.kind": "study", "hiir.scale": scale,
         "mlflow.note.content": spec.question})
-    tracking.locked_retry(client.log_batch, parent.info.run_id, params=[_param("study.trials", spec.trial_count),
-                                                 _param("study.scale", scale), _param("study.search", search),
-                                                 _param("study.spec", str(path))])
+    tracking.locked_retry(client.log_batch, parent.info.run_id, params=[tracking.param("study.trials", spec.trial_count),
+                                                 tracking.param("study.scale", scale),
+                                                 tracking.param("study.search", search),
+                                                 tracking.param("study.spec", str(path))])
     state = {"raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),
              "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent.info.run_id,
              "trial_storage": f"{tune_root}/{spec.name}/trials", "tune_path": f"{tune_root}/{spec.name}",
@@ -465,12 +466,6 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
-
-
-def _param(key: str, value: Any):
-    from mlflow.entities import Param
-
-    return Param(key, str(value))
 
 
 def report_study(ref: str, *, workdir: Path) -> Path:

@@ -77,6 +77,13 @@ def client(uri: str):
     return MlflowClient(uri)
 
 
+def param(key: str, value: object):
+    """An MLflow Param; values are cut at MLflow's 6000-character limit instead of failing the batch."""
+    from mlflow.entities import Param
+
+    return Param(key, str(value)[:6000])
+
+
 def locked_retry(fn, *args, attempts: int = 40, **kwargs):
     """Call `fn`, waiting out SQLite's single-writer lock ("database is locked") with backoff.
 
