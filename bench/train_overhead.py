@@ -5,9 +5,10 @@ For each size (preset, batch, LQ patch), in one run, on the demo sr_x2 data:
             same model, batch, patch and batches (`TrainReader.get_batch(step)`, rank 0 of 1,
             same seed), the same torch thread count. Timed in windows of `log_every` steps
             (data + forward + L1 + backward + AdamW + zero_grad + loss.item()), after a warm-up.
-            Measured before the Ray runs and again after them, so load drift hits both.
-  ray       `hiir.platform.driver.fit_run` with scaling.num_workers=1, cpus_per_worker = all
-            cores, engine deepspeed ZeRO-2: the real `train_loop_per_worker`. Steady-state step
+            Measured before the first Ray pass and after each one (--repeats), so load drift hits both.
+  ray       `hiir.platform.driver.fit_run` (its embedded Ray, as `hiir train` starts it) with
+            scaling.num_workers=1, cpus_per_worker = --threads, engine deepspeed ZeRO-2: the real
+            `train_loop_per_worker`. Steady-state step
             time is read back from the MLflow run: the worker's own `step_time_s` per window
             (it excludes the MLflow logging call) and the wall time between two logged windows
             from the metric timestamps (it includes everything the loop does). The first
@@ -21,7 +22,8 @@ The ratio printed is bare step time / Ray step time (= Ray steps/s / bare steps/
 and the worker's data-wait fraction (target < 5%). Medians over windows, because the 2 CPU cores
 of the dev machine are shared and single windows can be several times slower.
 
-    .venv/bin/python bench/train_overhead.py                      # both sizes, about 4-5 minutes
+    .venv/bin/python bench/train_overhead.py                      # both sizes, 1 thread, about 4 minutes
+    .venv/bin/python bench/train_overhead.py --threads 2          # the worker holds both cores of this machine
     .venv/bin/python bench/train_overhead.py --sizes small_x2:8:48 --no-profile
     .venv/bin/python bench/train_overhead.py --json bench/out/train_overhead.json
 """
@@ -39,6 +41,8 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from hiir.platform.config import ScalingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -233,12 +237,15 @@ def parse_size(spec: str) -> tuple[str, int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated preset:batch:lq_patch")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads = cpus_per_worker")
+    ap.add_argument("--threads", type=int, default=int(ScalingConfig().cpus_per_worker),
+                    help="torch threads = scaling.cpus_per_worker (default: the config default, which leaves "
+                         "the other cores to Ray's own processes); --threads $(nproc) is the all-cores case")
     ap.add_argument("--log-every", type=int, default=5, help="steps per timed window (tracking.log_every)")
     ap.add_argument("--skip-windows", type=int, default=2, help="windows dropped as warm-up")
-    ap.add_argument("--target-s", type=float, default=8.0, help="measured seconds per size and loop (sets windows)")
+    ap.add_argument("--target-s", type=float, default=12.0, help="measured seconds per size and loop (sets windows)")
     ap.add_argument("--min-windows", type=int, default=4)
     ap.add_argument("--max-windows", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=2, help="Ray passes, each followed by a bare pass")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--profile-steps", type=int, default=12)
     ap.add_argument("--workdir", help="keep the workdir here (default: a temp dir, removed)")
@@ -246,6 +253,12 @@ def main() -> None:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--_profile", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from hiir.platform.driver import MALLOC_ENV
+
+    if any(k not in os.environ for k in MALLOC_ENV):
+        # glibc reads these at start-up: re-run with the allocator settings the Ray workers get, so
+        # that the bare loop and the worker differ only in what this benchmark measures.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**MALLOC_ENV, **os.environ})
 
     if args._profile:
         preset, batch, patch = parse_size(args._profile)
@@ -270,36 +283,40 @@ def main() -> None:
     data_dir = build_demo(workdir / "data", progress=False)["sr_x2"]
     print(f"demo data: {time.time() - t:.1f} s")
 
+    import ray
+
     res: dict[str, dict] = {}
-    for preset, batch, patch in sizes:  # bare, before Ray is up
+    for preset, batch, patch in sizes:  # windows per size, from one probe window
         key = f"{preset}:{batch}:{patch}"
         probe = bare_windows(data_dir, preset, batch, patch, args.threads, warmup=every, windows=1, every=every)
         windows = max(args.min_windows, min(args.max_windows,
                                             math.ceil(args.target_s / (_med(probe["step_s"]) * every))))
-        b = bare_windows(data_dir, preset, batch, patch, args.threads, warmup=every, windows=windows, every=every)
-        res[key] = {"windows": windows, "bare_before": b}
-        print(f"[{key}] bare (before): {1000 * _med(b['step_s']):.1f} ms/step over {windows} windows of {every}")
+        res[key] = {"windows": windows, "bare": [], "ray": []}
 
-    for preset, batch, patch in sizes:
-        key = f"{preset}:{batch}:{patch}"
-        steps = every * (skip + res[key]["windows"])
-        r = ray_run(workdir, data_dir, preset, batch, patch, args.threads, steps=steps, every=every, skip=skip)
-        res[key]["ray"] = r
-        print(f"[{key}] ray worker: {1000 * _med(r['wall_step_s']):.1f} ms/step wall, "
-              f"{1000 * _med(r['worker_step_s']):.1f} ms/step self-timed, start-up {r['startup_s']:.1f} s, "
-              f"fit {r['fit_s']:.1f} s for {steps} steps")
+    def bare_pass(when: str) -> None:
+        for preset, batch, patch in sizes:
+            key = f"{preset}:{batch}:{patch}"
+            b = bare_windows(data_dir, preset, batch, patch, args.threads, warmup=every,
+                             windows=res[key]["windows"], every=every)
+            res[key]["bare"].append(b)
+            print(f"[{key}] bare ({when}): {1000 * _med(b['step_s']):.1f} ms/step over {len(b['step_s'])} windows")
 
-    import ray
-
-    if ray.is_initialized():
+    def ray_pass() -> None:  # Ray starts with the first run and is shut down after the last
+        for preset, batch, patch in sizes:
+            key = f"{preset}:{batch}:{patch}"
+            steps = every * (skip + res[key]["windows"])
+            r = ray_run(workdir, data_dir, preset, batch, patch, args.threads, steps=steps, every=every, skip=skip)
+            res[key]["ray"].append(r)
+            print(f"[{key}] ray worker: {1000 * _med(r['wall_step_s']):.1f} ms/step wall, "
+                  f"{1000 * _med(r['worker_step_s']):.1f} ms/step self-timed, start-up {r['startup_s']:.1f} s, "
+                  f"fit {r['fit_s']:.1f} s for {steps} steps")
         ray.shutdown()
 
-    for preset, batch, patch in sizes:  # bare again, after Ray is down
-        key = f"{preset}:{batch}:{patch}"
-        b = bare_windows(data_dir, preset, batch, patch, args.threads, warmup=every,
-                         windows=res[key]["windows"], every=every)
-        res[key]["bare_after"] = b
-        print(f"[{key}] bare (after): {1000 * _med(b['step_s']):.1f} ms/step")
+    # bare, Ray, bare, Ray, ..., bare: load drift hits both loops alike
+    bare_pass("before")
+    for i in range(args.repeats):
+        ray_pass()
+        bare_pass(f"after Ray pass {i + 1}")
 
     if not args.no_profile:
         for preset, batch, patch in sizes:
@@ -313,12 +330,13 @@ def main() -> None:
           f"{'ratio self':>10s} {'data wait':>9s}")
     summary = {}
     for key, r in res.items():
-        bare = _med(r["bare_before"]["step_s"] + r["bare_after"]["step_s"])
-        wall, self_t = _med(r["ray"]["wall_step_s"]), _med(r["ray"]["worker_step_s"])
-        wait = _med(r["ray"]["data_wait_frac"])
+        bare = _med([t for b in r["bare"] for t in b["step_s"]])
+        wall = _med([t for x in r["ray"] for t in x["wall_step_s"]])
+        self_t = _med([t for x in r["ray"] for t in x["worker_step_s"]])
+        wait = _med([f for x in r["ray"] for f in x["data_wait_frac"]])
         summary[key] = {"bare_ms": 1000 * bare, "ray_wall_ms": 1000 * wall, "ray_self_ms": 1000 * self_t,
                         "ratio_wall": bare / wall, "ratio_self": bare / self_t, "data_wait_frac": wait,
-                        "bare_data_wait_frac": _med(r["bare_before"]["data_wait_frac"] + r["bare_after"]["data_wait_frac"])}
+                        "bare_data_wait_frac": _med([f for b in r["bare"] for f in b["data_wait_frac"]])}
         s = summary[key]
         print(f"{key:24s} {s['bare_ms']:8.1f} {s['ray_wall_ms']:14.1f} {s['ray_self_ms']:14.1f} "
               f"{s['ratio_wall']:10.3f} {s['ratio_self']:10.3f} {100 * wait:8.2f}%")

@@ -36,12 +36,23 @@ class RunResult:
     storage: str
 
 
+# glibc hands blocks over its (dynamic, at most 32 MB) mmap threshold back to the OS on free, and trims
+# the heaps of non-main threads (Ray Train runs the loop in one): every step then page-faults its
+# activations back in, ~3,000 faults per step of tiny_x2 (bench/RESULTS.md, "training overhead").
+# Fixed thresholds keep freed memory for the next step; a worker's RSS stays at its peak, as it would anyway.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**35), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+
+
+LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_prestart_worker_first_driver": "0",
+                 "RAY_enable_worker_prestart": "0"}
+
+
 def worker_env() -> dict[str, str]:
-    """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, quiet Ray)."""
+    """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, allocator settings)."""
     env = {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HIIR_FAULT",
-                                      "MLFLOW_TRACKING_URI") if k in os.environ}
+                                      "MLFLOW_TRACKING_URI", *MALLOC_ENV) if k in os.environ}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "hiir" / "torch_extensions"))
-    return env
+    return {**MALLOC_ENV, **env}
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -54,6 +65,12 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if address:
         ray.init(address=address, runtime_env={"env_vars": worker_env()})
     else:
+        # On a small machine whose cores the training worker holds, every other Ray process that wakes
+        # preempts a torch thread and stalls its parallel region (bench/RESULTS.md, "training overhead"):
+        # run workers at normal priority (Ray nices them to 15) and start no idle workers ahead of need
+        # (each wakes ~150 times a second; they cost a bare loop 5-8% on 2 cores).
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
         # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
         # it, a trial stopped by ASHA leaks its workers' placement group and starves later trials.
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",

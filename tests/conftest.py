@@ -19,10 +19,9 @@ def ray_session():
 
     started = not ray.is_initialized()
     if started:
-        from hiir.platform.driver import worker_env
+        from hiir.platform.driver import init_ray
 
-        ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": worker_env()})
+        init_ray(num_cpus=3)
     yield ray
     if started:
         ray.shutdown()

@@ -10,11 +10,25 @@ import json
 import math
 
 import pytest
-from hiir.platform.driver import fit_run
+from hiir.platform.driver import MALLOC_ENV, fit_run
 from hiir.platform.errors import HiirError
 from hiir.platform.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.slow
+
+
+def test_local_ray_workers_run_unniced_with_a_steady_allocator(ray_session):
+    """The embedded Ray of `init_ray`: workers at normal priority (Ray's default nices them to 15) and
+    with the fixed glibc thresholds, which cut a tiny_x2 step's page faults ~20x (bench/RESULTS.md)."""
+    @ray_session.remote(num_cpus=0)
+    def probe():
+        import os
+
+        return os.nice(0), {k: os.environ.get(k) for k in MALLOC_ENV}
+
+    niceness, env = ray_session.get(probe.remote(), timeout=120)
+    assert niceness == 0
+    assert env == MALLOC_ENV
 
 
 @pytest.fixture(scope="module")
