@@ -68,7 +68,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         # On a small machine whose cores the training worker holds, every other Ray process that wakes
         # preempts a torch thread and stalls its parallel region (bench/RESULTS.md, "training overhead"):
         # run workers at normal priority (Ray nices them to 15) and start no idle workers ahead of need
-        # (each wakes ~150 times a second; they cost a bare loop 5-8% on 2 cores).
+        # (each wakes ~150 times a second; together they cost a bare loop 3-8% on 2 cores).
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
         # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
