@@ -64,3 +64,27 @@ ray.shutdown()
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=220,
                          env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
     assert "WORKER Linux" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_wheel_carries_every_package_and_study_under_hiir(tmp_path):
+    """A non-editable install (`pip install .`) must bring the studies along, and nothing outside
+    `hiir/`: a top-level `platform` in the wheel would shadow the standard library's."""
+    import shutil
+    import zipfile
+
+    # setuptools builds in the source tree (build/, *.egg-info): build from a copy, never in the repo
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "hiir-work", "build", "*.egg-info", "__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("hiir-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    code = {n for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert all(n.startswith("hiir/") for n in code), sorted(n for n in code if not n.startswith("hiir/"))
+    studies = {f"hiir/studies/{p.relative_to(ROOT / 'studies')}" for p in (ROOT / "studies").rglob("*.yaml")}
+    assert studies and studies <= names, sorted(studies - names)
+    for folder in ("platform", "models", "data_prep"):
+        sources = {f"hiir/{folder}/{p.relative_to(ROOT / folder)}" for p in (ROOT / folder).rglob("*.py")}
+        assert sources <= names, sorted(sources - names)
