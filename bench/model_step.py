@@ -9,6 +9,7 @@ this machine's fp32 matmul GFLOP/s, measured in the same run.
 
     .venv/bin/python bench/model_step.py                 # about 1-2 minutes on 2 cores
     .venv/bin/python bench/model_step.py --lr-size 48 --steps 3
+    .venv/bin/python bench/model_step.py --dim 192         # heads 16 (q/k) and 32 (v) wide instead of 15/30
 """
 from __future__ import annotations
 
@@ -43,9 +44,12 @@ def main() -> None:
     ap.add_argument("--lr-size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3, help="measured steps per model, after one warm-up")
+    ap.add_argument("--dim", type=int, help="override the width of both networks (192: 16/32-wide heads)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    models = {"hiir_b": build(args.preset), "swin_like": build(args.preset, layout="v1", mixer_l2="shift")}
+    width = {"dim": args.dim} if args.dim else {}
+    models = {"hiir_b": build(args.preset, **width),
+              "swin_like": build(args.preset, layout="v1", mixer_l2="shift", **width)}
     cfg = models["hiir_b"].config
     x = torch.rand(args.batch, cfg.in_channels, args.lr_size, args.lr_size)
     y = torch.rand(args.batch, cfg.in_channels, args.lr_size * cfg.scale, args.lr_size * cfg.scale)
