@@ -24,11 +24,13 @@ import subprocess
 import sys
 import time
 
+from hiir.platform.driver import MALLOC_ENV as WORKER_MALLOC_ENV
+
 SIZES = (64, 128, 256, 512)
 # glibc hands every buffer over 32 MB back to the OS on free and page-faults it in again on the
-# next step; at 512^2 tokens that doubled the step time (3.06 s -> 1.27 s). Keep freed memory.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 35), "MALLOC_TRIM_THRESHOLD_": str(1 << 36),
-              "MALLOC_TOP_PAD_": str(1 << 30)}
+# next step; at 512^2 tokens that doubled the step time (3.06 s -> 1.27 s). Keep freed memory, as the
+# training workers do, and grow the heap in 1 GB steps.
+MALLOC_ENV = {**WORKER_MALLOC_ENV, "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
 def _layer(kind: str, side: int, dim: int, heads: int, window: int, patch: int):

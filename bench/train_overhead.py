@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 
 from hiir.platform.config import ScalingConfig
+from hiir.platform.driver import MALLOC_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -253,8 +254,6 @@ def main() -> None:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--_profile", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from hiir.platform.driver import MALLOC_ENV
-
     if any(k not in os.environ for k in MALLOC_ENV):
         # glibc reads these at start-up: re-run with the allocator settings the Ray workers get, so
         # that the bare loop and the worker differ only in what this benchmark measures.

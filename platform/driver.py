@@ -41,18 +41,16 @@ class RunResult:
 # activations back in, ~3,000 faults per step of tiny_x2 (bench/RESULTS.md, "training overhead").
 # Fixed thresholds keep freed memory for the next step; a worker's RSS stays at its peak, as it would anyway.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**35), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
-
-
 LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_prestart_worker_first_driver": "0",
                  "RAY_enable_worker_prestart": "0"}
 
 
 def worker_env() -> dict[str, str]:
-    """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, allocator settings)."""
-    env = {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HIIR_FAULT",
-                                      "MLFLOW_TRACKING_URI", *MALLOC_ENV) if k in os.environ}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "hiir" / "torch_extensions"))
-    return {**MALLOC_ENV, **env}
+    """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, allocator settings):
+    the driver's value where it has one, else the default."""
+    defaults = {"TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "hiir" / "torch_extensions"), **MALLOC_ENV}
+    passed = ("DS_ACCELERATOR", "HIIR_FAULT", "MLFLOW_TRACKING_URI", *defaults)
+    return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}}
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
