@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# GPU check of the model and the training engine, with torch alone (Ray, MLflow and DeepSpeed are
-# optional: DeepSpeed ZeRO-0/2/3 runs only if `import deepspeed` works, and is reported skipped otherwise).
+# GPU check of the model and the training engine, with torch alone (Ray and MLflow are not needed;
+# DeepSpeed ZeRO-0/2/3 runs if `import deepspeed` works, or if bench/wheels/ holds the wheels that
+# bench/gpu_wheels.sh fetches, and is reported skipped otherwise).
 #
 # For Hi-IR-B/L/XL (b_x2_conv3, l_x3_conv1, xl_x2) at batch 16 (halved until it fits), LQ patch 64, bf16:
 #   engine   our `hiir.platform.engine` DDP engine (world 1: no wrapper; bf16 autocast, fp32 master
 #            weights, grad clipping, AdamW + LambdaLR) driven like `train_loop_per_worker` drives it:
 #            forward -> .float() -> L1 -> all_ranks_finite (host sync) -> backward -> step (float(norm))
-#            -> loss.item(); the EMA is timed apart (see below). Step time, MFU, peak memory.
+#            -> loss.item(); the EMA is timed apart. Step time, MFU, peak memory.
 #   bare     the same model, autocast bf16 + L1 + backward + clip_grad_norm_ + fused AdamW, no host sync:
 #            what the engine costs over plain torch on a GPU.
-#   ema      one `hiir.platform.ema.EMA.update` (shadow in fp32 on CPU: every parameter is copied to
-#            the host each step) against an on-device `torch._foreach_lerp_` shadow (the proposed fix).
+#   ema      one `hiir.platform.ema.EMA.update` (fp32 shadow on the device, one foreach lerp), and its
+#            share of a step.
 #   zero     if deepspeed imports: our DeepSpeed engine at ZeRO stage 0, 2 and 3 (bf16), one GPU.
 # MFU = FLOPs of a step (hiir.models.summary.model_flops(model, shape, backward=True), counted on
 # the meta device) / step time / the GPU's dense bf16 peak (table below, or --peak-tflops).
 # Synthetic data on the device (the Parquet reader needs pyarrow; its cost is measured on CPU in
 # bench/train_overhead.py).
 #
-# Usage, from the repository root (needs python3 with torch; einops is taken from the environment,
-# or from a carried .venv/lib/python3*/site-packages/einops, or from bench/wheels/ if present):
-#   bash bench/gpu_check.sh                     # about 3-5 minutes on an H100/H200
+# Usage, from the repository root (needs python3 with torch; einops and DeepSpeed are taken from the
+# environment, else installed from bench/wheels/ into a temporary dir; einops also from a carried
+# .venv/lib/python3*/site-packages/einops):
+#   bash bench/gpu_wheels.sh                    # here, once: the wheels the lent GPU image lacks
+#   bash bench/gpu_check.sh                     # there, carrying bench/wheels; about 3-5 minutes on an H100/H200
 #   bash bench/gpu_check.sh --presets b_x2_conv3 --no-zero
 #   bash bench/gpu_check.sh --cpu-dry-run       # the whole Python path on CPU with a tiny preset
 # Results: $OUT/gpu_check.{json,md} (or bench/out/ when $OUT is unset). No GPU: one line
@@ -63,24 +66,27 @@ trap 'rm -rf "$SHIM"' EXIT
 mkdir -p "$SHIM/hiir"
 ln -s "$REPO/models" "$SHIM/hiir/models"
 ln -s "$REPO/platform" "$SHIM/hiir/platform"
+ln -s "$REPO/data_prep" "$SHIM/hiir/data_prep"
+export PYTHONPATH="$SHIM:$SHIM/site${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PYTHON" -c "import deepspeed, einops" 2>/dev/null && compgen -G "$REPO/bench/wheels/*.whl" >/dev/null; then
+  echo "gpu_check: installing $(cd "$REPO/bench/wheels" && echo *.whl) into a temporary dir" >&2
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
+    --target "$SHIM/site" "$REPO"/bench/wheels/*.whl \
+    || echo "gpu_check: bench/wheels/ did not install with $PYTHON (fetched for another Python?);" \
+            "whatever is still missing is reported below" >&2
+fi
 if ! "$PYTHON" -c "import einops" 2>/dev/null; then
-  found=""
   for cand in "${HIIR_EINOPS_DIR:-}" "$REPO"/.venv/lib/python3*/site-packages/einops; do
-    if [[ -n "$cand" && -f "$cand/__init__.py" ]]; then ln -s "$cand" "$SHIM/einops"; found=1; break; fi
+    if [[ -n "$cand" && -f "$cand/__init__.py" ]]; then ln -s "$cand" "$SHIM/einops"; break; fi
   done
-  if [[ -z "$found" && -d "$REPO/bench/wheels" ]]; then
-    "$PYTHON" -m pip install -q --no-index --find-links "$REPO/bench/wheels" --target "$SHIM/site" einops \
-      && ln -s "$SHIM/site/einops" "$SHIM/einops" && found=1
-  fi
-  if [[ -z "$found" ]]; then
-    echo "gpu_check: einops is missing; carry .venv/lib/python3.11/site-packages/einops or pip install einops" >&2
-    exit 3
-  fi
+fi
+if ! "$PYTHON" -c "import einops" 2>/dev/null; then
+  echo "gpu_check: einops is missing; run bench/gpu_wheels.sh and carry bench/wheels, or pip install einops" >&2
+  exit 3
 fi
 OUTDIR="${OUT:-$REPO/bench/out}"
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
-export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 export HIIR_GPU_CHECK_OUT="$OUTDIR"
 # On a CPU dry run DeepSpeed needs its CPU accelerator and a cached JIT dir.
 if [[ " $* " == *" --cpu-dry-run "* ]]; then
@@ -91,11 +97,8 @@ cd "$SHIM"  # nothing of the repo on the implicit '' sys.path entry either
 
 "$PYTHON" - "$@" <<'PYEOF'
 import argparse
-import contextlib
-import dataclasses
 import gc
 import json
-import math
 import os
 import platform as _stdlib_platform  # must be the standard library's, not the repo's platform/
 import socket
@@ -224,17 +227,13 @@ def timed_steps(step_fn, n_warm, n):
     return (time.perf_counter() - t) / n
 
 
-def engine_case(preset, batch, kind, stage=0, cast_model=False):
-    """Our engine driven like the worker drives it (EMA timed apart). `cast_model` casts the whole
-    model (float buffers too) to bf16 before the engine sees it: the workaround for DeepSpeed bf16,
-    which casts parameters only, so fp32 buffers (the position-bias coords_table) meet bf16 weights."""
+def engine_case(preset, batch, kind, stage=0):
+    """Our engine driven like the worker drives it (EMA timed apart)."""
     cfg = train_config(preset, batch, kind, stage)
     mcfg = cfg.model_config()
     torch.manual_seed(0)
     reset_mem()
     model = build(mcfg).to(device)
-    if cast_model:
-        model = model.to(torch.bfloat16)
     engine = make_engine(cfg, model, device, 0)
     lq, gt = batch_data(mcfg, batch)
 
@@ -276,32 +275,9 @@ def bare_case(preset, batch):
     return res
 
 
-class DeviceEMA:
-    """The proposed fix: the shadow stays on the parameters' device; one foreach lerp per step."""
-
-    def __init__(self, module, decay):
-        self.decay, self.updates = decay, 0
-        self.names = [k for k, _ in module.named_parameters()]
-        self.shadow = [p.detach().float().clone() for _, p in module.named_parameters()]
-
-    @torch.no_grad()
-    def update(self, module):
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        params = [p.detach() for _, p in module.named_parameters()]
-        if params[0].dtype != torch.float32:
-            params = [p.float() for p in params]
-        torch._foreach_lerp_(self.shadow, params, 1.0 - decay)
-
-
 def ema_case(engine, n=5):
-    res = {}
-    for name, cls in (("ema_cpu_shadow_s", lambda m: EMA(m, 0.999, keep=True)),
-                      ("ema_device_shadow_s", lambda m: DeviceEMA(m, 0.999))):
-        ema = cls(engine.module)
-        res[name] = timed_steps(lambda: ema.update(engine.module), 1, n)
-        del ema
-    return res
+    ema = EMA(engine.module, 0.999, keep=True)
+    return {"ema_update_s": timed_steps(lambda: ema.update(engine.module), 1, n)}
 
 
 def with_batch(fn, preset):
@@ -343,7 +319,7 @@ for preset in presets:
                    engine_mfu=mfu(flops, row["engine_step_s"]), bare_mfu=mfu(flops, row["bare_step_s"]),
                    engine_images_per_s=batch / row["engine_step_s"],
                    bare_over_engine=row["bare_step_s"] / row["engine_step_s"],
-                   ema_cpu_over_step=row["ema_cpu_shadow_s"] / row["engine_step_s"])
+                   ema_over_step=row["ema_update_s"] / row["engine_step_s"])
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
     rows.append(row)
@@ -379,19 +355,7 @@ if not args.no_zero:
                         continue
                     try:
                         batch = fitted.get(preset, batch0)
-                        try:
-                            eng, engine, mcfg = engine_case(preset, batch, "deepspeed", stage)
-                        except RuntimeError as exc:
-                            if "dtype" not in str(exc).lower():
-                                raise
-                            bug = ("platform bug: DeepSpeed bf16 casts parameters only; the fp32 buffer "
-                                   f"coords_table meets bf16 weights ({str(exc).splitlines()[0][:120]}); "
-                                   "timed with the model cast to bf16 beforehand")
-                            zrow["platform_bug"] = bug
-                            if bug not in notes:
-                                notes.append(bug)
-                            gc.collect()
-                            eng, engine, mcfg = engine_case(preset, batch, "deepspeed", stage, cast_model=True)
+                        eng, engine, mcfg = engine_case(preset, batch, "deepspeed", stage)
                         del engine
                         flops = flops_per_step(mcfg, batch)
                         zrow.update(batch=batch, step_s=eng["step_s"], peak_mem_gib=eng["peak_mem_gib"],
@@ -420,7 +384,7 @@ md = [f"# GPU check: {gpu_name}", "",
       f"torch {torch.__version__}, CUDA {torch.version.cuda}, bf16 peak {peak or 'unknown'} TFLOP/s; LQ patch {patch}, "
       f"{warmup} warm-up + {steps} timed steps; {result['time']}, {result['wall_s']} s.", "",
       "| preset | params M | batch | engine step s | MFU | img/s | peak GiB | bare step s | bare MFU | bare/engine | "
-      "EMA cpu-shadow s | EMA device s |",
+      "EMA update s | EMA/step |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     if "error" in r:
@@ -428,8 +392,8 @@ for r in rows:
         continue
     md.append(f"| {r['preset']} | {r['params_m']} | {r['batch']} | {r['engine_step_s']:.4f} | {f(r['engine_mfu'], '.1%')} | "
               f"{r['engine_images_per_s']:.1f} | {r['engine_peak_mem_gib']:.2f} | {r['bare_step_s']:.4f} | "
-              f"{f(r['bare_mfu'], '.1%')} | {r['bare_over_engine']:.3f} | {r['ema_cpu_shadow_s']:.4f} | "
-              f"{r['ema_device_shadow_s']:.4f} |")
+              f"{f(r['bare_mfu'], '.1%')} | {r['bare_over_engine']:.3f} | {r['ema_update_s']:.4f} | "
+              f"{r['ema_over_step']:.1%} |")
 md += ["", f"ZeRO (DeepSpeed, bf16, one device): {zero_status}", ""]
 if zero_rows:
     md += ["| preset | stage | batch | step s | MFU | peak GiB |", "|---|---|---|---|---|---|"]
@@ -437,9 +401,9 @@ if zero_rows:
         if "error" in r:
             md.append(f"| {r['preset']} | {r['zero_stage']} | error: {r['error']} ||||")
         else:
-            md.append(f"| {r['preset']} | {r['zero_stage']}{' (*)' if 'platform_bug' in r else ''} | {r['batch']} | "
+            md.append(f"| {r['preset']} | {r['zero_stage']} | {r['batch']} | "
                       f"{r['step_s']:.4f} | {f(r['mfu'], '.1%')} | {r['peak_mem_gib']:.2f} |")
-md += [f"- {'(*) ' if 'platform bug' in n else ''}{n}" for n in notes]
+md += [f"- {n}" for n in notes]
 os.makedirs(out_dir, exist_ok=True)
 with open(os.path.join(out_dir, "gpu_check.json"), "w") as fh:
     json.dump(result, fh, indent=1)
