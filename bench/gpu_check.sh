@@ -12,6 +12,8 @@
 #            what the engine costs over plain torch on a GPU.
 #   ema      one `hiir.platform.ema.EMA.update` (fp32 shadow on the device, one foreach lerp), and its
 #            share of a step.
+#   eval     validation's path, `hiir.platform.evaluate.restore_array` (fp32, on the device) of one LQ
+#            image 4 patches wide: whole, then in tiles 2 patches wide overlapping by 1; time, peak memory.
 #   zero     if deepspeed imports: our DeepSpeed engine at ZeRO stage 0, 2 and 3 (bf16), one GPU.
 # MFU = FLOPs of a step (hiir.models.summary.model_flops(model, shape, backward=True), counted on
 # the meta device) / step time / the GPU's dense bf16 peak (table below, or --peak-tflops).
@@ -150,6 +152,7 @@ from hiir.models import build
 from hiir.platform.config import load_config
 from hiir.platform.ema import EMA
 from hiir.platform.engine import all_ranks_finite, make_engine
+from hiir.platform.evaluate import restore_array
 
 try:
     from hiir.models.summary import model_flops
@@ -280,6 +283,20 @@ def ema_case(engine, n=5):
     return {"ema_update_s": timed_steps(lambda: ema.update(engine.module), 1, n)}
 
 
+def eval_case(engine):
+    model = engine.module.eval()
+    m = model.pad_multiple
+    g = torch.Generator().manual_seed(0)
+    lq = torch.randint(0, 256, (4 * m, 4 * m, model.config.in_channels), generator=g, dtype=torch.uint8).numpy()
+    res = {"eval_lq_side": 4 * m}
+    for name, kw in (("whole", {}), ("tiled", {"tile": 2 * m, "overlap": m})):
+        reset_mem()
+        res[f"eval_{name}_s"] = timed_steps(lambda: restore_array(model, lq, **kw), 1, 3)
+        res[f"eval_{name}_peak_gib"] = peak_mem_gib()
+    model.train()
+    return res
+
+
 def with_batch(fn, preset):
     """fn(batch) at batch0, halved on OOM until it fits."""
     batch = batch0
@@ -311,6 +328,7 @@ for preset in presets:
         row.update(batch=batch, params_m=round(sum(p.numel() for p in engine.module.parameters()) / 1e6, 3),
                    engine_step_s=eng["step_s"], engine_peak_mem_gib=eng["peak_mem_gib"])
         row.update(ema_case(engine))
+        row.update(eval_case(engine))
         del engine
         bare = bare_case(preset, batch)
         row.update(bare_step_s=bare["step_s"], bare_peak_mem_gib=bare["peak_mem_gib"])
@@ -394,6 +412,10 @@ for r in rows:
               f"{r['engine_images_per_s']:.1f} | {r['engine_peak_mem_gib']:.2f} | {r['bare_step_s']:.4f} | "
               f"{f(r['bare_mfu'], '.1%')} | {r['bare_over_engine']:.3f} | {r['ema_update_s']:.4f} | "
               f"{r['ema_over_step']:.1%} |")
+md += ["", "Validation's path (fp32): one LQ image, whole and tiled (tile 2 patches, overlap 1).", "",
+       "| preset | LQ side | whole s | whole peak GiB | tiled s | tiled peak GiB |", "|---|---|---|---|---|---|"]
+md += [f"| {r['preset']} | {r['eval_lq_side']} | {r['eval_whole_s']:.3f} | {r['eval_whole_peak_gib']:.2f} | "
+       f"{r['eval_tiled_s']:.3f} | {r['eval_tiled_peak_gib']:.2f} |" for r in rows if "eval_whole_s" in r]
 md += ["", f"ZeRO (DeepSpeed, bf16, one device): {zero_status}", ""]
 if zero_rows:
     md += ["| preset | stage | batch | step s | MFU | peak GiB |", "|---|---|---|---|---|---|"]

@@ -29,6 +29,13 @@ address_option = click.option(
     help="Ray cluster address (env: RAY_ADDRESS). Default: start an embedded local Ray.",
 )
 
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where the model runs: auto (the first CUDA GPU if any, else cpu), cpu, cuda or cuda:N.",
+)
+
 
 def resolve_workdir(workdir: Path) -> Path:
     """Absolute workdir: Ray workers and MLflow run in other cwds."""

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from hiir.platform.cli_options import address_option, resolve_workdir, tracking_uri_option, workdir_option
+from hiir.platform.cli_options import (address_option, device_option, resolve_workdir, tracking_uri_option,
+                                       workdir_option)
 
 
 @click.command()
@@ -41,7 +42,9 @@ def train(config_file: Path, overrides: tuple[str, ...], workdir: Path, tracking
 @click.option("--tile", type=int, default=0, show_default=True, help="Tile side (LQ px) above which to tile; 0 = whole image.")
 @click.option("--overlap", type=int, default=16, show_default=True, help="Tile overlap in LQ px.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: int, overlap: int, as_json: bool) -> None:
+@device_option
+def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: int, overlap: int, as_json: bool,
+          device: str) -> None:
     """Score exported weights on dataset directories (BasicSR PSNR/SSIM, RGB and Y).
 
     \b
@@ -50,11 +53,13 @@ def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: i
     """
     import json
 
-    from hiir.platform.evaluate import evaluate_datasets, load_exported, summarize
+    from hiir.platform.evaluate import evaluate_datasets, load_exported, resolve_device, summarize
 
-    model = load_exported(weights)
+    on = resolve_device(device)  # before loading anything: a wrong device is the cheapest error
+    model = load_exported(weights).to(on)
     dirs = [str(Path(d).resolve()) if "://" not in d else d for d in datasets]
-    results, _ = evaluate_datasets(model, dirs, tile=tile, overlap=overlap, self_ensemble=self_ensemble)
+    results, _ = evaluate_datasets(model, dirs, tile=tile, overlap=overlap, self_ensemble=self_ensemble,
+                                   progress=not as_json)
     if as_json:
         click.echo(json.dumps(results, indent=1))
     else:
@@ -68,7 +73,9 @@ def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: i
 @click.option("--tile", type=int, default=0, show_default=True, help="Tile side (LQ px) above which to tile; 0 = whole image.")
 @click.option("--overlap", type=int, default=16, show_default=True)
 @click.option("--self-ensemble", is_flag=True)
-def restore(weights: Path, inputs: tuple[Path, ...], out: Path, tile: int, overlap: int, self_ensemble: bool) -> None:
+@device_option
+def restore(weights: Path, inputs: tuple[Path, ...], out: Path, tile: int, overlap: int, self_ensemble: bool,
+            device: str) -> None:
     """Restore image files or folders with exported weights; writes PNGs to --out.
 
     \b
@@ -77,10 +84,11 @@ def restore(weights: Path, inputs: tuple[Path, ...], out: Path, tile: int, overl
     """
     from tqdm import tqdm
 
-    from hiir.platform.evaluate import load_exported
+    from hiir.platform.evaluate import load_exported, resolve_device
     from hiir.platform.restore import restore_files
 
-    model = load_exported(weights)
+    on = resolve_device(device)
+    model = load_exported(weights).to(on)
     files = [p for i in inputs for p in (sorted(i.iterdir()) if i.is_dir() else [i]) if p.is_file()]
     for path in tqdm(files, desc="restore", unit="img"):
         restore_files(model, path, out, tile=tile, overlap=overlap, self_ensemble=self_ensemble)

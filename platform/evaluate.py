@@ -2,6 +2,9 @@
 
 crop_border is the scale for SR and 0 for denoising/JPEG/paired tasks; SR reports Y-channel PSNR as
 its headline (the papers' tables), the other tasks RGB. Both are always logged.
+
+Inference runs in fp32 on whatever device the model is on (a GPU where training ran on one); the metrics
+are computed on the host in float64.
 """
 from __future__ import annotations
 
@@ -16,32 +19,50 @@ from torch import nn
 from hiir.platform.errors import HiirError
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first CUDA GPU if torch sees one, else the CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise HiirError(f"--device {name!r} is not a torch device ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HiirError(f"--device {name}: torch {torch.__version__} sees no CUDA GPU; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise HiirError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
 @torch.no_grad()
 def restore_array(model: nn.Module, lq: np.ndarray, *, tile: int = 0, overlap: int = 16,
                   self_ensemble: bool = False) -> np.ndarray:
     """uint8 HxWxC -> restored float HxWxC in [0, 1] (padding inside the model; tiles above `tile`)."""
     from hiir.models.inference import self_ensemble as ensemble, tiled_forward
 
-    x = torch.from_numpy(np.array(lq, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255)
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.array(lq, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float().div_(255)
     if tile and max(x.shape[-2:]) > tile:
         forward = lambda t: tiled_forward(model, t, tile=tile, overlap=overlap)  # noqa: E731
     else:
         forward = model
     out = ensemble(model, x, forward_fn=forward) if self_ensemble else forward(x)
-    return out[0].permute(1, 2, 0).clamp_(0, 1).numpy()
+    return out[0].permute(1, 2, 0).clamp_(0, 1).cpu().numpy()
 
 
 def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: int = 0, tile: int = 0,
                       overlap: int = 16, self_ensemble: bool = False, samples: int = 0,
-                      tasks: dict[str, str] | None = None
+                      tasks: dict[str, str] | None = None, progress: bool = False
                       ) -> tuple[dict[str, float], list[tuple[str, np.ndarray]]]:
     """Metrics per val set (`val/<set>/psnr|ssim|psnr_y|ssim_y`, `+` for self-ensemble) plus summaries.
 
     `val_psnr` is the mean headline PSNR over the sets (what studies rank by) and `val_mse` the mean
     MSE on [0,1] pixels of the same channel and crop (what scaling laws are fitted to).
     `tasks` (set dir -> task, a mixture's per-task val sets) adds `val_task/<task>/psnr|ssim`: the
-    mean over that task's sets (its levels), headline channel.
+    mean over that task's sets (its levels), headline channel. `progress` shows a bar per set.
     """
+    from tqdm import tqdm
+
     from hiir.data_prep import iter_val, load_manifest
     from hiir.platform.metrics import psnr, ssim, to_uint8
     from hiir.platform.plots import plot_strip
@@ -54,7 +75,9 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
         border = manifest.scale if manifest.task == "sr" else 0
         y = manifest.task == "sr" and model.config.in_channels == 3
         rows: dict[str, list[float]] = {}
-        for i, (image, lq, gt) in enumerate(iter_val(directory)):
+        total = min(manifest.rows("val"), max_images) if max_images else manifest.rows("val")
+        images = tqdm(iter_val(directory), desc=name, total=total, unit="img", disable=not progress, leave=False)
+        for i, (image, lq, gt) in enumerate(images):
             if max_images and i >= max_images:
                 break
             variants = {"": restore_array(model, lq, tile=tile, overlap=overlap)}

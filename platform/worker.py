@@ -120,7 +120,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 weights = _eval_weights(cfg, ema, engine)  # all ranks: a ZeRO-3 gather is a collective
                 if rank == 0:
                     _maybe_fault("validate", rank, step)
-                    model = _eval_model(model_cfg, weights)
+                    model = _eval_model(model_cfg, weights, device)
                     metrics.update(_validate(cfg, model, logger, final=step == cfg.optim.max_steps))
                     _write_rank0_files(tmp, cfg, model_cfg, model, ema, step)
                 if any(tmp.iterdir()):
@@ -193,12 +193,13 @@ def _eval_weights(cfg, ema, engine) -> dict[str, torch.Tensor] | None:
         return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
 
 
-def _eval_model(model_cfg, weights: dict[str, torch.Tensor]):
+def _eval_model(model_cfg, weights: dict[str, torch.Tensor], device: torch.device):
+    """A fresh fp32 copy on the training device, so that a GPU run validates on its GPU."""
     from hiir.models import build
 
     model = build(model_cfg)
     model.load_state_dict(weights, strict=False)  # EMA holds parameters; buffers are recomputed
-    return model.eval()
+    return model.to(device).eval()
 
 
 def _validate(cfg, model, logger, *, final: bool) -> dict[str, float]:
@@ -221,7 +222,7 @@ def _write_rank0_files(tmp: Path, cfg, model_cfg, model, ema, step: int) -> None
 
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     if ema.keep:
         save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
     (tmp / "model.json").write_text(json.dumps(dataclasses.asdict(model_cfg), indent=1))

@@ -45,3 +45,13 @@ def test_unknown_study_is_one_line(tmp_path):
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "smoke" in lines[0], lines
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("verb", ["eval", "restore"])
+@pytest.mark.parametrize("device, says", [("cuda", "sees no CUDA GPU"), ("gpu0", "is not a torch device")])
+def test_unusable_device_is_one_line_before_any_loading(tmp_path, verb, device, says):
+    out = _hiir(verb, str(tmp_path), str(tmp_path), "--device", device)  # no weights there: never read
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--device {device}" in lines[0].replace("'", "") and says in lines[0], lines

@@ -47,6 +47,7 @@ def test_cpu_dry_run_needs_no_installed_hiir(tmp_path):
     assert "error" not in row, row
     assert row["engine_step_s"] > 0 and row["bare_step_s"] > 0 and row["tflop_per_step"] > 0
     assert 0 < row["ema_over_step"] < 1
+    assert row["eval_whole_s"] > 0 and row["eval_tiled_s"] > 0  # validation's path on the device
     assert [z["zero_stage"] for z in result["zero_rows"]] == [0, 2, 3]
     assert all("error" not in z and z["step_s"] > 0 for z in result["zero_rows"]), result["zero_rows"]
     assert "| tiny_x2 |" in (out / "gpu_check.md").read_text()
