@@ -194,8 +194,9 @@ class RandomShuffle(Window):
         return bias.unsqueeze(0)
 
     def permutation(self, n: int, device) -> torch.Tensor:
-        generator = None if self.training else torch.Generator().manual_seed(self.seed)
-        return torch.randperm(n, generator=generator).to(device)
+        if self.training:  # drawn on the device itself: no host round trip per layer on a GPU
+            return torch.randperm(n, device=device)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).to(device)
 
 
 MIXERS: dict[str, type[nn.Module]] = {

@@ -20,11 +20,14 @@ def study() -> None:
               help="basic: grid/random; optuna: TPE over the same space.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a base config field.")
 @click.option("--no-report", is_flag=True, help="Skip writing the report at the end.")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="Trials at once. Default: as many as the cluster holds now (no cap if none fits yet); "
+                   "on an autoscaling cluster give what its largest size holds.")
 @workdir_option
 @tracking_uri_option
 @address_option
-def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_report: bool, workdir: Path,
-        tracking_uri: str | None, address: str | None) -> None:
+def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_report: bool, max_concurrent: int | None,
+        workdir: Path, tracking_uri: str | None, address: str | None) -> None:
     """Run a study (a path, or a name under studies/ such as `smoke` or `paper/tree_depth`).
 
     \b
@@ -34,16 +37,17 @@ def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_repor
     from hiir.platform.study import run_study
 
     done = run_study(spec, workdir=resolve_workdir(workdir), scale=scale, overrides=overrides,
-                     tracking_uri=tracking_uri, search=search, address=address)
+                     tracking_uri=tracking_uri, search=search, address=address, concurrent=max_concurrent)
     _summarize(done, no_report)
 
 
 @study.command("resume")
-@click.argument("study_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("study_dir")
 @click.option("--no-report", is_flag=True)
 @address_option
-def resume(study_dir: Path, no_report: bool, address: str | None) -> None:
-    """Continue an interrupted study from its directory (<workdir>/studies/<name>)."""
+def resume(study_dir: str, no_report: bool, address: str | None) -> None:
+    """Continue an interrupted study from its directory (<workdir>/studies/<name>), or from its Tune
+    path on shared storage (<HIIR_STORAGE>/studies/<name>) when that directory is gone with a head node."""
     from hiir.platform.study import resume_study
 
     _summarize(resume_study(study_dir, address=address), no_report)

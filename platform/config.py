@@ -235,7 +235,8 @@ def load_config_file(path: str | Path, overrides: list[str] | tuple[str, ...] = 
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """`optim.lr=1e-3` -> ("optim.lr", 0.001); bare words stay strings."""
+    """`optim.lr=1e-3` -> ("optim.lr", 0.001); bare words stay strings; a list or mapping of bare words
+    is read as YAML flow (`data.val=[s3://b/Set5, s3://b/Set14]`), as in a config file."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key=value")
     key, text = item.split("=", 1)
@@ -243,6 +244,14 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
+        if text.strip()[:1] in ("[", "{"):
+            import yaml
+
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"override {key.strip()}={text!r} is neither a Python literal nor YAML: "
+                                  f"{str(exc).splitlines()[0]}") from None
     return key.strip(), value
 
 

@@ -160,6 +160,41 @@ def check_storage(storage: str, need_bytes: int = 0) -> None:
                         f"need about {need_bytes / 2**20:.1f} MiB")
 
 
+def workers_leave_this_node(cfg: TrainConfig, nodes: list[dict], here: str) -> bool:
+    """Whether Ray may place this run's workers off the driver's node: the cluster has other nodes, or
+    this one cannot hold them (an autoscaling head with `--num-cpus=0`, or no GPU when they need one)."""
+    alive = [n for n in nodes if n.get("Alive")]
+    if any(n["NodeID"] != here for n in alive):
+        return True
+    local = next((n.get("Resources", {}) for n in alive if n["NodeID"] == here), {})
+    need = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+    return any(local.get(k, 0) < v * cfg.scaling.num_workers for k, v in need.items())
+
+
+def check_cluster_paths(cfg: TrainConfig, address: str | None, storage: list[str], tracking_uri: str, *,
+                        nodes: list[dict] | None = None, here: str | None = None) -> None:
+    """On a cluster whose workers run on other nodes, a path local to this node would scatter a run's
+    checkpoints and MLflow records over the nodes' disks, and Ray Train would fail only at the first
+    checkpoint a remote worker uploads, hours in. Refuse that now. The embedded Ray is one node."""
+    if not address:
+        return
+    if nodes is None:
+        import ray
+
+        nodes, here = ray.nodes(), ray.get_runtime_context().get_node_id()
+    if not workers_leave_this_node(cfg, nodes, here or ""):
+        return
+    for path in storage:
+        if "://" not in path:
+            raise HiirError(f"storage {path} is a directory on this node, but the Ray cluster at {address} runs "
+                            "the workers on other nodes; set HIIR_STORAGE to storage every node reaches "
+                            "(s3://bucket/hiir, gs://bucket/hiir, or file:///mnt/shared/hiir on a shared mount)")
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+        raise HiirError(f"MLflow store {tracking_uri} is a file on this node, but the Ray cluster at {address} "
+                        "logs from workers on other nodes; run an MLflow server and pass --tracking-uri "
+                        "http://HOST:5000 (or set MLFLOW_TRACKING_URI)")
+
+
 def checkpoint_bytes(cfg: TrainConfig, num_params: int) -> int:
     """Disk the kept checkpoints need: fp32 weights, two Adam moments, EMA and export (~5 copies)
     per checkpoint, `keep` of them plus the one being written."""
@@ -184,8 +219,10 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     if synthetic:
         tags = {**(tags or {}), SYNTHETIC_TAG: ",".join(synthetic)}
 
-    run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {}, stats)
     init_ray(address)
+    if not in_tune:  # a study checks its base config once, before its first trial
+        check_cluster_paths(cfg, address, [storage], uri)
+    run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {}, stats)
     trainer = _trainer(cfg, storage, run_id, uri, workdir, in_tune)
     try:
         with _progress(uri, run_id, cfg.optim.max_steps, enabled=not in_tune):

@@ -23,12 +23,16 @@ class EMA:
         self.decay, self.keep, self.gathered = decay, keep, gathered
         self.shadow: dict[str, torch.Tensor] = {}
         self.updates = 0
+        if decay <= 0:
+            return  # EMA off on every rank alike: no gather at all
         with self.gathered():
             if keep:
                 self.shadow = {k: v.detach().float().clone() for k, v in _params(module)}
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
+        if self.decay <= 0:
+            return
         with self.gathered():  # every rank enters: the gather is a collective
             if not self.keep:
                 return

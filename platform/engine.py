@@ -52,7 +52,8 @@ def make_engine(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: 
     from hiir.platform.schedule import lr_factor
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim))
-    bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda")
+    bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda"
+                                              and torch.cuda.is_bf16_supported())  # pre-Ampere: fp32
     engines = {"deepspeed": DeepSpeedEngine, "ddp": DDPEngine}
     return engines[cfg.engine.kind](cfg, model, optimizer, scheduler, device, rank, bf16)
 
@@ -68,8 +69,11 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
     """Generated from our config; the optimizer is the client torch AdamW (no JIT-compiled op)."""
     zero: dict[str, Any] = {"stage": cfg.engine.zero_stage}
-    if cfg.engine.zero_stage == 3:
-        zero["stage3_param_persistence_threshold"] = 0  # partition even tiny tensors, as a cluster would
+    if cfg.engine.zero_stage == 3 and not cfg.scaling.use_gpu:
+        # On CPU (the tests' tiny models) partition even tiny tensors, so that every gather path runs. On
+        # GPUs keep DeepSpeed's default (1e5): most of Hi-IR's ~3,000 tensors are smaller, and gathering
+        # each one per step would cost thousands of small collectives.
+        zero["stage3_param_persistence_threshold"] = 0
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": 1,
@@ -130,7 +134,9 @@ class DDPEngine(Engine):
         self.module, self.rank, self.device = model, rank, device
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ids = [device.index] if device.type == "cuda" else None
-        self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids) if distributed else model
+        # The buffers are constant (position-bias tables, rebuilt from the config), so never re-broadcast them.
+        self.wrapped = (nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+                        if distributed else model)
         self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, cfg.optim.grad_clip
         self.dtype = torch.float32
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -171,7 +177,9 @@ class DDPEngine(Engine):
         from safetensors.torch import load_file
 
         self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.device)))
-        state = torch.load(directory / "optim.pt", map_location=self.device, weights_only=True)
+        # On the CPU: load_state_dict moves AdamW's moments to the parameters' device but leaves `step`
+        # where it was loaded, and a `step` on a GPU costs a host sync per tensor at every step.
+        state = torch.load(directory / "optim.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         return json.loads((directory / "client_state.json").read_text())

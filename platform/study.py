@@ -279,17 +279,20 @@ def param_space(spec: StudySpec, searcher: str = "basic") -> dict[str, Any]:
     return space
 
 
-def max_concurrent(per_trial: TrainConfig) -> int:
-    """How many trials fit at once in the cluster's resources."""
-    import ray
+def max_concurrent(per_trial: TrainConfig, total: dict[str, float] | None = None) -> int | None:
+    """How many trials fit at once in the cluster's resources now (each one beyond would start its
+    controller actors only to wait). None, no cap, when not even one fits yet: an autoscaling cluster
+    that starts without GPU nodes grows as the queued trials ask for them."""
+    if total is None:
+        import ray
 
-    total = ray.cluster_resources()
+        total = ray.cluster_resources()
     if per_trial.scaling.use_gpu:
         need, have = per_trial.scaling.num_workers, total.get("GPU", 0)
     else:
         need = per_trial.scaling.num_workers * per_trial.scaling.cpus_per_worker + TRIAL_ACTOR_CPU
         have = total.get("CPU", 0)
-    return max(1, int(have // need))
+    return int(have // need) or None
 
 
 def run_trial(params: dict[str, Any], *, study: dict[str, Any]) -> dict[str, Any]:
@@ -328,11 +331,12 @@ def study_dir(workdir: Path, name: str) -> Path:
 
 
 def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides: tuple[str, ...] = (),
-              tracking_uri: str | None = None, search: str = "basic", address: str | None = None) -> StudyRun:
+              tracking_uri: str | None = None, search: str = "basic", address: str | None = None,
+              concurrent: int | None = None) -> StudyRun:
     """Validate the spec, create the parent run, run the trials with Ray Tune."""
     import yaml
     from hiir.platform import tracking
-    from hiir.platform.driver import check_storage, init_ray, resolve_datasets
+    from hiir.platform.driver import check_cluster_paths, check_storage, init_ray, resolve_datasets
 
     path = find_spec(ref)
     raw = yaml.safe_load(path.read_text())
@@ -345,6 +349,9 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     resolve_datasets(spec.trial_config({}), workdir)  # build demo data / verify manifests once, here
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
+    # Embedded Ray gets one spare logical CPU for the (sleeping) trial and controller actors.
+    init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
+    check_cluster_paths(spec.trial_config({}), address, [tune_root], uri)
 
     client = tracking.client(uri)
     experiment = spec.trial_config({}).tracking.experiment
@@ -359,22 +366,30 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     state = {"raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),
              "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent.info.run_id,
              "trial_storage": f"{tune_root}/{spec.name}/trials", "tune_path": f"{tune_root}/{spec.name}",
-             "search": search, "spec_path": str(path)}
+             "search": search, "spec_path": str(path), "max_concurrent": concurrent}
     directory.mkdir(parents=True, exist_ok=True)
     _write_json(directory / "study.json", state)
-
-    # Embedded Ray gets one spare logical CPU for the (sleeping) trial and controller actors.
-    init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
+    if state["tune_path"] != str(directory):  # beside Tune's state, so a lost head loses no study
+        _write_shared_json(state["tune_path"], state)
     results = _tuner(spec, state).fit()
     return _finish(spec.name, directory, state, results)
 
 
-def resume_study(directory: Path, *, address: str | None = None) -> StudyRun:
-    """Continue an interrupted study: finished trials are kept, unfinished ones resume from checkpoints."""
+def resume_study(directory: Path | str, *, address: str | None = None) -> StudyRun:
+    """Continue an interrupted study: finished trials are kept, unfinished ones resume from checkpoints.
+
+    `directory` is the study's local directory, or its Tune path on shared storage (s3://.../studies/<name>),
+    which also holds study.json: what a cluster whose head node was replaced still has."""
     from ray import tune
 
     from hiir.platform.driver import init_ray
 
+    if "://" in str(directory):
+        state = _read_shared_json(str(directory))
+        spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+        directory = study_dir(Path(state["workdir"]), spec.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_json(directory / "study.json", state)
     directory = Path(directory).resolve()
     state_file = directory / "study.json"
     if not state_file.is_file():
@@ -420,7 +435,7 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
         param_space=param_space(spec, state["search"]),
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     search_alg=search_alg, num_samples=num_samples,
-                                    max_concurrent_trials=max_concurrent(base)),
+                                    max_concurrent_trials=state.get("max_concurrent") or max_concurrent(base)),
         run_config=tune.RunConfig(name=spec.name, storage_path=state["tune_path"].rsplit("/", 1)[0],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
@@ -466,6 +481,28 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def _write_shared_json(uri: str, data: dict) -> None:
+    """study.json under a Tune path that may be remote (one object write: never half there)."""
+    from hiir.data_prep.shards import filesystem
+
+    fs, path = filesystem(uri)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/study.json") as out:
+        out.write(json.dumps(data, indent=1, default=str).encode())
+
+
+def _read_shared_json(uri: str) -> dict:
+    from hiir.data_prep.shards import filesystem
+
+    fs, path = filesystem(uri.rstrip("/"))
+    try:
+        with fs.open_input_stream(f"{path}/study.json") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError) as exc:
+        raise HiirError(f"{uri} holds no readable study.json ({exc}); give the Tune path a study wrote, "
+                        f"<HIIR_STORAGE>/studies/<name>") from None
 
 
 def report_study(ref: str, *, workdir: Path) -> Path:

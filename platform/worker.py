@@ -47,6 +47,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(f"cuda:{ctx.get_local_rank()}") if cfg.scaling.use_gpu else torch.device("cpu")
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    elif os.environ.get("DS_ACCELERATOR") == "cpu":  # passed on from a CPU-set-up shell (the Makefile's)
+        os.environ["DS_ACCELERATOR"] = "cuda"
     torch.manual_seed(cfg.seed + rank)  # drop-path and the `random` mixer differ per rank, reproducibly
 
     # ---- model, engine, EMA, data -------------------------------------------------------------------

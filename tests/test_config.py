@@ -17,6 +17,9 @@ def test_overrides_are_typed():
     assert cfg.optim.lr == 1e-3 and cfg.engine.zero_stage == 3 and cfg.data.val == ["a", "b"]
     assert cfg.model_config().attention == "cosine"
     assert parse_override("name=my run") == ("name", "my run")
+    # lists of bare words, as in a YAML file (dataset URIs on a cluster)
+    cfg = load_config({}, ["data.val=[s3://b/Set5, s3://b/Set14]", "data.train=s3://b/DF2K"])
+    assert cfg.data.val == ["s3://b/Set5", "s3://b/Set14"] and cfg.data.train == "s3://b/DF2K"
 
 
 @pytest.mark.parametrize("raw, overrides, words", [
@@ -31,6 +34,7 @@ def test_overrides_are_typed():
     ({}, ["model.atention=dot"], ["model.atention", "attention"]),
     ({"optim": 3}, [], ["optim", "mapping"]),
     ({}, ["nokey"], ["key=value"]),
+    ({}, ["data.val=[a, b"], ["data.val", "YAML"]),
 ])
 def test_bad_values_name_the_field(raw, overrides, words):
     with pytest.raises(ConfigError) as info:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,10 +90,13 @@ def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_p
 
 @pytest.mark.timeout(900)
 def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, ray_session, tmp_path):
+    # Storage is a URI (file://, as s3:// would be on a cluster) and the study's local directory is
+    # deleted after the kill, as a replaced head node loses it: resume starts from the Tune path.
     spec = _write_spec(tmp_path / "resume.yaml", "resume-study", {"attention": ["dot", "cosine"],
                                                                   "tree_depth": [2, 3]},
                        optim={**BASE["optim"], "max_steps": 20})
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    shared = f"file://{tmp_path}/shared"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "HIIR_STORAGE": shared}
     cmd = [sys.executable, "-m", "hiir.platform.cli", "study", "run", str(spec), "--workdir", str(workdir),
            "--no-report"]
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -114,13 +118,16 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
         os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-study, for real
         driver.wait()
 
+    assert (tmp_path / "shared" / "studies" / "resume-study" / "study.json").is_file()
+    shutil.rmtree(state_file.parent)
     out = subprocess.run([sys.executable, "-m", "hiir.platform.cli", "study", "resume",
-                          str(state_file.parent), "--no-report"], env=env, capture_output=True, text=True,
+                          f"{shared}/studies/resume-study", "--no-report"], env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     runs = _children(workdir, parent)
     assert len(runs) == 4, [r.info.run_name for r in runs]  # no trial ran twice under a new run
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert json.loads(state_file.read_text())["parent_run_id"] == parent  # the local directory is back
     for run_id in finished:  # finished trials were kept, not retrained
         steps = [m.step for m in _history(workdir, run_id, "loss")]
         assert len(steps) == len(set(steps)), steps

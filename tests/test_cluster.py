@@ -1,0 +1,60 @@
+"""What changes when the workers run on other nodes of a Ray cluster: node-local storage and MLflow
+stores are refused up front, and a study on an autoscaling cluster does not run its trials one by one.
+
+The nodes are the real local Ray's `ray.nodes()` entries; a second node is that entry with another id
+(one machine cannot host two Ray nodes cheaply, and only the fields read here matter)."""
+from __future__ import annotations
+
+import pytest
+
+from hiir.platform.config import load_config
+from hiir.platform.driver import check_cluster_paths, workers_leave_this_node
+from hiir.platform.errors import HiirError
+from hiir.platform.study import max_concurrent
+
+ADDRESS = "ray://head:10001"
+
+
+@pytest.fixture
+def this_node(ray_session):
+    here = ray_session.get_runtime_context().get_node_id()
+    (node,) = [n for n in ray_session.nodes() if n["NodeID"] == here]
+    return node, here
+
+
+def _cfg(**scaling):
+    return load_config({"scaling": {"num_workers": 2, "cpus_per_worker": 1, **scaling}})
+
+
+def test_which_runs_leave_the_drivers_node(this_node):
+    node, here = this_node
+    other = {**node, "NodeID": "f" * len(here)}
+    assert not workers_leave_this_node(_cfg(), [node], here)  # the embedded Ray: 3 CPUs hold 2 workers
+    assert workers_leave_this_node(_cfg(), [node, other], here)
+    assert not workers_leave_this_node(_cfg(), [node, {**other, "Alive": False}], here)
+    assert workers_leave_this_node(_cfg(use_gpu=True), [node], here)  # no GPU here: the autoscaler adds one
+    head_without_cpus = {**node, "Resources": {**node["Resources"], "CPU": 0.0}}
+    assert workers_leave_this_node(_cfg(), [head_without_cpus], here)
+
+
+def test_node_local_storage_and_store_are_refused_on_a_cluster(this_node):
+    node, here = this_node
+    nodes = [node, {**node, "NodeID": "f" * len(here)}]
+    http = "http://mlflow:5000"
+    with pytest.raises(HiirError, match=r"storage /work/ray_results is a directory on this node.*HIIR_STORAGE"):
+        check_cluster_paths(_cfg(), ADDRESS, ["/work/ray_results"], http, nodes=nodes, here=here)
+    with pytest.raises(HiirError, match=r"MLflow store sqlite:///w/mlflow.db is a file on this node.*--tracking-uri"):
+        check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir"], "sqlite:///w/mlflow.db", nodes=nodes, here=here)
+    check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir", "file:///mnt/shared/hiir"], http, nodes=nodes, here=here)
+    # one node holding every worker, or the embedded Ray: local paths are right
+    check_cluster_paths(_cfg(), ADDRESS, ["/work/ray_results"], "sqlite:///w/mlflow.db", nodes=[node], here=here)
+    check_cluster_paths(_cfg(), None, ["/work/ray_results"], "sqlite:///w/mlflow.db", nodes=nodes, here=here)
+
+
+def test_trials_at_once_follow_the_resources_and_do_not_cap_an_empty_autoscaling_cluster():
+    gpu_trial = _cfg(use_gpu=True, num_workers=8)
+    assert max_concurrent(gpu_trial, {"CPU": 0.0}) is None  # head only: trials queue, the cluster grows
+    assert max_concurrent(gpu_trial, {"CPU": 96.0, "GPU": 8.0}) == 1
+    assert max_concurrent(gpu_trial, {"CPU": 384.0, "GPU": 32.0}) == 4
+    assert max_concurrent(_cfg(), {"CPU": 3.0}) == 1  # 2 workers + the trial actor
+    assert max_concurrent(_cfg(), {"CPU": 8.0}) == 3

@@ -1,0 +1,52 @@
+"""Engine and EMA choices that differ between a CPU and a GPU run, checked without a GPU."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from hiir.models import build
+from hiir.platform.config import load_config
+from hiir.platform.ema import EMA
+from hiir.platform.engine import deepspeed_config
+
+
+def _zero3(use_gpu: bool) -> dict:
+    cfg = load_config({"engine": {"kind": "deepspeed", "zero_stage": 3}, "scaling": {"use_gpu": use_gpu}})
+    return deepspeed_config(cfg, bf16=use_gpu)["zero_optimization"]
+
+
+def test_zero3_partitions_every_tensor_on_cpu_but_keeps_deepspeeds_default_on_gpu():
+    assert _zero3(use_gpu=False)["stage3_param_persistence_threshold"] == 0
+    assert "stage3_param_persistence_threshold" not in _zero3(use_gpu=True)
+
+
+def test_ema_off_never_enters_the_gather_collective():
+    entered = []
+
+    @contextmanager
+    def gathered():
+        entered.append(1)
+        yield
+
+    model = build("tiny_x2")
+    for decay, keep, expected in ((0.0, False, 0), (0.0, True, 0), (0.999, False, 3), (0.999, True, 3)):
+        entered.clear()
+        ema = EMA(model, decay, keep=keep, gathered=gathered)
+        ema.update(model)
+        ema.update(model)
+        assert len(entered) == expected, (decay, keep)  # every rank alike: the init snapshot + each update
+        assert bool(ema.shadow) == (keep and decay > 0)
+
+
+def test_ema_follows_the_weights_with_warmed_up_decay():
+    model = build("tiny_x2")
+    ema = EMA(model, 0.999, keep=True)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)  # decay min(0.999, 2/11): the shadow moves 9/11 of the way
+    name, p = next(iter(model.named_parameters()))
+    assert torch.allclose(ema.shadow[name], before[name] + 9 / 11, atol=1e-6)
+    assert ema.state_dict()[name].device.type == "cpu"
