@@ -55,7 +55,7 @@ class OptimConfig:
 class EngineConfig:
     kind: Literal["deepspeed", "ddp"] = "deepspeed"
     zero_stage: int = 2                  # DeepSpeed ZeRO stage 0..3
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 (autocast, fp32 weights) on GPU, fp32 on CPU
 
 
 @dataclass

@@ -79,7 +79,10 @@ def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": bf16},
+        # bf16 as torch autocast, as the DDP engine does: fp32 weights, residual stream and loss, matmuls
+        # and convs in bf16. DeepSpeed's "bf16" mode would cast the whole network and its input to bf16,
+        # whose 8-bit mantissa is one grey level near white: too coarse for restoration residuals.
+        "torch_autocast": {"enabled": bf16, "dtype": "bfloat16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -95,10 +98,10 @@ class DeepSpeedEngine(Engine):
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, bf16))
         self.module, self.rank = self.engine.module, rank
-        self.dtype = torch.bfloat16 if bf16 else torch.float32
+        self.dtype = torch.float32  # the weights; autocast picks each op's compute dtype
 
     def forward(self, x):
-        return self.engine(x.to(self.dtype))
+        return self.engine(x)
 
     def backward(self, loss):
         self.engine.backward(loss)

@@ -50,3 +50,41 @@ def test_ema_follows_the_weights_with_warmed_up_decay():
     name, p = next(iter(model.named_parameters()))
     assert torch.allclose(ema.shadow[name], before[name] + 9 / 11, atol=1e-6)
     assert ema.state_dict()[name].device.type == "cpu"
+
+
+DS_BF16_SCRIPT = """
+import os, socket, torch, torch.nn.functional as F
+os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+import deepspeed
+deepspeed.init_distributed("gloo")
+from hiir.models import build
+from hiir.platform.config import load_config
+from hiir.platform.engine import make_engine
+cfg = load_config({"model": {"preset": "tiny_x2"}, "data": {"batch_size": 2, "lq_patch": 16},
+                   "engine": {"kind": "deepspeed", "zero_stage": 2, "precision": "bf16"}})
+engine = make_engine(cfg, build(cfg.model_config()), torch.device("cpu"), 0)
+seen = set()
+for m in engine.module.modules():
+    if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+        m.register_forward_hook(lambda m, i, o: seen.add(str(o.dtype)))
+out = engine.forward(torch.rand(2, 3, 16, 16))
+engine.backward(out.float().mean())
+engine.step()
+print(sorted(seen), sorted({str(p.dtype) for p in engine.module.parameters()}))
+"""
+
+
+def test_deepspeed_bf16_is_autocast_like_ddp():
+    # matmuls and convs in bf16, the weights (and so the residual adds, norms and softmax) in fp32
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    out = subprocess.run([sys.executable, "-c", DS_BF16_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "['torch.bfloat16'] ['torch.float32']"
