@@ -76,9 +76,11 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
                  log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
 
 
-def resolve_datasets(cfg: TrainConfig, workdir: Path) -> TrainConfig:
+def resolve_datasets(cfg: TrainConfig, workdir: Path, *, verify: bool = True) -> TrainConfig:
     """`demo:<name>` -> the built-in demo dataset (built on first use); every set verified up front,
-    mixture entries included (an online set without a pipeline, or tasks of different scales, fail here)."""
+    mixture entries included (an online set without a pipeline, or tasks of different scales, fail here).
+    `verify=False` reads the manifests only, not every shard's sha256 (a study's trials: the study has
+    verified them once, and the workers check each shard they read)."""
     from hiir.data_prep import build_demo, load_manifest
     from hiir.data_prep.demo import DEGRADATION_SETS, DEMO_SETS
 
@@ -97,7 +99,7 @@ def resolve_datasets(cfg: TrainConfig, workdir: Path) -> TrainConfig:
             return str(demos[ref[len(DEMO_PREFIX):]])
         if "://" not in ref:
             ref = str(Path(ref).expanduser().resolve())
-        load_manifest(ref, verify=True)  # a missing shard or bad checksum fails here, not in a worker
+        load_manifest(ref, verify=verify)  # a missing shard or bad checksum fails here, not in a worker
         return ref
 
     mixture = [{**e, "dataset": resolve(e["dataset"]), "val": [resolve(v) for v in e.get("val", [])]}
@@ -212,7 +214,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
                           else str(workdir / "ray_results"))
     stats = model_stats(cfg)
     check_storage(storage, checkpoint_bytes(cfg, int(stats["model.num_params"])))
-    cfg = resolve_datasets(cfg, workdir)
+    cfg = resolve_datasets(cfg, workdir, verify=not in_tune)
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
     synthetic = synthetic_val_sets(cfg)
@@ -372,21 +374,25 @@ def _progress(uri: str, run_id: str, total: int, *, enabled: bool, every_s: floa
 
 
 def _export(result, target: Path) -> Path | None:
-    """Copy the final weights out of the last checkpoint, atomically, into <workdir>/runs/<name>/."""
+    """Copy the final weights out of the last checkpoint, atomically, into <workdir>/runs/<name>/.
+    Only these files are read, not the whole checkpoint (whose ZeRO shards may be GBs on S3)."""
+    import pyarrow.fs as pafs
+
     if result.checkpoint is None:
         return None
-    with result.checkpoint.as_directory() as d:
-        d = Path(d)
-        if not (d / "model.safetensors").exists():
-            return None
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in ("model.safetensors", "model.json", "train_config.json", "meta.json"):
-            if (d / name).exists():
-                shutil.copy2(d / name, tmp / name)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+    fs, root = result.checkpoint.filesystem, result.checkpoint.path
+    names = [n for n in ("model.safetensors", "model.json", "train_config.json", "meta.json")
+             if fs.get_file_info(f"{root}/{n}").type == pafs.FileType.File]
+    if "model.safetensors" not in names:
+        return None
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in names:
+        with fs.open_input_stream(f"{root}/{name}") as src, open(tmp / name, "wb") as dst:
+            shutil.copyfileobj(src, dst, 2**22)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
     return target
 
 
