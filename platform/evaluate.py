@@ -52,14 +52,19 @@ def restore_array(model: nn.Module, lq: np.ndarray, *, tile: int = 0, overlap: i
 
 def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: int = 0, tile: int = 0,
                       overlap: int = 16, self_ensemble: bool = False, samples: int = 0,
-                      tasks: dict[str, str] | None = None, progress: bool = False
-                      ) -> tuple[dict[str, float], list[tuple[str, np.ndarray]]]:
+                      tasks: dict[str, str] | None = None, progress: bool = False,
+                      shard: tuple[int, int] = (0, 1)) -> tuple[dict[str, float], list[tuple[str, np.ndarray]]]:
     """Metrics per val set (`val/<set>/psnr|ssim|psnr_y|ssim_y`, `+` for self-ensemble) plus summaries.
 
     `val_psnr` is the mean headline PSNR over the sets (what studies rank by) and `val_mse` the mean
     MSE on [0,1] pixels of the same channel and crop (what scaling laws are fitted to).
     `tasks` (set dir -> task, a mixture's per-task val sets) adds `val_task/<task>/psnr|ssim`: the
     mean over that task's sets (its levels), headline channel. `progress` shows a bar per set.
+
+    `shard=(rank, world)` splits the work across a training run's ranks: each scores every world-th
+    image from its rank on, and one all-gather per set gives every rank the metrics over all images
+    (so every rank must call this alike), averaged in image order as a single process would.
+    Only rank 0 draws sample strips.
     """
     from tqdm import tqdm
 
@@ -67,6 +72,7 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
     from hiir.platform.metrics import psnr, ssim, to_uint8
     from hiir.platform.plots import plot_strip
 
+    rank, world = shard
     results: dict[str, float] = {}
     headline, strips, per_task = [], [], {}
     for directory in dataset_dirs:
@@ -74,12 +80,14 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
         name = dataset_name(directory)
         border = manifest.scale if manifest.task == "sr" else 0
         y = manifest.task == "sr" and model.config.in_channels == 3
-        rows: dict[str, list[float]] = {}
+        rows: dict[str, list[tuple[int, float]]] = {}  # metric -> (image index, value)
         total = min(manifest.rows("val"), max_images) if max_images else manifest.rows("val")
         images = tqdm(iter_val(directory), desc=name, total=total, unit="img", disable=not progress, leave=False)
         for i, (image, lq, gt) in enumerate(images):
             if max_images and i >= max_images:
                 break
+            if i % world != rank:
+                continue
             variants = {"": restore_array(model, lq, tile=tile, overlap=overlap)}
             if self_ensemble:
                 variants["+"] = restore_array(model, lq, tile=tile, overlap=overlap, self_ensemble=True)
@@ -89,13 +97,15 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
                                       ("psnr_y", psnr, True), ("ssim_y", ssim, True)):
                     if on_y and gt.shape[-1] != 3:
                         continue
-                    rows.setdefault(key + suffix, []).append(fn(sr, gt, border, y_channel=on_y))
-            if len(strips) < samples:
+                    rows.setdefault(key + suffix, []).append((i, fn(sr, gt, border, y_channel=on_y)))
+            if rank == 0 and len(strips) < samples:
                 strips.append((f"{name}_{image}", plot_strip(lq, to_uint8(variants[""]), gt, None)))
+        if world > 1:
+            rows = _gather_rows(rows, world)
         if not rows:
             raise HiirError(f"validation set {directory} has no images")
         for key, values in rows.items():
-            results[f"val/{name}/{key}"] = float(np.mean(values))
+            results[f"val/{name}/{key}"] = float(np.mean([v for _, v in sorted(values)]))
         key = "psnr_y" if y else "psnr"
         headline.append(results[f"val/{name}/{key}"])
         if tasks and directory in tasks:
@@ -108,6 +118,18 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
     results["val_psnr"] = float(psnrs.mean())
     results["val_mse"] = float(np.mean(10 ** (-psnrs / 10)))  # per-set MSE on [0,1] pixels, averaged
     return results, strips
+
+
+def _gather_rows(rows: dict[str, list[tuple[int, float]]], world: int) -> dict[str, list[tuple[int, float]]]:
+    import torch.distributed as dist
+
+    parts: list[dict | None] = [None] * world
+    dist.all_gather_object(parts, rows)
+    merged: dict[str, list[tuple[int, float]]] = {}
+    for part in parts:
+        for key, values in (part or {}).items():
+            merged.setdefault(key, []).extend(values)
+    return merged
 
 
 def dataset_name(directory: str) -> str:

@@ -120,11 +120,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 engine.save(tmp, {"step": step, "bad_in_a_row": bad_in_a_row, "skipped": skipped,
                                    "ema_updates": ema.updates})
                 weights = _eval_weights(cfg, ema, engine)  # all ranks: a ZeRO-3 gather is a collective
+                _maybe_fault("validate", rank, step)
+                model = _eval_model(model_cfg, weights, device, world)  # rank 0's weights, on every rank
+                metrics.update(_validate(cfg, model, logger, final=step == cfg.optim.max_steps, shard=(rank, world)))
                 if rank == 0:
-                    _maybe_fault("validate", rank, step)
-                    model = _eval_model(model_cfg, weights, device)
-                    metrics.update(_validate(cfg, model, logger, final=step == cfg.optim.max_steps))
                     _write_rank0_files(tmp, cfg, model_cfg, model, ema, step)
+                del model
                 if any(tmp.iterdir()):
                     write_integrity(tmp, rank, writers=world if cfg.engine.kind == "deepspeed" else 1)
                     if logger:
@@ -195,23 +196,32 @@ def _eval_weights(cfg, ema, engine) -> dict[str, torch.Tensor] | None:
         return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
 
 
-def _eval_model(model_cfg, weights: dict[str, torch.Tensor], device: torch.device):
-    """A fresh fp32 copy on the training device, so that a GPU run validates on its GPU."""
+def _eval_model(model_cfg, weights: dict[str, torch.Tensor] | None, device: torch.device, world: int):
+    """A fresh fp32 copy on the training device (a GPU run validates on its GPUs). Rank 0 holds the
+    weights (the EMA); it broadcasts them, so that every rank can score its share of the val images."""
+    import torch.distributed as dist
+
     from hiir.models import build
 
     model = build(model_cfg)
-    model.load_state_dict(weights, strict=False)  # EMA holds parameters; buffers are recomputed
-    return model.to(device).eval()
+    if weights is not None:
+        model.load_state_dict(weights, strict=False)  # EMA holds parameters; buffers are recomputed
+    model = model.to(device).eval()
+    if world > 1:  # one flat collective, not one per tensor
+        flat = torch.nn.utils.parameters_to_vector(model.parameters())
+        dist.broadcast(flat, src=0)
+        torch.nn.utils.vector_to_parameters(flat, model.parameters())
+    return model
 
 
-def _validate(cfg, model, logger, *, final: bool) -> dict[str, float]:
+def _validate(cfg, model, logger, *, final: bool, shard: tuple[int, int]) -> dict[str, float]:
     from hiir.platform.config import val_tasks
     from hiir.platform.evaluate import evaluate_datasets
 
     results, samples = evaluate_datasets(model, cfg.data.val, tasks=val_tasks(cfg.data), max_images=cfg.eval.max_images,
                                          tile=cfg.eval.tile, overlap=cfg.eval.tile_overlap,
                                          self_ensemble=cfg.eval.self_ensemble and final,
-                                         samples=cfg.tracking.sample_images if final else 0)
+                                         samples=cfg.tracking.sample_images if final else 0, shard=shard)
     if logger and final:
         for name, strip in samples:
             logger.image(strip, f"samples/{name}.png")

@@ -53,7 +53,7 @@ def tiny_train_config(name: str, **sections):
         "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": 20},
         "engine": {"kind": "deepspeed", "zero_stage": 2},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
-        "eval": {"every": 10, "max_images": 1},
+        "eval": {"every": 10, "max_images": 3},  # the 3 demo val images: both ranks score a share
         "max_failures": 0,
         "tracking": {"experiment": "tests", "log_every": 5, "sample_images": 1, "system_metrics_s": 1.0},
     }
