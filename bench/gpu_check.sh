@@ -14,6 +14,9 @@
 #            share of a step.
 #   eval     validation's path, `hiir.platform.evaluate.restore_array` (fp32, on the device) of one LQ
 #            image 4 patches wide: whole, then in tiles 2 patches wide overlapping by 1; time, peak memory.
+#   sdpa     which SDPA kernels take the model's own attention calls (bf16, additive position bias;
+#            q/k 15 wide for B/L) and how fast, as they are and with q/k/v zero-padded to multiples of
+#            16: whether padding the heads would let a fused kernel in (it did not pay on CPU).
 #   zero     if deepspeed imports: our DeepSpeed engine at ZeRO stage 0, 2 and 3 (bf16), one GPU.
 # MFU = FLOPs of a step (hiir.models.summary.model_flops(model, shape, backward=True), counted on
 # the meta device) / step time / the GPU's dense bf16 peak (table below, or --peak-tflops).
@@ -297,6 +300,46 @@ def eval_case(engine):
     return res
 
 
+def sdpa_case(model, mcfg):
+    """Time each SDPA backend on the first L1 and L2 calls' shapes of one forward (recorded by
+    wrapping F.scaled_dot_product_attention for that forward only)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    seen, orig = {}, F.scaled_dot_product_attention
+
+    def record(q, k, v, attn_mask=None, scale=None, **kw):
+        key = (tuple(q.shape), tuple(v.shape), None if attn_mask is None else tuple(attn_mask.shape))
+        seen.setdefault(key, scale)
+        return orig(q, k, v, attn_mask=attn_mask, scale=scale, **kw)
+
+    lq = torch.rand(1, mcfg.in_channels, patch, patch, device=device)
+    F.scaled_dot_product_attention = record
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            model(lq)
+    finally:
+        F.scaled_dot_product_attention = orig
+    out = []
+    for (qs, vs, ms), scale in list(seen.items())[:2]:
+        g = torch.Generator(device=device).manual_seed(0)
+        mk = lambda shape: torch.randn(shape, device=device, dtype=torch.bfloat16, generator=g)  # noqa: E731
+        q, k, v = mk(qs), mk(qs), mk(vs)
+        mask = None if ms is None else mk(ms)
+        pad = lambda t, m: F.pad(t, (0, -t.shape[-1] % m))  # noqa: E731
+        dq = qs[-1] ** -0.5 if scale is None else scale
+        for layout, args in (("as is", (q, k, v)), ("padded x16", (pad(q, 16), pad(k, 16), pad(v, 16)))):
+            row = {"q": list(qs), "v": list(vs), "layout": layout}
+            for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+                try:
+                    with sdpa_kernel(getattr(SDPBackend, backend)):
+                        row[backend] = timed_steps(lambda: F.scaled_dot_product_attention(
+                            *args, attn_mask=mask, scale=dq), 1, 5)
+                except (RuntimeError, AttributeError) as exc:
+                    row[backend] = f"refused: {str(exc).splitlines()[0][:80]}"
+            out.append(row)
+    return out
+
+
 def with_batch(fn, preset):
     """fn(batch) at batch0, halved on OOM until it fits."""
     batch = batch0
@@ -329,6 +372,8 @@ for preset in presets:
                    engine_step_s=eng["step_s"], engine_peak_mem_gib=eng["peak_mem_gib"])
         row.update(ema_case(engine))
         row.update(eval_case(engine))
+        row["sdpa"] = sdpa_case(engine.module.eval(), mcfg)
+        engine.module.train()
         del engine
         bare = bare_case(preset, batch)
         row.update(bare_step_s=bare["step_s"], bare_peak_mem_gib=bare["peak_mem_gib"])
@@ -416,6 +461,13 @@ md += ["", "Validation's path (fp32): one LQ image, whole and tiled (tile 2 patc
        "| preset | LQ side | whole s | whole peak GiB | tiled s | tiled peak GiB |", "|---|---|---|---|---|---|"]
 md += [f"| {r['preset']} | {r['eval_lq_side']} | {r['eval_whole_s']:.3f} | {r['eval_whole_peak_gib']:.2f} | "
        f"{r['eval_tiled_s']:.3f} | {r['eval_tiled_peak_gib']:.2f} |" for r in rows if "eval_whole_s" in r]
+md += ["", "SDPA backends on the model's own attention shapes (bf16, forward, s per call; 'refused' = kernel "
+       "declined the inputs).", "", "| preset | q | v | layout | flash | mem-efficient | cuDNN | math |",
+       "|---|---|---|---|---|---|---|---|"]
+md += [f"| {r['preset']} | {a['q']} | {a['v']} | {a['layout']} | "
+       + " | ".join(f(a[b], '.2e') if isinstance(a[b], float) else 'refused'
+                    for b in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")) + " |"
+       for r in rows for a in r.get("sdpa", [])]
 md += ["", f"ZeRO (DeepSpeed, bf16, one device): {zero_status}", ""]
 if zero_rows:
     md += ["| preset | stage | batch | step s | MFU | peak GiB |", "|---|---|---|---|---|---|"]
