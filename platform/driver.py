@@ -173,6 +173,26 @@ def workers_leave_this_node(cfg: TrainConfig, nodes: list[dict], here: str) -> b
     return any(local.get(k, 0) < v * cfg.scaling.num_workers for k, v in need.items())
 
 
+def check_fits_locally(cfg: TrainConfig, address: str | None, *, extra_cpu: float = 0.0,
+                       total: dict[str, float] | None = None) -> None:
+    """The embedded Ray cannot grow: a run it cannot hold would wait for resources forever. Say so now.
+    (A cluster may autoscale, so there a run waits for its nodes.)"""
+    if address:
+        return
+    if total is None:
+        import ray
+
+        total = ray.cluster_resources()
+    sc = cfg.scaling
+    need = {"CPU": sc.num_workers * sc.cpus_per_worker + extra_cpu, "GPU": sc.num_workers if sc.use_gpu else 0}
+    short = [f"{v:g} {k} (has {total.get(k, 0):g})" for k, v in need.items() if v > total.get(k, 0) + 1e-9]
+    if short:
+        fix = ("set scaling.use_gpu=false, or run on a machine with GPUs" if need["GPU"] > total.get("GPU", 0)
+               else "lower scaling.num_workers or scaling.cpus_per_worker")
+        raise HiirError(f"scaling.num_workers={sc.num_workers} x scaling.cpus_per_worker={sc.cpus_per_worker:g}"
+                        f"{' with a GPU each' if sc.use_gpu else ''} needs {', '.join(short)} of the local Ray; {fix}")
+
+
 def check_cluster_paths(cfg: TrainConfig, address: str | None, storage: list[str], tracking_uri: str, *,
                         nodes: list[dict] | None = None, here: str | None = None) -> None:
     """On a cluster whose workers run on other nodes, a path local to this node would scatter a run's
@@ -223,6 +243,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
 
     init_ray(address)
     if not in_tune:  # a study checks its base config once, before its first trial
+        check_fits_locally(cfg, address)
         check_cluster_paths(cfg, address, [storage], uri)
     run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {}, stats)
     trainer = _trainer(cfg, storage, run_id, uri, workdir, in_tune)

@@ -336,7 +336,8 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     """Validate the spec, create the parent run, run the trials with Ray Tune."""
     import yaml
     from hiir.platform import tracking
-    from hiir.platform.driver import check_cluster_paths, check_storage, init_ray, resolve_datasets
+    from hiir.platform.driver import (check_cluster_paths, check_fits_locally, check_storage, init_ray,
+                                      resolve_datasets)
 
     path = find_spec(ref)
     raw = yaml.safe_load(path.read_text())
@@ -351,6 +352,7 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     tracking.check_reachable(uri)
     # Embedded Ray gets one spare logical CPU for the (sleeping) trial and controller actors.
     init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
+    check_fits_locally(spec.trial_config({}), address, extra_cpu=TRIAL_ACTOR_CPU)
     check_cluster_paths(spec.trial_config({}), address, [tune_root], uri)
 
     client = tracking.client(uri)

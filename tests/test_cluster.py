@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from hiir.platform.config import load_config
-from hiir.platform.driver import check_cluster_paths, workers_leave_this_node
+from hiir.platform.driver import check_cluster_paths, check_fits_locally, workers_leave_this_node
 from hiir.platform.errors import HiirError
 from hiir.platform.study import max_concurrent
 
@@ -58,3 +58,14 @@ def test_trials_at_once_follow_the_resources_and_do_not_cap_an_empty_autoscaling
     assert max_concurrent(gpu_trial, {"CPU": 384.0, "GPU": 32.0}) == 4
     assert max_concurrent(_cfg(), {"CPU": 3.0}) == 1  # 2 workers + the trial actor
     assert max_concurrent(_cfg(), {"CPU": 8.0}) == 3
+
+
+def test_a_run_the_embedded_ray_cannot_hold_is_refused_instead_of_waiting_forever(ray_session):
+    check_fits_locally(_cfg(), None)  # 2 x 1 CPU in the session's 3
+    with pytest.raises(HiirError, match=r"scaling.num_workers=8 .* needs 8 CPU \(has 3\).*lower scaling"):
+        check_fits_locally(_cfg(num_workers=8), None)
+    with pytest.raises(HiirError, match=r"with a GPU each needs 2 GPU \(has 0\).*use_gpu=false"):
+        check_fits_locally(_cfg(use_gpu=True), None)
+    check_fits_locally(_cfg(num_workers=8), ADDRESS)  # a cluster may grow: it waits for its nodes
+    with pytest.raises(HiirError, match="needs 3.01 CPU"):  # a study's trial actor takes its share too
+        check_fits_locally(_cfg(num_workers=3), None, extra_cpu=0.01)
