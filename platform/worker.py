@@ -203,7 +203,8 @@ def _eval_model(model_cfg, weights: dict[str, torch.Tensor] | None, device: torc
 
     from hiir.models import build
 
-    model = build(model_cfg)
+    with torch.random.fork_rng(devices=[]):  # its throwaway init must not shift the training's random stream
+        model = build(model_cfg)
     if weights is not None:
         model.load_state_dict(weights, strict=False)  # EMA holds parameters; buffers are recomputed
     model = model.to(device).eval()
