@@ -211,7 +211,7 @@ def check_cluster_paths(cfg: TrainConfig, address: str | None, storage: list[str
             raise HiirError(f"storage {path} is a directory on this node, but the Ray cluster at {address} runs "
                             "the workers on other nodes; set HIIR_STORAGE to storage every node reaches "
                             "(s3://bucket/hiir, gs://bucket/hiir, or file:///mnt/shared/hiir on a shared mount)")
-    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+    if tracking_uri.startswith(("sqlite:", "file:", "/", ".", "~")):  # not a server (nor `databricks`)
         raise HiirError(f"MLflow store {tracking_uri} is a file on this node, but the Ray cluster at {address} "
                         "logs from workers on other nodes; run an MLflow server and pass --tracking-uri "
                         "http://HOST:5000 (or set MLFLOW_TRACKING_URI)")

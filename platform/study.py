@@ -347,16 +347,17 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     check_storage(str(directory))
     tune_root = storage_root(workdir) + "/studies"  # Tune and trial checkpoints: shared storage on a cluster
     check_storage(tune_root)
-    resolve_datasets(spec.trial_config({}), workdir)  # build demo data / verify manifests once, here
+    base = spec.trial_config({})
+    resolve_datasets(base, workdir)  # build demo data / verify manifests once, here
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
     # Embedded Ray gets one spare logical CPU for the (sleeping) trial and controller actors.
     init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
-    check_fits_locally(spec.trial_config({}), address, extra_cpu=TRIAL_ACTOR_CPU)
-    check_cluster_paths(spec.trial_config({}), address, [tune_root], uri)
+    check_fits_locally(base, address, extra_cpu=TRIAL_ACTOR_CPU)
+    check_cluster_paths(base, address, [tune_root], uri)
 
     client = tracking.client(uri)
-    experiment = spec.trial_config({}).tracking.experiment
+    experiment = base.tracking.experiment
     exp_id = tracking.ensure_experiment(client, experiment, workdir)
     parent = tracking.locked_retry(client.create_run, exp_id, run_name=spec.name, tags={
         tracking.STUDY_TAG: spec.name, "hiir.kind": "study", "hiir.scale": scale,

@@ -45,7 +45,10 @@ def test_node_local_storage_and_store_are_refused_on_a_cluster(this_node):
         check_cluster_paths(_cfg(), ADDRESS, ["/work/ray_results"], http, nodes=nodes, here=here)
     with pytest.raises(HiirError, match=r"MLflow store sqlite:///w/mlflow.db is a file on this node.*--tracking-uri"):
         check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir"], "sqlite:///w/mlflow.db", nodes=nodes, here=here)
-    check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir", "file:///mnt/shared/hiir"], http, nodes=nodes, here=here)
+    with pytest.raises(HiirError, match=r"MLflow store /w/mlruns is a file on this node"):
+        check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir"], "/w/mlruns", nodes=nodes, here=here)
+    for server in (http, "databricks", "postgresql://db/mlflow"):
+        check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir", "file:///mnt/shared/hiir"], server, nodes=nodes, here=here)
     # one node holding every worker, or the embedded Ray: local paths are right
     check_cluster_paths(_cfg(), ADDRESS, ["/work/ray_results"], "sqlite:///w/mlflow.db", nodes=[node], here=here)
     check_cluster_paths(_cfg(), None, ["/work/ray_results"], "sqlite:///w/mlflow.db", nodes=nodes, here=here)
