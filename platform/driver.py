@@ -162,6 +162,11 @@ def check_storage(storage: str, need_bytes: int = 0) -> None:
                         f"need about {need_bytes / 2**20:.1f} MiB")
 
 
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What one Ray Train worker of this run asks Ray for."""
+    return {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+
+
 def workers_leave_this_node(cfg: TrainConfig, nodes: list[dict], here: str) -> bool:
     """Whether Ray may place this run's workers off the driver's node: the cluster has other nodes, or
     this one cannot hold them (an autoscaling head with `--num-cpus=0`, or no GPU when they need one)."""
@@ -169,8 +174,7 @@ def workers_leave_this_node(cfg: TrainConfig, nodes: list[dict], here: str) -> b
     if any(n["NodeID"] != here for n in alive):
         return True
     local = next((n.get("Resources", {}) for n in alive if n["NodeID"] == here), {})
-    need = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
-    return any(local.get(k, 0) < v * cfg.scaling.num_workers for k, v in need.items())
+    return any(local.get(k, 0) < v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items())
 
 
 def check_fits_locally(cfg: TrainConfig, address: str | None, *, extra_cpu: float = 0.0,
@@ -184,10 +188,11 @@ def check_fits_locally(cfg: TrainConfig, address: str | None, *, extra_cpu: floa
 
         total = ray.cluster_resources()
     sc = cfg.scaling
-    need = {"CPU": sc.num_workers * sc.cpus_per_worker + extra_cpu, "GPU": sc.num_workers if sc.use_gpu else 0}
+    need = {k: v * sc.num_workers for k, v in worker_resources(cfg).items()}
+    need["CPU"] += extra_cpu
     short = [f"{v:g} {k} (has {total.get(k, 0):g})" for k, v in need.items() if v > total.get(k, 0) + 1e-9]
     if short:
-        fix = ("set scaling.use_gpu=false, or run on a machine with GPUs" if need["GPU"] > total.get("GPU", 0)
+        fix = ("set scaling.use_gpu=false, or run on a machine with GPUs" if need.get("GPU", 0) > total.get("GPU", 0)
                else "lower scaling.num_workers or scaling.cpus_per_worker")
         raise HiirError(f"scaling.num_workers={sc.num_workers} x scaling.cpus_per_worker={sc.cpus_per_worker:g}"
                         f"{' with a GPU each' if sc.use_gpu else ''} needs {', '.join(short)} of the local Ray; {fix}")
@@ -274,7 +279,7 @@ def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workd
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())  # propagates worker reports to Tune (ASHA needs them)
-    resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+    resources = worker_resources(cfg)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,

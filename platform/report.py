@@ -90,8 +90,9 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
                                       label_key="label", title=f"{spec.name}: final train loss vs training FLOPs"))
     curves: dict[str, tuple[list[int], list[float]]] = {}
     for t in trials:
+        label = _label(t)
         if t.curve[0]:  # sampled searches can repeat a point: the run name keeps both curves
-            curves[_label(t) if _label(t) not in curves else f"{_label(t)} ({t.name})"] = t.curve
+            curves[label if label not in curves else f"{label} ({t.name})"] = t.curve
     if curves:
         plots.append(plot_curves(curves, directory / "training_curves.png", ylabel="train loss (L1)",
                                  title=f"{spec.name}: training curves"))

@@ -387,19 +387,20 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
 
     from hiir.platform.driver import init_ray
 
-    if "://" in str(directory):
+    shared = "://" in str(directory)
+    if shared:
         state = _read_shared_json(str(directory))
-        spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+    else:
+        directory = Path(directory).resolve()
+        if not (directory / "study.json").is_file():
+            raise HiirError(f"{directory} is not a study directory (no study.json); "
+                            f"run `hiir study run` first")
+        state = json.loads((directory / "study.json").read_text())
+    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+    if shared:  # the local directory comes back, for the report and later resumes
         directory = study_dir(Path(state["workdir"]), spec.name)
         directory.mkdir(parents=True, exist_ok=True)
         _write_json(directory / "study.json", state)
-    directory = Path(directory).resolve()
-    state_file = directory / "study.json"
-    if not state_file.is_file():
-        raise HiirError(f"{directory} is not a study directory (no study.json); "
-                        f"run `hiir study run` first")
-    state = json.loads(state_file.read_text())
-    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
     init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
     if not tune.Tuner.can_restore(state["tune_path"]):
         raise HiirError(f"{state['tune_path']} holds no Tune experiment state to resume")
