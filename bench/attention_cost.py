@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from hiir.platform.driver import MALLOC_ENV as WORKER_MALLOC_ENV
+from hiir.platform.train.runtime import MALLOC_ENV as WORKER_MALLOC_ENV
 
 SIZES = (64, 128, 256, 512)
 # glibc hands every buffer over 32 MB back to the OS on free and page-faults it in again on the

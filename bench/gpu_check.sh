@@ -4,15 +4,15 @@
 # bench/gpu_wheels.sh fetches, and is reported skipped otherwise).
 #
 # For Hi-IR-B/L/XL (b_x2_conv3, l_x3_conv1, xl_x2) at batch 16 (halved until it fits), LQ patch 64, bf16:
-#   engine   our `hiir.platform.engine` DDP engine (world 1: no wrapper; bf16 autocast, fp32 master
+#   engine   our `hiir.platform.train.engine` DDP engine (world 1: no wrapper; bf16 autocast, fp32 master
 #            weights, grad clipping, AdamW + LambdaLR) driven like `train_loop_per_worker` drives it:
 #            forward -> .float() -> L1 -> all_ranks_finite (host sync) -> backward -> step (float(norm))
 #            -> loss.item(); the EMA is timed apart. Step time, MFU, peak memory.
 #   bare     the same model, autocast bf16 + L1 + backward + clip_grad_norm_ + fused AdamW, no host sync:
 #            what the engine costs over plain torch on a GPU.
-#   ema      one `hiir.platform.ema.EMA.update` (fp32 shadow on the device, one foreach lerp), and its
+#   ema      one `hiir.platform.train.ema.EMA.update` (fp32 shadow on the device, one foreach lerp), and its
 #            share of a step.
-#   eval     validation's path, `hiir.platform.evaluate.restore_array` (fp32, on the device) of one LQ
+#   eval     validation's path, `hiir.platform.evaluation.evaluate.restore_array` (fp32, on the device) of one LQ
 #            image 4 patches wide: whole, then in tiles 2 patches wide overlapping by 1; time, peak memory.
 #   sdpa     which SDPA kernels take the model's own attention calls (bf16, additive position bias;
 #            q/k 15 wide for B/L) and how fast, as they are and with q/k/v zero-padded to multiples of
@@ -153,9 +153,9 @@ if not dry and not torch.cuda.is_available():
 
 from hiir.models import build
 from hiir.platform.config import load_config
-from hiir.platform.ema import EMA
-from hiir.platform.engine import all_ranks_finite, make_engine
-from hiir.platform.evaluate import restore_array
+from hiir.platform.train.ema import EMA
+from hiir.platform.train.engine import all_ranks_finite, make_engine
+from hiir.platform.evaluation.evaluate import restore_array
 
 try:
     from hiir.models.summary import model_flops

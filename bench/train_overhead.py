@@ -6,7 +6,7 @@ For each size (preset, batch, LQ patch), in one run, on the demo sr_x2 data:
             same seed), the same torch thread count. Timed in windows of `log_every` steps
             (data + forward + L1 + backward + AdamW + zero_grad + loss.item()), after a warm-up.
             Measured before the first Ray pass and after each one (--repeats), so load drift hits both.
-  ray       `hiir.platform.driver.fit_run` (its embedded Ray, as `hiir train` starts it) with
+  ray       `hiir.platform.train.fit.fit_run` (its embedded Ray, as `hiir train` starts it) with
             scaling.num_workers=1, cpus_per_worker = --threads, engine deepspeed ZeRO-2: the real
             `train_loop_per_worker`. Steady-state step
             time is read back from the MLflow run: the worker's own `step_time_s` per window
@@ -43,7 +43,7 @@ import warnings
 from pathlib import Path
 
 from hiir.platform.config import ScalingConfig
-from hiir.platform.driver import MALLOC_ENV
+from hiir.platform.train.runtime import MALLOC_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -106,7 +106,7 @@ def ray_run(workdir: Path, data_dir: Path, preset: str, batch: int, patch: int, 
     from mlflow.tracking import MlflowClient
 
     from hiir.platform.config import load_config
-    from hiir.platform.driver import fit_run
+    from hiir.platform.train.fit import fit_run
     from hiir.platform.tracking import resolve_tracking_uri
 
     cfg = load_config({
@@ -156,9 +156,9 @@ def profile_child(data_dir: Path, preset: str, batch: int, patch: int, threads: 
     from hiir.data_prep import TrainReader
     from hiir.models import build
     from hiir.platform.config import load_config
-    from hiir.platform.ema import EMA
-    from hiir.platform.engine import all_ranks_finite, make_engine
-    from hiir.platform.worker import _to_tensor
+    from hiir.platform.train.ema import EMA
+    from hiir.platform.train.engine import all_ranks_finite, make_engine
+    from hiir.platform.train.worker import _to_tensor
 
     deepspeed.init_distributed("gloo")
     torch.set_num_threads(threads)

@@ -3,26 +3,28 @@
 The driver scans the source and groups images into chunks, one chunk per output shard.
 Ray Data maps each chunk to a task that loads, degrades, cuts and writes its shard
 (atomically) and returns only metadata; the driver then writes manifest.json last.
-The same call scales out on a cluster (ray.init() joins RAY_ADDRESS when it is set).
+The same call scales out on a cluster: it joins RAY_ADDRESS when that is set (`ray_session`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-import pyarrow.fs as pafs
-
 import numpy as np
+import pyarrow.fs as pafs
 
 from hiir.data_prep.degrade import SYNTHETIC, TASKS, degrade_image, mod_crop
 from hiir.data_prep.errors import DatasetError
 from hiir.data_prep.manifest import MANIFEST, SCHEMA_VERSION, SHARD_NAME, Manifest, ShardInfo, SkippedImage, dataset_state, write_manifest
+from hiir.data_prep.files import TMP_PREFIX, filesystem
 from hiir.data_prep.scan import MAX_PIXELS, SourceImage, load_image, scan_source
-from hiir.data_prep.shards import TMP_PREFIX, filesystem, image_rows, write_shard
+from hiir.data_prep.shards import image_rows, write_shard
 
 
 SYNTHETIC_MODELS = {
@@ -130,13 +132,33 @@ def chunk_images(images: list[SourceImage], images_per_shard: int) -> list[dict]
     return items
 
 
-def run_on_ray(items: list[dict], params: dict, progress: bool) -> list[dict]:
-    """Map `process_chunk` over the items with Ray Data; reuse a running Ray or start (and stop) one."""
+@contextlib.contextmanager
+def ray_session() -> Iterator[None]:
+    """Reuse a running Ray, or start one for the block and stop it after: the cluster at RAY_ADDRESS when
+    it is set, else always a new embedded instance (`address="local"`), never the cluster that a past
+    `ray start` left named in /tmp/ray (it may be dead, and a live one is not ours to fill)."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_on_ray(items: list[dict], params: dict, progress: bool) -> list[dict]:
+    """Map `process_chunk` over the items with Ray Data, in `ray_session`."""
+    import ray
+
+    with ray_session():
+        return _map_chunks(ray, items, params, progress)
+
+
+def _map_chunks(ray, items: list[dict], params: dict, progress: bool) -> list[dict]:
     ctx = ray.data.DataContext.get_current()
     old_bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = progress
@@ -150,8 +172,6 @@ def run_on_ray(items: list[dict], params: dict, progress: bool) -> list[dict]:
     finally:
         ctx.enable_progress_bars = old_bars
         data_log.setLevel(old_level)
-        if started:
-            ray.shutdown()
 
 
 def build_dataset(source, out_dir, task: str, *, scale: int | None = None, sigma: float | None = None,

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hiir.data_prep.build import build_dataset
+from hiir.data_prep.build import build_dataset, ray_session
 from hiir.data_prep.degrade import to_uint8
 from hiir.data_prep.errors import DatasetError
+from hiir.data_prep.files import atomic_path
 from hiir.data_prep.imresize import imresize
 
 DEMO_MAX_SIDE, DEMO_SUB, DEMO_STEP = 256, 96, 48  # 96 and 48 divide by 2, 3 and 4
@@ -56,9 +57,8 @@ def export_photos(folder: Path) -> Path:
         factor = DEMO_MAX_SIDE / max(img.shape[:2])
         if factor < 1:
             img = to_uint8(imresize(img, factor))
-        tmp = folder / f".tmp-{name}.png"
-        Image.fromarray(np.ascontiguousarray(img)).save(tmp)
-        tmp.rename(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="PNG")
     return folder
 
 
@@ -69,8 +69,8 @@ def _subset(photos: Path, folder: Path, names: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         if not (folder / f"{name}.png").exists():
-            shutil.copyfile(photos / f"{name}.png", folder / f".tmp-{name}.png")
-            (folder / f".tmp-{name}.png").rename(folder / f"{name}.png")
+            with atomic_path(folder / f"{name}.png") as tmp:
+                shutil.copyfile(photos / f"{name}.png", tmp)
     return folder
 
 
@@ -111,20 +111,10 @@ def build_demo(root: Path, progress: bool = True, keys=None) -> dict[str, Path]:
     todo = [k for k in todo if k in DEMO_SETS]
     if not todo:
         return dirs
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        import logging
-
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    try:
+    with ray_session():  # one Ray for every set, not one per build
         photos = export_photos(root / "demo_photos")
         for key in todo:
             build_dataset(photos, dirs[key], split="both", val_names=DEMO_VAL, sub_size=DEMO_SUB, step=DEMO_STEP,
-                          images_per_shard=math.ceil((len(DEMO_PHOTOS) - len(DEMO_VAL)) / 2), overwrite=True, progress=progress,
-                          **DEMO_SETS[key])
-    finally:
-        if started:
-            ray.shutdown()
+                          images_per_shard=math.ceil((len(DEMO_PHOTOS) - len(DEMO_VAL)) / 2), overwrite=True,
+                          progress=progress, **DEMO_SETS[key])
     return dirs

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from hiir.data_prep.errors import DatasetError
-from hiir.data_prep.shards import TMP_PREFIX, filesystem, read_shard, read_shard_bytes, sha256_of, write_atomic
+from hiir.data_prep.files import TMP_PREFIX, filesystem, write_atomic
+from hiir.data_prep.shards import read_shard, read_shard_bytes, sha256_of
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -72,7 +73,7 @@ class Manifest:
 
 def write_manifest(dataset_dir: str, manifest: Manifest) -> None:
     """Write manifest.json atomically; called after every shard is in place."""
-    write_atomic(dataset_dir, MANIFEST, manifest.to_json().encode())
+    write_atomic(f"{dataset_dir}/{MANIFEST}", manifest.to_json())
 
 
 def dataset_state(dataset_dir: str) -> str:

@@ -14,14 +14,12 @@ zero-copy slice, while PNG costs ~1 ms per 192 px and ~6 ms per 480 px sub-image
 (at most ~170 patches/s per core if decoded per patch). Reading must never stall training,
 so raw + zstd wins; disk is ~1.3x PNG at worst.
 
-Every write goes to a hidden temporary name and is renamed into place, so an interrupted
-build never leaves a shard that looks complete.
+Every shard is written atomically (`files.write_atomic`), so an interrupted build never leaves a
+shard that looks complete.
 """
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hiir.data_prep.errors import DatasetError
+from hiir.data_prep.files import filesystem, write_atomic
 
 SCHEMA = pa.schema([
     ("name", pa.string()), ("source", pa.string()), ("y", pa.int32()), ("x", pa.int32()),
@@ -36,15 +35,6 @@ SCHEMA = pa.schema([
     ("c", pa.int32()), ("gt", pa.binary()), ("lq", pa.binary()),
 ])
 COMPRESSION, COMPRESSION_LEVEL = "zstd", 1
-TMP_PREFIX = ".tmp-"
-
-
-def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) of a local path or a URI such as s3://bucket/dir (pyarrow.fs)."""
-    uri = str(uri)
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
 def sub_image_positions(length: int, sub_size: int, step: int) -> list[int]:
@@ -84,17 +74,8 @@ def write_shard(tables: list[pa.Table], out_dir: str, name: str) -> tuple[int, s
         for t in tables:
             writer.write_table(t, row_group_size=max(1, t.num_rows))
     buf = sink.getvalue()
-    write_atomic(out_dir, name, buf)
+    write_atomic(f"{out_dir}/{name}", buf)
     return sum(t.num_rows for t in tables), hashlib.sha256(memoryview(buf)).hexdigest()
-
-
-def write_atomic(out_dir: str, name: str, data) -> None:
-    """Write bytes to `out_dir/name` via a hidden temporary file and a rename."""
-    fs, root = filesystem(out_dir)
-    tmp = f"{root}/{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, f"{root}/{name}")
 
 
 def read_shard_bytes(dataset_dir: str, name: str) -> pa.Buffer:

@@ -19,7 +19,7 @@ def ray_session():
 
     started = not ray.is_initialized()
     if started:
-        from hiir.platform.driver import init_ray
+        from hiir.platform.train.runtime import init_ray
 
         init_ray(num_cpus=3)
     yield ray

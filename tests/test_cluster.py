@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from hiir.platform.config import load_config
-from hiir.platform.driver import check_cluster_paths, check_fits_locally, workers_leave_this_node
+from hiir.platform.train.checks import check_cluster_paths, check_fits_locally, workers_leave_this_node
 from hiir.platform.errors import HiirError
-from hiir.platform.study import max_concurrent
+from hiir.platform.study.run import max_concurrent
 
 ADDRESS = "ray://head:10001"
 

@@ -297,7 +297,7 @@ def test_bad_task_parameters_are_dataset_errors(tmp_path):
 def test_cli_data_verify_and_errors(tmp_path, local_build):
     from click.testing import CliRunner
 
-    from hiir.platform.cli_data import data
+    from hiir.platform.cli.data import data
 
     local_build(photos(tmp_path / "src", n=1), tmp_path / "ds", "sr", scale=2, split="val")
     res = CliRunner().invoke(data, ["verify", str(tmp_path / "ds")])

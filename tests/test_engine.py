@@ -7,8 +7,8 @@ import torch
 
 from hiir.models import build
 from hiir.platform.config import load_config
-from hiir.platform.ema import EMA
-from hiir.platform.engine import deepspeed_config
+from hiir.platform.train.ema import EMA
+from hiir.platform.train.engine import deepspeed_config
 
 
 def _zero3(use_gpu: bool) -> dict:
@@ -62,7 +62,7 @@ import deepspeed
 deepspeed.init_distributed("gloo")
 from hiir.models import build
 from hiir.platform.config import load_config
-from hiir.platform.engine import make_engine
+from hiir.platform.train.engine import make_engine
 cfg = load_config({"model": {"preset": "tiny_x2"}, "data": {"batch_size": 2, "lq_patch": 16},
                    "engine": {"kind": "deepspeed", "zero_stage": 2, "precision": "bf16"}})
 engine = make_engine(cfg, build(cfg.model_config()), torch.device("cpu"), 0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hiir.platform.metrics import (
+from hiir.platform.evaluation.metrics import (
     gaussian_window_1d,
     psnr,
     rgb_to_y,

@@ -64,7 +64,7 @@ def test_preset_table_lists_every_preset():
 
 
 def test_cli_models_json(monkeypatch):
-    from hiir.platform.cli_models import models
+    from hiir.platform.cli.models import models
 
     fake = [{"name": "tiny_x2", "params_m": 0.12, "paper_m": None, "diff_pct": None, "gflops": 0.99,
              "flops_input": "1x3x64x64", "window": 4, "patch": 8}]

@@ -188,7 +188,7 @@ def test_validate_pipeline_normalises_to_ranges():
 
 
 def test_resolve_datasets_builds_demo_levels_and_checks_online_sets(tmp_path):
-    from hiir.platform.driver import resolve_datasets, synthetic_val_sets
+    from hiir.platform.train.checks import resolve_datasets, synthetic_val_sets
     from hiir.platform.errors import HiirError
 
     cfg = load_config({"data": {"mixture": [
@@ -211,7 +211,7 @@ def test_per_task_means_and_set_metrics(demo):
     import torch
 
     from hiir.models import build
-    from hiir.platform.evaluate import evaluate_datasets
+    from hiir.platform.evaluation.evaluate import evaluate_datasets
 
     torch.manual_seed(0)
     sets = [str(demo[k]) for k in ("denoise_s15", "denoise_s50", "derain_synth")]
@@ -227,7 +227,7 @@ def test_per_task_means_and_set_metrics(demo):
 def test_report_marks_synthetic_sets_and_shows_task_means():
     from types import SimpleNamespace
 
-    from hiir.platform.report import Trial, render_markdown, results_table
+    from hiir.platform.study.report import Trial, render_markdown, results_table
 
     params = {"model.num_params": "220000", "resolved_model.scale": "1",
               "data.val": "['/w/demo_derain_synth', '/w/demo_denoise_s25']"}
@@ -255,7 +255,7 @@ def test_mixture_run_logs_per_task_metrics_and_batch_composition(workdir, train_
     from mlflow.tracking import MlflowClient
 
     from hiir.platform import tracking
-    from hiir.platform.driver import SYNTHETIC_TAG, fit_run
+    from hiir.platform.train.fit import SYNTHETIC_TAG, fit_run
 
     cfg = train_config(
         "online-mixture", model={"preset": "tiny_unet"}, optim={"max_steps": 10, "warmup_steps": 2},

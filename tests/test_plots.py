@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hiir.platform.plots import CURVES_FIGSIZE, DPI, SCALING_FIGSIZE, plot_curves, plot_scaling, plot_strip
-from hiir.platform.scaling import fit_power_law, mse_to_psnr
+from hiir.platform.evaluation.strips import plot_strip
+from hiir.platform.study.plots import CURVES_FIGSIZE, DPI, SCALING_FIGSIZE, plot_curves, plot_scaling
+from hiir.platform.study.scaling import fit_power_law, mse_to_psnr
 
 
 def _png_size(path):
@@ -19,7 +20,7 @@ def _png_size(path):
 
 
 def _no_temporaries(directory):
-    assert not [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+    assert not [p.name for p in directory.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".tmp-")]
 
 
 @pytest.fixture(scope="module")

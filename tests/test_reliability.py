@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hiir.platform.driver import fit_run
+from hiir.platform.train.fit import fit_run
 from hiir.platform.errors import HiirError
 from hiir.platform.tracking import default_tracking_uri
 
@@ -57,7 +57,7 @@ def test_worker_killed_while_saving_or_validating_completes(workdir, train_confi
     result = fit_run(cfg, workdir=workdir)
     assert marker.exists() and result.metrics["step"] == 20
     # Whatever was half-written when the worker died is refused by its integrity record, never used.
-    from hiir.platform.checkpoint import verify
+    from hiir.platform.train.checkpoint import verify
 
     for ckpt in _checkpoints(workdir / "ray_results", f"kill-{phase}"):
         try:
@@ -196,7 +196,7 @@ class _Payload:
 
 
 def test_pickle_payload_in_a_weights_file_is_refused(tmp_path):
-    from hiir.platform.evaluate import load_exported
+    from hiir.platform.evaluation.evaluate import load_exported
 
     target = tmp_path / "pwned"
     weights = tmp_path / "model.safetensors"

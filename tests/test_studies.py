@@ -11,7 +11,7 @@ import pytest
 
 from hiir.platform.config import flatten, load_config, load_config_file
 from hiir.platform.errors import ConfigError, HiirError
-from hiir.platform.study import load_spec, parse_spec
+from hiir.platform.study.spec import load_spec, parse_spec
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -289,7 +289,7 @@ def test_a_bad_spec_file_is_named_in_its_error(tmp_path):
 def test_a_missing_dataset_is_caught_before_any_trial(tmp_path):
     """parse_spec cannot know the cluster's files; the driver checks every set before Tune starts."""
     from hiir.data_prep import DatasetError
-    from hiir.platform.driver import resolve_datasets
+    from hiir.platform.train.checks import resolve_datasets
 
     missing = tmp_path / "sr_x2" / "DF2K"
     cfg = load_config({"data": {"train": str(missing), "val": [str(tmp_path / "sr_x2" / "Set5")]}})

@@ -60,7 +60,8 @@ def _history(workdir: Path, run_id: str, key: str):
 
 
 def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_path):
-    from hiir.platform.study import report_study, run_study
+    from hiir.platform.study.state import report_study
+    from hiir.platform.study.run import run_study
 
     # A learning rate of 1e-9 cannot learn in 30 steps: those trials are the weak ones.
     spec = _write_spec(tmp_path / "asha.yaml", "asha-grid", {"lr": [2e-3, 1e-9], "attention": ["dot", "cosine"]},
@@ -134,7 +135,7 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
 
 
 def test_optuna_search_samples_a_continuous_space(workdir, tmp_path):
-    from hiir.platform.study import run_study
+    from hiir.platform.study.run import run_study
 
     spec = _write_spec(tmp_path / "optuna.yaml", "optuna-study", {"lr": {"loguniform": [1e-4, 3e-3]}},
                        optim={**BASE["optim"], "max_steps": 10})

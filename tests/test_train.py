@@ -10,7 +10,8 @@ import json
 import math
 
 import pytest
-from hiir.platform.driver import MALLOC_ENV, fit_run
+from hiir.platform.train.runtime import MALLOC_ENV
+from hiir.platform.train.fit import fit_run
 from hiir.platform.errors import HiirError
 from hiir.platform.tracking import default_tracking_uri
 

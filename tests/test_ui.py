@@ -51,7 +51,7 @@ def test_ui_serves_the_store_and_stops(tmp_path):
 
 
 def test_only_loopback_binds_are_quiet():
-    from hiir.platform.cli_ui import exposure_warning
+    from hiir.platform.cli.ui import exposure_warning
 
     assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
     assert exposure_warning("::1") is None

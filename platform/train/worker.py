@@ -30,9 +30,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     from hiir.data_prep.online import make_train_reader
     from hiir.models import build
-    from hiir.platform.ema import EMA
-    from hiir.platform.checkpoint import write_integrity
-    from hiir.platform.engine import all_ranks_finite, make_engine
+    from hiir.platform.train.ema import EMA
+    from hiir.platform.train.checkpoint import write_integrity
+    from hiir.platform.train.engine import all_ranks_finite, make_engine
     from hiir.platform.tracking import RunLogger
 
     # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates: noise, not a problem of ours.
@@ -217,7 +217,7 @@ def _eval_model(model_cfg, weights: dict[str, torch.Tensor] | None, device: torc
 
 def _validate(cfg, model, logger, *, final: bool, shard: tuple[int, int]) -> dict[str, float]:
     from hiir.platform.config import val_tasks
-    from hiir.platform.evaluate import evaluate_datasets
+    from hiir.platform.evaluation.evaluate import evaluate_datasets
 
     results, samples = evaluate_datasets(model, cfg.data.val, tasks=val_tasks(cfg.data), max_images=cfg.eval.max_images,
                                          tile=cfg.eval.tile, overlap=cfg.eval.tile_overlap,
@@ -245,7 +245,7 @@ def _write_rank0_files(tmp: Path, cfg, model_cfg, model, ema, step: int) -> None
 
 def _restore_latest_good(checkpoint, engine, ema) -> tuple[int, dict[str, Any], list[str]]:
     """Load the newest checkpoint that verifies whole; every rank reaches the same verdict."""
-    from hiir.platform.checkpoint import candidates, verify
+    from hiir.platform.train.checkpoint import candidates, verify
 
     skipped = []
     for ckpt in candidates(checkpoint):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from hiir.platform.cli_options import resolve_workdir, workdir_option
+from hiir.platform.cli.options import resolve_workdir, workdir_option
 
 
 @click.group()

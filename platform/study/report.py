@@ -61,8 +61,8 @@ def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
 
 def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str) -> Path:
     """Build report.md and the plots; log them to the parent run. Returns the report's path."""
-    from hiir.platform.plots import plot_curves, plot_scaling
-    from hiir.platform.scaling import fit_power_law, mse_to_psnr
+    from hiir.platform.study.plots import plot_curves, plot_scaling
+    from hiir.platform.study.scaling import fit_power_law, mse_to_psnr
 
     trials = collect_trials(tracking_uri, parent_run_id)
     if not trials:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hiir.platform.cli_options import resolve_workdir, tracking_uri_option, workdir_option
+from hiir.platform.cli.options import resolve_workdir, tracking_uri_option, workdir_option
 
 
 @click.command()

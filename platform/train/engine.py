@@ -49,7 +49,7 @@ class Engine:
 def make_engine(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: int) -> Engine:
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=cfg.optim.betas)
-    from hiir.platform.schedule import lr_factor
+    from hiir.platform.train.schedule import lr_factor
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim))
     bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda"

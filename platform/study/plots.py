@@ -1,33 +1,33 @@
-"""Report plots (PNG) for studies and sample-restoration strips for validation logging.
+"""Report plots (PNG) for studies: a metric against size or compute, and training curves.
 
 Conventions:
 
 * Headless: every figure is drawn on matplotlib's Agg canvas. ``matplotlib.use("Agg")`` is set
   inside the functions, before pyplot is imported, so importing this module never touches a
   display, and Ray workers or CI machines without one can call it.
-* Every file is written atomically: rendered to a temporary file in the destination directory,
-  then moved over the destination with ``os.replace``. A report read while a study is still
-  writing never sees a half-written PNG. Missing parent directories are created.
-* Each function returns the written :class:`~pathlib.Path` (``plot_strip`` returns the image).
+* Every file is written atomically (``hiir.data_prep.files.atomic_path``): a report read while a
+  study is still writing never sees a half-written PNG. Missing parent directories are created.
+* Each function returns the written :class:`~pathlib.Path`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hiir.data_prep.files import atomic_path
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from hiir.platform.scaling import PowerLawFit
+    from hiir.platform.study.scaling import PowerLawFit
 
-__all__ = ["plot_scaling", "plot_curves", "plot_strip"]
+__all__ = ["plot_scaling", "plot_curves"]
 
 #: Resolution of every report PNG; a figure of size (w, h) inches is exactly (w*DPI, h*DPI) pixels
 #: (constrained layout, no tight bounding box, so sizes are predictable).
@@ -46,30 +46,13 @@ def _pyplot():
     return plt
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        # Leave no stray temporaries behind a failed render.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return dest
-
-
 def _save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Save ``fig`` as PNG atomically and release it (pyplot keeps every open figure alive)."""
     plt = _pyplot()
     try:
-        return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI)
+        return Path(path)
     finally:
         plt.close(fig)
 
@@ -225,57 +208,3 @@ def plot_curves(
     except BaseException:
         plt.close(fig)
         raise
-
-
-def _strip_panel(img: np.ndarray, name: str) -> np.ndarray:
-    """One panel as uint8 HxWx3: uint8 kept, float read on [0, 1] (BasicSR rounding), grey tripled."""
-    from hiir.platform.metrics import to_uint8
-
-    arr = np.asarray(img)
-    if arr.dtype != np.uint8:
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise ValueError(f"{name} must be uint8 or float on [0, 1], got dtype {arr.dtype}")
-        arr = to_uint8(arr)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"{name} must be HxW, HxWx1 or HxWx3, got shape {np.asarray(img).shape}")
-    return arr
-
-
-def plot_strip(
-    lq: np.ndarray,
-    out: np.ndarray,
-    gt: np.ndarray,
-    path: str | os.PathLike[str] | None,
-) -> np.ndarray:
-    """``LQ | output | GT`` side by side as one uint8 HxWx3 image (H, W of GT; width exactly 3W).
-
-    Images are HxWx3 RGB (or grey, repeated to 3 channels), uint8 or float on [0, 1] (rounded as
-    :func:`hiir.platform.metrics.to_uint8`). LQ is upscaled to GT's size by nearest neighbour, so
-    its pixels stay visible as blocks (pixel ``i`` of the result takes LQ pixel ``i * h // H``;
-    for an integer scale this is plain pixel repetition). ``out`` must have GT's size. No
-    separator is drawn between panels. With ``path``, the strip is also written as a PNG
-    (atomically). Returns the strip.
-    """
-    lq_u = _strip_panel(lq, "lq")
-    out_u = _strip_panel(out, "out")
-    gt_u = _strip_panel(gt, "gt")
-    if out_u.shape != gt_u.shape:
-        raise ValueError(f"output and GT sizes differ: out {out_u.shape} vs gt {gt_u.shape}")
-    big_h, big_w = gt_u.shape[:2]
-    h, w = lq_u.shape[:2]
-    if h > big_h or w > big_w:
-        raise ValueError(f"LQ {lq_u.shape} is larger than GT {gt_u.shape}")
-    rows = np.arange(big_h) * h // big_h
-    cols = np.arange(big_w) * w // big_w
-    lq_up = lq_u[rows][:, cols]
-    strip = np.ascontiguousarray(np.concatenate([lq_up, out_u, gt_u], axis=1))
-    if path is not None:
-        from PIL import Image
-
-        image = Image.fromarray(strip)
-        _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-    return strip

@@ -5,21 +5,9 @@ User mistakes end as one line on stderr and exit code 1 (2 for usage errors).
 """
 from __future__ import annotations
 
-import importlib
 import sys
 
 import click
-
-# (module, command attribute); each noun lives with its domain.
-_COMMANDS = [
-    ("hiir.platform.cli_models", "models"),
-    ("hiir.platform.cli_data", "data"),
-    ("hiir.platform.cli_train", "train"),
-    ("hiir.platform.cli_train", "eval_"),
-    ("hiir.platform.cli_train", "restore"),
-    ("hiir.platform.cli_study", "study"),
-    ("hiir.platform.cli_ui", "ui"),
-]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,25 +23,23 @@ def cli() -> None:
     """
 
 
-for _module, _attr in _COMMANDS:
-    try:
-        cli.add_command(getattr(importlib.import_module(_module), _attr))
-    except (ImportError, AttributeError) as exc:  # a noun not built yet must not break the others
-        if getattr(exc, "name", None) not in (_module, _attr, None):
-            raise
+# Each noun lives in its own module; importing them is cheap (their heavy imports sit inside the verbs).
+from hiir.platform.cli.data import data  # noqa: E402
+from hiir.platform.cli.models import models  # noqa: E402
+from hiir.platform.cli.study import study  # noqa: E402
+from hiir.platform.cli.train import eval_, restore, train  # noqa: E402
+from hiir.platform.cli.ui import ui  # noqa: E402
+
+for _command in (models, data, train, eval_, restore, study, ui):
+    cli.add_command(_command)
 
 
 def main() -> None:
     """Entry point: turn expected failures into one line and a non-zero exit."""
+    from hiir.data_prep import DatasetError
     from hiir.platform.errors import HiirError
 
-    user_errors: tuple[type[BaseException], ...] = (HiirError, FileNotFoundError)
-    try:
-        from hiir.data_prep import DatasetError
-
-        user_errors += (DatasetError,)
-    except ImportError:
-        pass
+    user_errors = (HiirError, DatasetError, FileNotFoundError)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -66,6 +52,3 @@ def main() -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from hiir.platform.cli_options import address_option, resolve_workdir, tracking_uri_option, workdir_option
+from hiir.platform.cli.options import address_option, resolve_workdir, tracking_uri_option, workdir_option
 
 
 @click.group()
@@ -34,7 +34,7 @@ def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_repor
     Example:
       hiir study run paper/table5_attention --scale smoke
     """
-    from hiir.platform.study import run_study
+    from hiir.platform.study.run import run_study
 
     done = run_study(spec, workdir=resolve_workdir(workdir), scale=scale, overrides=overrides,
                      tracking_uri=tracking_uri, search=search, address=address, concurrent=max_concurrent)
@@ -48,7 +48,7 @@ def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_repor
 def resume(study_dir: str, no_report: bool, address: str | None) -> None:
     """Continue an interrupted study from its directory (<workdir>/studies/<name>), or from its Tune
     path on shared storage (<HIIR_STORAGE>/studies/<name>) when that directory is gone with a head node."""
-    from hiir.platform.study import resume_study
+    from hiir.platform.study.run import resume_study
 
     _summarize(resume_study(study_dir, address=address), no_report)
 
@@ -58,7 +58,7 @@ def resume(study_dir: str, no_report: bool, address: str | None) -> None:
 @workdir_option
 def report(study_ref: str, workdir: Path) -> None:
     """Write report.md and plots for a study (its name or directory) and log them to its parent run."""
-    from hiir.platform.study import report_study
+    from hiir.platform.study.state import report_study
 
     path = report_study(study_ref, workdir=resolve_workdir(workdir))
     click.echo(path.read_text())
@@ -69,14 +69,14 @@ def report(study_ref: str, workdir: Path) -> None:
 @workdir_option
 def list_(workdir: Path) -> None:
     """The studies in studies/ and the state of their latest run in this workdir."""
-    from hiir.platform.study import list_studies
+    from hiir.platform.study.state import list_studies
 
     for row in list_studies(resolve_workdir(workdir)):
         click.echo(f"{row['name']:<40} {row['trials']:>4} trials  {row['status']}")
 
 
 def _summarize(done, no_report: bool) -> None:
-    from hiir.platform.study import report_study
+    from hiir.platform.study.state import report_study
 
     errors = sum(1 for r in done.results if r.error is not None)
     click.echo(f"study {done.name}: {len(done.results)} trials, {errors} failed")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from hiir.platform.cli_options import (address_option, device_option, resolve_workdir, tracking_uri_option,
+from hiir.platform.cli.options import (address_option, device_option, resolve_workdir, tracking_uri_option,
                                        workdir_option)
 
 
@@ -27,7 +27,7 @@ def train(config_file: Path, overrides: tuple[str, ...], workdir: Path, tracking
       hiir train studies/train/tiny_sr_x2.yaml --set optim.max_steps=400
     """
     from hiir.platform.config import load_config_file
-    from hiir.platform.driver import fit_run
+    from hiir.platform.train.fit import fit_run
 
     cfg = load_config_file(config_file, overrides)
     result = fit_run(cfg, workdir=resolve_workdir(workdir), tracking_uri=tracking_uri, address=address)
@@ -53,7 +53,7 @@ def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: i
     """
     import json
 
-    from hiir.platform.evaluate import evaluate_datasets, load_exported, resolve_device, summarize
+    from hiir.platform.evaluation.evaluate import evaluate_datasets, load_exported, resolve_device, summarize
 
     on = resolve_device(device)  # before loading anything: a wrong device is the cheapest error
     model = load_exported(weights).to(on)
@@ -84,8 +84,8 @@ def restore(weights: Path, inputs: tuple[Path, ...], out: Path, tile: int, overl
     """
     from tqdm import tqdm
 
-    from hiir.platform.evaluate import load_exported, resolve_device
-    from hiir.platform.restore import restore_files
+    from hiir.platform.evaluation.evaluate import load_exported, resolve_device
+    from hiir.platform.evaluation.restore import restore_files
 
     on = resolve_device(device)
     model = load_exported(weights).to(on)
@@ -96,7 +96,7 @@ def restore(weights: Path, inputs: tuple[Path, ...], out: Path, tile: int, overl
 
 
 def _print_metrics(metrics: dict) -> None:
-    from hiir.platform.evaluate import summarize
+    from hiir.platform.evaluation.evaluate import summarize
 
     rows = summarize(metrics)
     if rows:

@@ -14,8 +14,8 @@ def restore_files(model: nn.Module, path: Path, out_dir: Path, *, tile: int = 0,
                   self_ensemble: bool = False) -> Path:
     from PIL import Image, UnidentifiedImageError
 
-    from hiir.platform.evaluate import restore_array
-    from hiir.platform.metrics import to_uint8
+    from hiir.platform.evaluation.evaluate import restore_array
+    from hiir.platform.evaluation.metrics import to_uint8
 
     try:
         with Image.open(path) as img:

@@ -69,8 +69,8 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
     from tqdm import tqdm
 
     from hiir.data_prep import iter_val, load_manifest
-    from hiir.platform.metrics import psnr, ssim, to_uint8
-    from hiir.platform.plots import plot_strip
+    from hiir.platform.evaluation.metrics import psnr, ssim, to_uint8
+    from hiir.platform.evaluation.strips import plot_strip
 
     rank, world = shard
     results: dict[str, float] = {}

@@ -96,7 +96,7 @@ def _check_pair(img: np.ndarray, ref: np.ndarray, crop_border: int) -> tuple[np.
             # would silently be scored on the wrong scale. to_uint8 makes the conversion explicit.
             raise ValueError(
                 f"{name} must be uint8 in [0, 255], got dtype {a.dtype}; "
-                "convert network outputs in [0, 1] with hiir.platform.metrics.to_uint8"
+                "convert network outputs in [0, 1] with hiir.platform.evaluation.metrics.to_uint8"
             )
     if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
         raise ValueError(f"crop_border must be a non-negative integer, got {crop_border!r}")

@@ -1,0 +1,83 @@
+"""A study's state on disk: `study.json` (what `resume` and `report` need) in the study's directory and,
+on a cluster, beside Tune's state on shared storage; and the list of studies with their MLflow status.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hiir.platform.errors import ConfigError, HiirError
+from hiir.platform.study.spec import load_spec, parse_spec, studies_root
+
+def study_dir(workdir: Path, name: str) -> Path:
+    return Path(workdir).resolve() / "studies" / name
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+def write_shared_json(uri: str, data: dict) -> None:
+    """study.json under a Tune path that may be remote (one object write: never half there)."""
+    from hiir.data_prep.shards import filesystem
+
+    fs, path = filesystem(uri)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/study.json") as out:
+        out.write(json.dumps(data, indent=1, default=str).encode())
+
+def read_shared_json(uri: str) -> dict:
+    from hiir.data_prep.shards import filesystem
+
+    fs, path = filesystem(uri.rstrip("/"))
+    try:
+        with fs.open_input_stream(f"{path}/study.json") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError) as exc:
+        raise HiirError(f"{uri} holds no readable study.json ({exc}); give the Tune path a study wrote, "
+                        f"<HIIR_STORAGE>/studies/<name>") from None
+
+def report_study(ref: str, *, workdir: Path) -> Path:
+    """Report for a study given by directory or name (the latest run of that name in `workdir`)."""
+    from hiir.platform.study.report import write_report
+
+    directory = Path(ref) if (Path(ref) / "study.json").is_file() else study_dir(workdir, Path(ref).name)
+    state_file = directory / "study.json"
+    if not state_file.is_file():
+        raise HiirError(f"no study run found for {ref!r} (looked for {state_file}); run `hiir study run` first")
+    state = json.loads(state_file.read_text())
+    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+    return write_report(directory, spec=spec, tracking_uri=state["tracking_uri"],
+                        parent_run_id=state["parent_run_id"])
+
+def list_studies(workdir: Path) -> list[dict[str, Any]]:
+    """Every spec under studies/, with its trial count and the MLflow status of its latest run here."""
+    import yaml
+
+    rows = []
+    root = studies_root()
+    for path in sorted(root.rglob("*.yaml")):
+        name = str(path.relative_to(root).with_suffix(""))
+        raw = yaml.safe_load(path.read_text()) or {}
+        if "search" not in raw and "base" not in raw:
+            continue  # train configs live beside the studies
+        status = "never run"
+        state_file = study_dir(workdir, str(raw.get("name", name))) / "study.json"
+        if state_file.is_file():
+            status = _parent_status(json.loads(state_file.read_text()))
+        try:
+            trials = load_spec(path).trial_count
+        except ConfigError as exc:
+            trials, status = 0, f"invalid: {exc}"
+        rows.append({"name": name, "trials": trials, "status": status})
+    return rows
+
+def _parent_status(state: dict[str, Any]) -> str:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(state["tracking_uri"]).get_run(state["parent_run_id"])
+        return f"{run.info.status.lower()} ({state['scale']}, run {run.info.run_id[:8]})"
+    except Exception as exc:  # noqa: BLE001
+        return f"unknown ({exc.__class__.__name__})"

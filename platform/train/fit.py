@@ -1,0 +1,217 @@
+"""`fit_run`: one Ray Train run, the same for `hiir train` and for every trial of a study.
+
+It runs the pre-start checks (`checks`), creates the MLflow run (SQLite has one writer: runs are created
+here, workers only log into them), then builds and fits a `TorchTrainer` whose workers run
+`worker.train_loop_per_worker`. A re-run with the same name auto-restores from its latest checkpoint (Train
+V2 semantics), and the MLflow run with that name is continued. At the end the final weights are copied out
+of the last checkpoint into `<workdir>/runs/<name>/`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiir.platform.config import TrainConfig, flatten
+from hiir.platform.errors import HiirError
+from hiir.platform.train.checks import (check_cluster_paths, check_fits_locally, check_storage, checkpoint_bytes,
+                                        model_stats, resolve_datasets, synthetic_val_sets)
+from hiir.platform.train.runtime import init_ray, run_storage, worker_env, worker_resources
+
+log = logging.getLogger("hiir.train")
+
+SYNTHETIC_TAG = "hiir.synthetic_val"  # val sets that are synthetic stand-ins, comma-separated
+
+@dataclass
+class RunResult:
+    name: str
+    run_id: str | None
+    metrics: dict[str, Any]
+    export_dir: Path | None
+    storage: str
+
+def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None, storage: str | None = None,
+            parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+            in_tune: bool = False, address: str | None = None) -> RunResult:
+    """Validate, track, train. Returns the final metrics and where the exported weights are."""
+    from hiir.platform import tracking
+
+    workdir = Path(workdir).resolve()
+    storage = storage or run_storage(workdir)
+    stats = model_stats(cfg)
+    check_storage(storage, checkpoint_bytes(cfg, int(stats["model.num_params"])))
+    cfg = resolve_datasets(cfg, workdir, verify=not in_tune)
+    uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
+    tracking.check_reachable(uri)
+    synthetic = synthetic_val_sets(cfg)
+    if synthetic:
+        tags = {**(tags or {}), SYNTHETIC_TAG: ",".join(synthetic)}
+
+    init_ray(address)
+    if not in_tune:  # a study checks its base config once, before its first trial
+        check_fits_locally(cfg, address)
+        check_cluster_paths(cfg, address, [storage], uri)
+    run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {}, stats)
+    trainer = _trainer(cfg, storage, run_id, uri, workdir, in_tune)
+    try:
+        with _progress(uri, run_id, cfg.optim.max_steps, enabled=not in_tune):
+            result = trainer.fit()
+    except Exception as exc:
+        if not in_tune:  # in a study, Tune's verdict (failed, or stopped by the scheduler) closes the run
+            _end_mlflow_run(uri, run_id, "FAILED")
+        raise HiirError(f"run {cfg.name!r} failed: {_root_cause(exc)}") from exc
+    metrics = dict(result.return_value or result.metrics or {})
+    export = _export(result, workdir / "runs" / cfg.name)
+    _finish_mlflow_run(uri, run_id, workdir, export)
+    return RunResult(cfg.name, run_id, metrics, export, storage)
+
+def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workdir: Path, in_tune: bool):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hiir.platform.train.worker import train_loop_per_worker
+
+    callbacks = []
+    if in_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())  # propagates worker reports to Tune (ASHA needs them)
+    resources = worker_resources(cfg)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
+                           "spool_dir": str(workdir / "spool")},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            worker_runtime_env={"env_vars": worker_env()}, callbacks=callbacks),
+    )
+
+def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: str | None,
+                      tags: dict[str, str], stats: dict[str, float]) -> str:
+    from hiir.platform import tracking
+
+    client = tracking.client(uri)
+    exp_id = tracking.ensure_experiment(client, cfg.tracking.experiment, workdir)
+    if parent_run_id:
+        tags = {**tags, tracking.PARENT_TAG: parent_run_id}
+    run_id, resumed = tracking.find_or_create_run(client, exp_id, cfg.name, tags)
+    if not resumed:
+        model = dataclasses.asdict(cfg.model_config())
+        params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()}, **stats}
+        for chunk in _chunks(list(params.items()), 100):
+            tracking.locked_retry(client.log_batch, run_id, params=[tracking.param(k, v) for k, v in chunk])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "train_config.json"
+            path.write_text(json.dumps(cfg.to_dict(), indent=1))
+            tracking.locked_retry(client.log_artifact, run_id, str(path))
+    return run_id
+
+def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from hiir.platform.tracking import RunLogger, locked_retry
+
+    spool = RunLogger(uri, run_id, workdir / "spool")
+    try:
+        if export:
+            for name in ("model.safetensors", "model.json"):
+                spool.artifact(export / name, "model")
+        left_clean = spool.flush()
+        locked_retry(MlflowClient(uri).set_terminated, run_id, "FINISHED")
+    except Exception as exc:  # noqa: BLE001 (the weights are on disk; tracking may be down)
+        log.warning("could not finish MLflow run %s (%s); records stay in %s", run_id, exc, spool.spool)
+        return
+    if not left_clean:
+        log.warning("MLflow records of run %s could not all be sent; they are kept in %s", run_id, spool.spool)
+
+def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
+    """Mark a run ended unless something already closed it."""
+    from mlflow.tracking import MlflowClient
+
+    from hiir.platform.tracking import locked_retry
+
+    try:
+        client = MlflowClient(uri)
+        if locked_retry(client.get_run, run_id).info.status == "RUNNING":
+            locked_retry(client.set_terminated, run_id, status)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
+
+@contextlib.contextmanager
+def _progress(uri: str, run_id: str, total: int, *, enabled: bool, every_s: float = 3.0):
+    """A progress bar for `hiir train`, fed by the `step` metric rank 0 logs (workers may be remote)."""
+    if not enabled:
+        yield
+        return
+    import threading
+
+    from tqdm import tqdm
+
+    from hiir.platform.tracking import client as mlflow_client
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        tracker = mlflow_client(uri)
+        with tqdm(total=total, desc="train", unit="step", dynamic_ncols=True) as bar:
+            while not stop.wait(every_s):
+                try:
+                    metrics = tracker.get_run(run_id).data.metrics
+                except Exception:  # noqa: BLE001 (tracking down: the bar just pauses)
+                    continue
+                bar.update(int(metrics.get("step", bar.n)) - bar.n)
+                if "loss" in metrics:
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s + 5)
+
+def _export(result, target: Path) -> Path | None:
+    """Copy the final weights out of the last checkpoint, atomically, into <workdir>/runs/<name>/.
+    Only these files are read, not the whole checkpoint (whose ZeRO shards may be GBs on S3)."""
+    import pyarrow.fs as pafs
+
+    if result.checkpoint is None:
+        return None
+    fs, root = result.checkpoint.filesystem, result.checkpoint.path
+    names = [n for n in ("model.safetensors", "model.json", "train_config.json", "meta.json")
+             if fs.get_file_info(f"{root}/{n}").type == pafs.FileType.File]
+    if "model.safetensors" not in names:
+        return None
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in names:
+        with fs.open_input_stream(f"{root}/{name}") as src, open(tmp / name, "wb") as dst:
+            shutil.copyfileobj(src, dst, 2**22)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost user-facing message of a Ray failure chain."""
+    seen = exc
+    while seen.__cause__ is not None or getattr(seen, "cause", None) is not None:
+        seen = seen.__cause__ or seen.cause
+    text = str(seen).strip().splitlines()
+    return text[-1] if text else seen.__class__.__name__
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,68 @@
+"""Where a run executes: the Ray it joins or starts, what every worker's environment holds, what each
+worker asks Ray for, and where checkpoints are stored.
+
+Without an address hiir always starts its own embedded Ray; with one (`--address`, `RAY_ADDRESS`) it joins
+that cluster. `HIIR_STORAGE` (s3://, gs://, or a shared `file://` mount) puts checkpoints and Tune state
+where every node reaches them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from hiir.platform.config import TrainConfig
+
+# glibc hands blocks over its (dynamic, at most 32 MB) mmap threshold back to the OS on free, and trims
+# the heaps of non-main threads (Ray Train runs the loop in one): every step then page-faults its
+# activations back in, ~3,000 faults per step of tiny_x2 (bench/RESULTS.md, "training overhead").
+# Fixed thresholds keep freed memory for the next step; a worker's RSS stays at its peak, as it would anyway.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**35), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+
+LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_prestart_worker_first_driver": "0",
+                 "RAY_enable_worker_prestart": "0"}
+
+def worker_env() -> dict[str, str]:
+    """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, allocator settings):
+    the driver's value where it has one, else the default."""
+    defaults = {"TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "hiir" / "torch_extensions"), **MALLOC_ENV}
+    passed = ("DS_ACCELERATOR", "HIIR_FAULT", "MLFLOW_TRACKING_URI", *defaults)
+    return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}}
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS/`address`, or start an embedded local instance (no-op when up)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": worker_env()})
+    else:
+        # On a small machine whose cores the training worker holds, every other Ray process that wakes
+        # preempts a torch thread and stalls its parallel region (bench/RESULTS.md, "training overhead"):
+        # run workers at normal priority (Ray nices them to 15) and start no idle workers ahead of need
+        # (each wakes ~150 times a second; together they cost a bare loop 3-8% on 2 cores).
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+        # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
+        # it, a trial stopped by ASHA leaks its workers' placement group and starves later trials.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING,
+                 log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
+
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What one Ray Train worker of this run asks Ray for."""
+    return {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+
+
+def storage_root(workdir: Path) -> str:
+    """Where checkpoints and Tune state go: HIIR_STORAGE (s3://, gs://, NFS) on a cluster, else the workdir."""
+    return os.environ.get("HIIR_STORAGE", "").rstrip("/") or str(Path(workdir).resolve())
+
+
+def run_storage(workdir: Path) -> str:
+    """Ray Train's storage path for single runs: `<HIIR_STORAGE>/runs`, or `<workdir>/ray_results` locally
+    (`<workdir>/runs` holds the exported weights)."""
+    shared = os.environ.get("HIIR_STORAGE", "").rstrip("/")
+    return f"{shared}/runs" if shared else str(Path(workdir).resolve() / "ray_results")
