@@ -1,4 +1,4 @@
-"""Data-path throughput (issue 4). Run: .venv/bin/python bench/data_throughput.py [--quick]
+"""Data-path throughput. Run: .venv/bin/python bench/data_throughput.py [--quick]
 
 1. Build: images/s of build_dataset on Ray Data vs a plain single-process PIL loop doing the
    same work (load, mod-crop, MATLAB bicubic, sub-images, zstd Parquet shards).

@@ -1,4 +1,4 @@
-"""On-the-fly degradation throughput (issue 8). Run: .venv/bin/python bench/online_throughput.py [--quick]
+"""On-the-fly degradation throughput. Run: .venv/bin/python bench/online_throughput.py [--quick]
 
 Patches/s of TrainReader.get_batch (one process, batch 16 of 64 px LQ patches, flips/rot90) on the
 demo photos (15 scikit-image photos at <= 256 px, 96 px sub-images every 48 px):

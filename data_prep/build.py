@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +25,8 @@ from hiir.data_prep.files import TMP_PREFIX, filesystem
 from hiir.data_prep.scan import MAX_PIXELS, SourceImage, load_image, scan_source
 from hiir.data_prep.shards import image_rows, write_shard
 
+
+log = logging.getLogger("hiir.data")
 
 SYNTHETIC_MODELS = {
     "derain": "rain streaks: sparse drops smeared by a near-vertical motion kernel, added",
@@ -208,8 +209,10 @@ def build_dataset(source, out_dir, task: str, *, scale: int | None = None, sigma
         prepare_out_dir(str(out_dir), overwrite=True)  # remove this build's shards: no half dataset stays behind
         raise DatasetError(errors[0])
     skipped = [SkippedImage(**s) for r in results for s in json.loads(r["skipped"])]
-    for s in skipped:
-        warnings.warn(f"skipped: {s.reason}", stacklevel=2)
+    for s in skipped:  # one plain line each (the reason names the file), then the count
+        log.warning("skipped: %s", s.reason)
+    if skipped:
+        log.warning("%d of %d images skipped; manifest.json lists them under `skipped`", len(skipped), len(images))
     shards = [ShardInfo(r["shard"], r["split"], r["rows"], r["sha256"]) for r in results if r["shard"]]
     for sp in {i.split for i in images}:
         if not any(s.split == sp for s in shards):

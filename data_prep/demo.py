@@ -5,7 +5,7 @@ saved as PNG under `root/demo_photos`, and built like any image folder: x2/x3/x4
 sigma-25 denoising, with train sub-images (DEMO_SUB px every DEMO_STEP px) and a held-out
 val split of whole images. Greyscale photos become 3-channel RGB on load.
 
-DEGRADATION_SETS (issue 8) are built on first use (`demo:<key>` in a config), in-process, in a few
+DEGRADATION_SETS (for on-the-fly degradation and task mixtures) are built on first use (`demo:<key>` in a config), in-process, in a few
 seconds: `hr` (HR-only train shards for on-the-fly degradation), fixed val sets per level
 (denoise_s15/s50, jpeg_q10..q40; denoise_s25 is a DEMO_SETS entry) and synthetic stand-ins for the
 all-in-one tasks (`*_synth`, train + val, labelled `synthetic_stand_in` in their manifests).

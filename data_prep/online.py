@@ -1,4 +1,4 @@
-"""On-the-fly degradation and task mixtures (issue 8): one HR dataset, many degradations.
+"""On-the-fly degradation and task mixtures: one HR dataset, many degradations.
 
 A *pipeline* is an ordered list of steps, each `{kind: ..., <param>: value | [low, high]}`:
 
@@ -74,6 +74,23 @@ def validate_pipeline(steps: Any, where: str = "data.degrade") -> list[dict]:
 
 def pipeline_scale(steps: list[dict]) -> int:
     return steps[0]["scale"][0] if steps and steps[0]["kind"] == "bicubic" else 1
+
+
+def train_pipeline(dataset: str, steps, where: str) -> tuple[list[dict] | None, str]:
+    """(steps, label) of the degradation a train set is made with: the config's `steps` (label `where`),
+    else the pipeline in the manifest of an HR-only (online) set, else (None, where) for a paired set.
+    An online set with neither fails, naming `where`."""
+    if steps:
+        return list(steps), where
+    from hiir.data_prep.manifest import load_manifest
+
+    deg = load_manifest(dataset, verify=False).degradation
+    if not deg.get("online"):
+        return None, where
+    if not deg.get("pipeline"):
+        raise DatasetError(f"dataset {dataset} is HR-only (online) and its manifest has no pipeline; "
+                           f"give {where} (e.g. [{{kind: noise, sigma: [15, 75]}}])")
+    return deg["pipeline"], f"{dataset} manifest.json degradation.pipeline"
 
 
 def _draw(rng: np.random.Generator, lo, hi, integer: bool):
@@ -168,18 +185,8 @@ def make_train_reader(train: str, *, degrade=(), mixture=(), rank: int, world_si
     from hiir.data_prep.reader import TrainReader
 
     def one(dataset: str, steps, seed_: int, where: str):
-        hook = None
-        if steps:
-            hook = OnlineDegrade(list(steps), where)
-        else:
-            from hiir.data_prep.manifest import load_manifest
-
-            deg = load_manifest(dataset, verify=False).degradation
-            if deg.get("online") and not deg.get("pipeline"):
-                raise DatasetError(f"dataset {dataset} is HR-only (online) and its manifest has no pipeline; "
-                                   f"give {where} (e.g. [{{kind: noise, sigma: [15, 75]}}])")
-            if deg.get("online"):
-                hook = OnlineDegrade(deg["pipeline"], f"{dataset} manifest.json degradation.pipeline")
+        pipeline, label = train_pipeline(dataset, steps, where)
+        hook = OnlineDegrade(pipeline, label) if pipeline else None
         return TrainReader(dataset, rank=rank, world_size=world_size, batch_size=batch_size, lq_patch=lq_patch,
                            seed=seed_, augment=augment, degrade=hook)
 

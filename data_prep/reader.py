@@ -19,7 +19,7 @@ import pyarrow as pa
 from hiir.data_prep.errors import DatasetError
 from hiir.data_prep.manifest import Manifest, load_manifest, read_verified
 
-# Issue 8 hook: degrade(lq, gt, rng) -> (lq, gt), applied per batch after cropping and augmentation.
+# The online-degradation hook: degrade(lq, gt, rng) -> (lq, gt), applied per batch after cropping and augmentation.
 # A hook with `from_gt = True` and a `scale` (hiir.data_prep.online.OnlineDegrade) makes the LQ side
 # itself: the reader then crops only GT patches of lq_patch * hook.scale and passes lq=None.
 BatchHook = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -107,8 +107,6 @@ class TrainReader:
             if self.rows.min_gt_size() < need:
                 raise DatasetError(f"lq_patch {lq_patch} x scale {degrade.scale} = {need} px is larger than the smallest "
                                    f"GT sub-image ({self.rows.min_gt_size()} px) of {dataset_dir}")
-        elif self.manifest.degradation.get("online"):
-            raise DatasetError(f"dataset {dataset_dir} is HR-only (online): give its degradation pipeline (data.degrade)")
         elif self.rows.min_lq_size() < lq_patch:
             raise DatasetError(f"lq_patch {lq_patch} is larger than the smallest LQ sub-image ({self.rows.min_lq_size()} px) of {dataset_dir}")
         self.scale = degrade.scale if self.from_gt else self.manifest.scale

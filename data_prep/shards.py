@@ -6,13 +6,10 @@ Format (the contract with the readers). One row is one GT/LQ pair:
   gt, lq (binary: raw C-order uint8 bytes, HxWxC).
 Shards are Parquet with zstd level 1 compression and one row group per source image.
 
-Why raw uint8 + zstd rather than PNG bytes (measured on scikit-image photos, see
-bench/RESULTS.md "## data"): on disk PNG (compress_level 1) is 0.44-0.60 of raw and zstd-1
-0.59-0.77 (0.39 when DIV2K-style sub-images overlap, which zstd exploits and PNG cannot);
-but zstd decodes at ~1 GB/s once when a shard is loaded, after which every patch is a
-zero-copy slice, while PNG costs ~1 ms per 192 px and ~6 ms per 480 px sub-image to decode
-(at most ~170 patches/s per core if decoded per patch). Reading must never stall training,
-so raw + zstd wins; disk is ~1.3x PNG at worst.
+Why raw uint8 + zstd rather than PNG bytes: zstd decodes once when a shard is loaded, after which
+every patch is a zero-copy slice, while PNG must be decoded per patch, which would stall training;
+zstd also exploits the overlap of DIV2K-style sub-images, which PNG cannot. The sizes and speeds
+measured are in bench/RESULTS.md, "data".
 
 Every shard is written atomically (`files.write_atomic`), so an interrupted build never leaves a
 shard that looks complete.

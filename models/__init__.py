@@ -12,15 +12,9 @@ Public API
     network: forward((B,C,h,w) in [0,1]) -> (B,C,h*s,w*s); .config, .num_params(),
              .no_weight_decay(), .set_grad_checkpointing(), .pad_multiple
 
-Presets and parameter counts (ours vs paper)
-    b_x2_conv3 14.74 vs 14.68 | b_x3_conv1 15.93 vs 15.87 | b_x4_conv1 15.89 vs 15.84
-    l_x3/x4_conv1 58.00/57.96 vs 57.78/57.74 | l_x3/x4_linear 54.63/54.59 vs 54.41/54.37
-    l_x3/x4_conv3 56.13/56.09 vs 55.91/55.88 | xl_x2 111.21 vs 110.90
-    v1/v2/v3_x4 14.55/19.42/15.89 vs ~14.5/~19.37/~15.84
-    depth2/3/4_x2 11.87/14.40/16.84 vs 11.87/14.35/17.19 (x4: 12.02/14.55/16.99 vs 12.02/14.50/17.34)
-    unet_deblur 22.68 vs 22.33 (+1.6%)
-    no paper count: b_x2_conv3_nopermute, l_x3_conv1_cosine, tiny_x2 0.12M, tiny_x4 0.16M,
-    small_x2 0.45M, tiny_denoise 0.07M, tiny_unet 0.22M
+Presets and parameter counts
+    `hiir models` prints every preset's count beside the paper's (with GFLOPs and window/patch);
+    tests/test_models.py holds each one to the paper's number.
 
 Choices the paper leaves open (each one is a knob; default in brackets)
     - v3 unified layer: L1 qkv from x (q, k at C/2, v at C); L2 qkv computed from L1's output

@@ -23,7 +23,6 @@ from .layer import LayerSpec, make_layer
 def pad_reflect(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, H, W) with H, W the next multiples; reflect, repeated when the
     pad is larger than the image (reflect needs pad < size)."""
-    h, w = x.shape[-2:]
     while (x.shape[-2] % multiple) or (x.shape[-1] % multiple):
         ph = min(-x.shape[-2] % multiple, x.shape[-2] - 1)
         pw = min(-x.shape[-1] % multiple, x.shape[-1] - 1)

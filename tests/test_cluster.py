@@ -5,6 +5,10 @@ The nodes are the real local Ray's `ray.nodes()` entries; a second node is that 
 (one machine cannot host two Ray nodes cheaply, and only the fields read here matter)."""
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 from hiir.platform.config import load_config
@@ -72,3 +76,34 @@ def test_a_run_the_embedded_ray_cannot_hold_is_refused_instead_of_waiting_foreve
     check_fits_locally(_cfg(num_workers=8), ADDRESS)  # a cluster may grow: it waits for its nodes
     with pytest.raises(HiirError, match="needs 3.01 CPU"):  # a study's trial actor takes its share too
         check_fits_locally(_cfg(num_workers=3), None, extra_cpu=0.01)
+
+
+@pytest.mark.timeout(240)
+def test_embedded_ray_ignores_a_stale_cluster_file_on_every_path(tmp_path):
+    """A `ray start --head` that died uncleanly leaves its address in <ray tmp>/ray_current_cluster. A bare
+    `ray.init()` would try to join it (and hang on the dead GCS); train, studies and data builds must
+    start their own Ray instead."""
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))  # Ray's socket paths must stay short
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing listens on port 1
+    code = """
+import ray
+from hiir.data_prep.build import ray_session
+from hiir.platform.train.runtime import init_ray
+with ray_session():                      # data build / demo path
+    print("DATA", ray.cluster_resources().get("CPU"))
+init_ray(num_cpus=1)                     # train / study path
+print("TRAIN", ray.cluster_resources().get("CPU"))
+ray.shutdown()
+"""
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=200)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "DATA" in out.stdout and "TRAIN 1.0" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]

@@ -246,12 +246,18 @@ def test_manifest_rejects_bad_version_and_escaping_shard_names(tmp_path, local_b
         dp.load_manifest(tmp_path / "ds")
 
 
-def test_corrupt_image_is_skipped_and_listed_or_fails_under_strict(tmp_path, local_build):
+def test_corrupt_image_is_skipped_and_listed_or_fails_under_strict(tmp_path, local_build, caplog):
     src = photos(tmp_path / "src", n=2)
     (src / "broken.png").write_bytes(b"not an image")
     Image.new("RGB", (20, 20)).save(src / "tiny.png")
-    with pytest.warns(UserWarning, match="tiny.png"):
+    with caplog.at_level("WARNING", logger="hiir.data"):
         m = local_build(src, tmp_path / "ds", "sr", scale=2, sub_size=32, step=32)
+    # one plain line per skipped file (no Python warning, no echoed source line), then a summary line
+    lines = [r.getMessage() for r in caplog.records if r.name == "hiir.data"]
+    assert len(lines) == 3 and all("\n" not in line for line in lines)
+    assert any(line.startswith("skipped: ") and "tiny.png" in line for line in lines)
+    assert any(line.startswith("skipped: ") and "broken.png" in line for line in lines)
+    assert lines[-1].startswith("2 of 4 images skipped")
     reasons = {Path(s.path).name: s.reason for s in m.skipped}
     assert set(reasons) == {"broken.png", "tiny.png"} and "corrupt" in reasons["broken.png"]
     assert "smaller than the 32 px" in reasons["tiny.png"]

@@ -1,4 +1,4 @@
-"""Issue 8: on-the-fly degradation, task mixtures, per-task metrics, synthetic stand-ins.
+"""On-the-fly degradation, task mixtures, per-task metrics, synthetic stand-ins.
 
 Everything but the last test is fast and Ray-free: the demo's degradation sets build in-process
 (`build_demo(keys=...)`, about a second). The last test is one real tiny mixture run through

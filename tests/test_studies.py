@@ -32,7 +32,7 @@ TRIAL_COUNTS = {
     "paper/generalization": (1, 1),          # one model, noise + JPEG levels (online degradation)
     "paper/all_in_one": (1, 1),              # one model, five tasks (a mixture)
 }
-MIXTURE = ("paper/generalization", "paper/all_in_one")  # issue 8: task mixtures on the U-shaped network
+MIXTURE = ("paper/generalization", "paper/all_in_one")  # task mixtures on the U-shaped network
 PAPER = sorted(n for n in TRIAL_COUNTS if n.startswith("paper/") and n not in MIXTURE)  # the SR tables
 ALL_IN_ONE_SETS = ("SOTS", "Rain100L", "BSD68_s25", "GoPro", "LOL")
 TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100", "Manga109")

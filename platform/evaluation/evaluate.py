@@ -1,7 +1,8 @@
 """Whole-image evaluation with BasicSR's conventions, shared by training, `hiir eval` and `hiir restore`.
 
-crop_border is the scale for SR and 0 for denoising/JPEG/paired tasks; SR reports Y-channel PSNR as
-its headline (the papers' tables), the other tasks RGB. Both are always logged.
+crop_border and the headline PSNR follow `metrics.sr_convention`: SR (scale > 1) crops the scale and
+headlines Y-channel PSNR (the papers' tables), restoration at scale 1 crops nothing and headlines RGB.
+Both channels are always logged.
 
 Inference runs in fp32 on whatever device the model is on (a GPU where training ran on one); the metrics
 are computed on the host in float64.
@@ -69,7 +70,7 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
     from tqdm import tqdm
 
     from hiir.data_prep import iter_val, load_manifest
-    from hiir.platform.evaluation.metrics import psnr, ssim, to_uint8
+    from hiir.platform.evaluation.metrics import shave_y_metrics, sr_convention, to_uint8
     from hiir.platform.evaluation.strips import plot_strip
 
     rank, world = shard
@@ -78,8 +79,7 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
     for directory in dataset_dirs:
         manifest = load_manifest(directory, verify=False)
         name = dataset_name(directory)
-        border = manifest.scale if manifest.task == "sr" else 0
-        y = manifest.task == "sr" and model.config.in_channels == 3
+        border, headline_key = sr_convention(manifest.scale, model.config.in_channels)
         rows: dict[str, list[tuple[int, float]]] = {}  # metric -> (image index, value)
         total = min(manifest.rows("val"), max_images) if max_images else manifest.rows("val")
         images = tqdm(iter_val(directory), desc=name, total=total, unit="img", disable=not progress, leave=False)
@@ -92,12 +92,9 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
             if self_ensemble:
                 variants["+"] = restore_array(model, lq, tile=tile, overlap=overlap, self_ensemble=True)
             for suffix, out in variants.items():
-                sr = to_uint8(out)
-                for key, fn, on_y in (("psnr", psnr, False), ("ssim", ssim, False),
-                                      ("psnr_y", psnr, True), ("ssim_y", ssim, True)):
-                    if on_y and gt.shape[-1] != 3:
-                        continue
-                    rows.setdefault(key + suffix, []).append((i, fn(sr, gt, border, y_channel=on_y)))
+                for metric, value in shave_y_metrics(to_uint8(out), gt, border).items():
+                    if gt.shape[-1] == 3 or not metric.endswith("_y"):  # grey sets have no Y of their own
+                        rows.setdefault(metric + suffix, []).append((i, value))
             if rank == 0 and len(strips) < samples:
                 strips.append((f"{name}_{image}", plot_strip(lq, to_uint8(variants[""]), gt, None)))
         if world > 1:
@@ -106,11 +103,10 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
             raise HiirError(f"validation set {directory} has no images")
         for key, values in rows.items():
             results[f"val/{name}/{key}"] = float(np.mean([v for _, v in sorted(values)]))
-        key = "psnr_y" if y else "psnr"
-        headline.append(results[f"val/{name}/{key}"])
+        headline.append(results[f"val/{name}/{headline_key}"])
         if tasks and directory in tasks:
-            per_task.setdefault(tasks[directory], []).append((results[f"val/{name}/{key}"],
-                                                              results[f"val/{name}/{key.replace('psnr', 'ssim')}"]))
+            ssim_key = headline_key.replace("psnr", "ssim")
+            per_task.setdefault(tasks[directory], []).append((headline[-1], results[f"val/{name}/{ssim_key}"]))
     for task, values in per_task.items():
         results[f"val_task/{task}/psnr"] = float(np.mean([v[0] for v in values]))
         results[f"val_task/{task}/ssim"] = float(np.mean([v[1] for v in values]))

@@ -39,6 +39,7 @@ __all__ = [
     "rgb_to_y",
     "to_uint8",
     "shave_y_metrics",
+    "sr_convention",
     "gaussian_window_1d",
 ]
 
@@ -222,3 +223,12 @@ def shave_y_metrics(sr_uint8: np.ndarray, gt_uint8: np.ndarray, crop_border: int
         "psnr_y": psnr(sr_uint8, gt_uint8, crop_border, y_channel=True),
         "ssim_y": ssim(sr_uint8, gt_uint8, crop_border, y_channel=True),
     }
+
+
+def sr_convention(scale: int, channels: int) -> tuple[int, str]:
+    """(crop_border, headline metric) of a val set, as papers report them: super-resolution (scale > 1,
+    whether the LQ was made by bicubic or given as pairs) crops `scale` px and headlines Y-channel PSNR
+    (RGB PSNR for grey images); restoration at scale 1 crops nothing and headlines RGB PSNR."""
+    if scale > 1:
+        return scale, "psnr_y" if channels == 3 else "psnr"
+    return 0, "psnr"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hiir.platform.errors import HiirError
+from hiir.platform.evaluation.metrics import sr_convention
 
 
 @dataclass
@@ -116,16 +117,14 @@ def results_table(spec, trials: list[Trial]) -> list[dict[str, Any]]:
     for t in trials:
         row: dict[str, Any] = {**{k: _fmt_axis(v) for k, v in t.axes.items()}, "params (M)": _fmt_m(t.n_params),
                                "status": _status(t)}
-        # Headline channel as evaluation chose it: Y for SR (scale > 1), RGB for x1 restoration tasks.
-        y_headline = str(t.params.get("resolved_model.scale", "")) != "1"
+        _, headline = sr_convention(int(t.params.get("resolved_model.scale", 1)),
+                                    int(t.params.get("resolved_model.in_channels", 3)))
         order = _set_order(t)
-        for key, value in sorted(t.metrics.items(), key=lambda kv: (order.get(kv[0].split("/")[-2], len(order))
-                                                                    if kv[0].count("/") == 2 else len(order), kv[0])):
-            parts = key.split("/")
-            if len(parts) == 3 and parts[0] == "val" and parts[2] in ("psnr_y", "psnr") and \
-                    not (y_headline and parts[2] == "psnr" and f"val/{parts[1]}/psnr_y" in t.metrics) and \
-                    not (not y_headline and parts[2] == "psnr_y" and f"val/{parts[1]}/psnr" in t.metrics):
-                row[parts[1] + ("*" if parts[1] in t.synthetic else "")] = f"{value:.2f}"
+        sets = {k.split("/")[1] for k in t.metrics if k.startswith("val/") and k.count("/") == 2}
+        for name in sorted(sets, key=lambda n: (order.get(n, len(order)), n)):
+            value = t.metrics.get(f"val/{name}/{headline}", t.metrics.get(f"val/{name}/psnr"))
+            if value is not None:
+                row[name + ("*" if name in t.synthetic else "")] = f"{value:.2f}"
         for key, value in sorted(t.metrics.items()):  # a mixture's per-task means (over its levels)
             parts = key.split("/")
             if len(parts) == 3 and parts[0] == "val_task" and parts[2] == "psnr":

@@ -7,36 +7,32 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hiir.data_prep.files import filesystem, write_atomic
 from hiir.platform.errors import ConfigError, HiirError
 from hiir.platform.study.spec import load_spec, parse_spec, studies_root
 
 def study_dir(workdir: Path, name: str) -> Path:
     return Path(workdir).resolve() / "studies" / name
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
-def write_shared_json(uri: str, data: dict) -> None:
-    """study.json under a Tune path that may be remote (one object write: never half there)."""
-    from hiir.data_prep.shards import filesystem
 
-    fs, path = filesystem(uri)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/study.json") as out:
-        out.write(json.dumps(data, indent=1, default=str).encode())
+def write_state(where: str | Path, state: dict) -> None:
+    """study.json in a study's directory, or under its Tune path on (possibly remote) shared storage."""
+    write_atomic(f"{where}/study.json", json.dumps(state, indent=1, default=str))
 
-def read_shared_json(uri: str) -> dict:
-    from hiir.data_prep.shards import filesystem
 
-    fs, path = filesystem(uri.rstrip("/"))
+def read_state(where: str | Path) -> dict:
+    """study.json of a study's directory or Tune path; a missing or unreadable one is a one-line error."""
+    fs, path = filesystem(str(where).rstrip("/"))
     try:
         with fs.open_input_stream(f"{path}/study.json") as f:
             return json.loads(f.read())
+    except FileNotFoundError:
+        raise HiirError(f"{where} is not a study directory (no study.json); run `hiir study run` first, or give "
+                        "the Tune path a study wrote, <HIIR_STORAGE>/studies/<name>") from None
     except (OSError, ValueError) as exc:
-        raise HiirError(f"{uri} holds no readable study.json ({exc}); give the Tune path a study wrote, "
-                        f"<HIIR_STORAGE>/studies/<name>") from None
+        raise HiirError(f"{where} holds no readable study.json ({exc})") from None
+
 
 def report_study(ref: str, *, workdir: Path) -> Path:
     """Report for a study given by directory or name (the latest run of that name in `workdir`)."""
@@ -46,7 +42,7 @@ def report_study(ref: str, *, workdir: Path) -> Path:
     state_file = directory / "study.json"
     if not state_file.is_file():
         raise HiirError(f"no study run found for {ref!r} (looked for {state_file}); run `hiir study run` first")
-    state = json.loads(state_file.read_text())
+    state = read_state(directory)
     spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
     return write_report(directory, spec=spec, tracking_uri=state["tracking_uri"],
                         parent_run_id=state["parent_run_id"])
@@ -65,7 +61,7 @@ def list_studies(workdir: Path) -> list[dict[str, Any]]:
         status = "never run"
         state_file = study_dir(workdir, str(raw.get("name", name))) / "study.json"
         if state_file.is_file():
-            status = _parent_status(json.loads(state_file.read_text()))
+            status = _parent_status(read_state(state_file.parent))
         try:
             trials = load_spec(path).trial_count
         except ConfigError as exc:

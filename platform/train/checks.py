@@ -47,32 +47,28 @@ def resolve_datasets(cfg: TrainConfig, workdir: Path, *, verify: bool = True) ->
 
     mixture = [{**e, "dataset": resolve(e["dataset"]), "val": [resolve(v) for v in e.get("val", [])]}
                for e in cfg.data.mixture]
-    for i, e in enumerate(mixture):
-        _check_online(e["dataset"], e.get("degrade"), f"data.mixture[{i}]")
     train = cfg.data.train if mixture else resolve(cfg.data.train)
     if not mixture:
-        _check_online(train, cfg.data.degrade, "data")
-    scales = {e["task"]: _train_scale(e["dataset"], e.get("degrade")) for e in mixture}
+        _train_scale(train, cfg.data.degrade, "data.degrade")
+    scales = {e["task"]: _train_scale(e["dataset"], e.get("degrade"), f"data.mixture[{i}].degrade")
+              for i, e in enumerate(mixture)}
     if len(set(scales.values())) > 1:
         raise HiirError(f"the tasks of data.mixture must share one scale (one model), got {scales}")
     data = dataclasses.replace(cfg.data, train=train, val=[resolve(v) for v in cfg.data.val], mixture=mixture)
     return dataclasses.replace(cfg, data=data)
 
-def _check_online(dataset: str, steps, where: str) -> None:
-    from hiir.data_prep import load_manifest
+def _train_scale(dataset: str, steps, where: str) -> int:
+    """The SR factor a train set is made with (its pipeline's, else its manifest's); an HR-only set with no
+    pipeline anywhere fails here, naming `where`."""
+    from hiir.data_prep import DatasetError, load_manifest
+    from hiir.data_prep.online import pipeline_scale, train_pipeline
 
-    deg = load_manifest(dataset, verify=False).degradation
-    if deg.get("online") and not steps and not deg.get("pipeline"):
-        raise HiirError(f"{dataset} is an HR-only (online) dataset without a pipeline in its manifest; "
-                        f"give {where}.degrade, e.g. [{{kind: noise, sigma: [15, 75]}}]")
+    try:
+        pipeline, _ = train_pipeline(dataset, steps, where)
+    except DatasetError as exc:
+        raise HiirError(str(exc)) from None
+    return pipeline_scale(pipeline) if pipeline else load_manifest(dataset, verify=False).scale
 
-def _train_scale(dataset: str, steps) -> int:
-    from hiir.data_prep import load_manifest
-    from hiir.data_prep.online import pipeline_scale
-
-    m = load_manifest(dataset, verify=False)
-    steps = steps or (m.degradation.get("pipeline") if m.degradation.get("online") else None)
-    return pipeline_scale(steps) if steps else m.scale
 
 def synthetic_val_sets(cfg: TrainConfig) -> list[str]:
     """Names of the val sets that are synthetic stand-ins (tagged on the run; studies' reports say so)."""

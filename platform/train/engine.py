@@ -28,7 +28,6 @@ class Engine:
 
     module: nn.Module
     rank: int
-    dtype: torch.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
     def backward(self, loss: torch.Tensor) -> None: ...
@@ -98,7 +97,6 @@ class DeepSpeedEngine(Engine):
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, bf16))
         self.module, self.rank = self.engine.module, rank
-        self.dtype = torch.float32  # the weights; autocast picks each op's compute dtype
 
     def forward(self, x):
         return self.engine(x)
@@ -141,7 +139,6 @@ class DDPEngine(Engine):
         self.wrapped = (nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
                         if distributed else model)
         self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, cfg.optim.grad_clip
-        self.dtype = torch.float32
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def forward(self, x):

@@ -35,7 +35,6 @@ class RunResult:
     run_id: str | None
     metrics: dict[str, Any]
     export_dir: Path | None
-    storage: str
 
 def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None, storage: str | None = None,
             parent_run_id: str | None = None, tags: dict[str, str] | None = None,
@@ -70,7 +69,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     metrics = dict(result.return_value or result.metrics or {})
     export = _export(result, workdir / "runs" / cfg.name)
     _finish_mlflow_run(uri, run_id, workdir, export)
-    return RunResult(cfg.name, run_id, metrics, export, storage)
+    return RunResult(cfg.name, run_id, metrics, export)
 
 def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workdir: Path, in_tune: bool):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

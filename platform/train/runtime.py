@@ -30,7 +30,10 @@ def worker_env() -> dict[str, str]:
     return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}}
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS/`address`, or start an embedded local instance (no-op when up)."""
+    """Connect to the cluster at `address` (the CLI's --address, RAY_ADDRESS), or start an embedded local
+    instance: always a new one (`address="local"`), never the cluster that a past `ray start` left named in
+    /tmp/ray/ray_current_cluster, which may be dead (Ray would hang retrying it) or not ours to fill.
+    A no-op when Ray is up."""
     import ray
 
     if ray.is_initialized():
@@ -47,7 +50,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
             os.environ.setdefault(key, value)
         # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
         # it, a trial stopped by ASHA leaks its workers' placement group and starves later trials.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING,
                  log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
 
