@@ -1,6 +1,7 @@
 """The `hiir` CLI: every noun has help, user mistakes end in one line and a non-zero exit."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +14,16 @@ from hiir.platform.cli import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("noun", ["models", "data", "train", "eval", "restore", "study", "ui"])
+@pytest.mark.parametrize("noun", ["models", "data", "train", "eval", "restore", "study", "schema", "ui"])
 def test_every_subcommand_has_help(noun):
     out = CliRunner().invoke(cli, [noun, "--help"])
     assert out.exit_code == 0, out.output
     assert "Usage:" in out.output and len(out.output.splitlines()) > 3
 
 
-def _hiir(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def _hiir(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hiir.platform.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
 
 
 def test_missing_config_file_is_one_line(tmp_path):
@@ -47,11 +48,20 @@ def test_unknown_study_is_one_line(tmp_path):
     assert len(lines) == 1 and "smoke" in lines[0], lines
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("verb", ["eval", "restore"])
 @pytest.mark.parametrize("device, says", [("cuda", "sees no CUDA GPU"), ("gpu0", "is not a torch device")])
 def test_unusable_device_is_one_line_before_any_loading(tmp_path, verb, device, says):
-    out = _hiir(verb, str(tmp_path), str(tmp_path), "--device", device)  # no weights there: never read
+    no_gpu = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # on a GPU machine too: the CPU is forced
+    out = _hiir(verb, str(tmp_path), str(tmp_path), "--device", device, env=no_gpu)  # no weights there: never read
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and f"--device {device}" in lines[0].replace("'", "") and says in lines[0], lines
+
+
+@pytest.mark.parametrize("kind", ["train", "study"])
+def test_schema_verb_prints_the_committed_schema(kind):
+    """studies/schema/*.schema.json are what `hiir schema` prints, so they never drift from the code;
+    regenerate them with `hiir schema train > studies/schema/train.schema.json` (and study)."""
+    out = CliRunner().invoke(cli, ["schema", kind])
+    assert out.exit_code == 0, out.output
+    assert out.output == (ROOT / "studies" / "schema" / f"{kind}.schema.json").read_text()

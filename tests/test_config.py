@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from hiir.platform.config import ConfigError, flatten, load_config, parse_override
+from hiir.platform.config import ConfigError, flatten, load_config, parse_override, set_key
+from hiir.platform.errors import did_you_mean
 
 
 def test_defaults_validate_and_flatten():
@@ -35,6 +36,17 @@ def test_overrides_are_typed():
     ({"optim": 3}, [], ["optim", "mapping"]),
     ({}, ["nokey"], ["key=value"]),
     ({}, ["data.val=[a, b"], ["data.val", "YAML"]),
+    ({}, ["optim.ema_decay=1.0"], ["optim.ema_decay=1.0", "in [0, 1)"]),
+    ({}, ["optim.max_steps=2.5"], ["optim.max_steps", "integer"]),
+    ({}, ["optim.max_steps=True"], ["optim.max_steps", "integer"]),
+    ({}, ["data.augment=1"], ["data.augment", "true or false"]),
+    ({}, ["model.qkv_bias=1"], ["model.qkv_bias", "true or false"]),
+    ({}, ["optim.betas=[0.9, 0.99, 0.999]"], ["optim.betas", "2 items"]),
+    ({}, ["data.val=Set5"], ["data.val", "list"]),
+    ({}, ["model.heads=x"], ["model.heads", "wrong type"]),
+    ({"data": {"mixture": [{"task": "a", "dataset": "x", "wieght": 1}]}}, [],
+     ["data.mixture[0].wieght", "weight, degrade"]),
+    ([], [], ["config", "mapping"]),
 ])
 def test_bad_values_name_the_field(raw, overrides, words):
     with pytest.raises(ConfigError) as info:
@@ -43,3 +55,34 @@ def test_bad_values_name_the_field(raw, overrides, words):
     assert "\n" not in message
     for word in words:
         assert word in message, (word, message)
+
+
+def test_yaml_quirks_are_read_as_before():
+    """YAML 1.1 reads 2e-4 as a string; an int field takes 3.0; one milestone needs no list;
+    `model: {...}` without a preset keeps the default one."""
+    cfg = load_config({"optim": {"lr": "2e-4", "max_steps": 300.0, "milestones": 0.5},
+                       "model": {"attention": "cosine"}})
+    assert cfg.optim.lr == 2e-4 and cfg.optim.max_steps == 300 and isinstance(cfg.optim.max_steps, int)
+    assert cfg.optim.milestones == (0.5,) and cfg.model == {"preset": "tiny_x2", "attention": "cosine"}
+
+
+def test_values_are_set_as_they_are_and_round_trip():
+    import json
+
+    cfg = load_config({}, values={"optim.lr": 1e-3, "data.val": ["a", "b"], "model.heads": (2, 4)})
+    assert cfg.optim.lr == 1e-3 and cfg.data.val == ["a", "b"] and cfg.model_config().heads == (2, 4)
+    assert load_config(json.loads(json.dumps(cfg.to_dict()))) == cfg  # what a worker loads back
+    other = cfg.with_values({"name": "other", "tracking.experiment": "e"})
+    assert (other.name, other.tracking.experiment, other.optim.lr) == ("other", "e", 1e-3) and cfg.name == "run"
+    raw = {"optim": {"lr": 1.0}}
+    set_key(raw, "optim.warmup_steps", 5)
+    set_key(raw, "eval.every", 7)
+    assert raw == {"optim": {"lr": 1.0, "warmup_steps": 5}, "eval": {"every": 7}}
+    with pytest.raises(ConfigError, match="optim.lr.x: lr is not a section"):
+        set_key(raw, "optim.lr.x", 1)
+
+
+def test_did_you_mean():
+    assert did_you_mean("atention", ["attention", "layout"]) == "; did you mean attention?"
+    assert did_you_mean("zzz", ["attention"], otherwise="; see `hiir models`") == "; see `hiir models`"
+    assert did_you_mean("zzz", ["attention"]) == ""

@@ -64,14 +64,6 @@ def test_partition_round_trips():
         assert torch.equal(part.merge(groups, ctx), x), name
 
 
-def test_disperse_is_a_permutation_not_a_gather():
-    # token (i, j) of a P x P patch lands in group (i % p, j % p), at position (i // p, j // p)
-    H = W = 8
-    x = torch.arange(H * W, dtype=torch.float32).reshape(1, H, W, 1)
-    d = disperse(x, 4, 8)[:, 0, :, 0]  # (p*p groups, g*g)
-    assert d[1 * 4 + 2].tolist() == [x[0, i, j, 0].item() for i in (1, 5) for j in (2, 6)]
-
-
 def _group_of(attn: torch.nn.Module, H: int, W: int, i: int, j: int) -> set[tuple[int, int]]:
     """The input tokens that the output at (i, j) depends on (non-zero gradient)."""
     torch.manual_seed(0)

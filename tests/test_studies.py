@@ -298,3 +298,40 @@ def test_a_missing_dataset_is_caught_before_any_trial(tmp_path):
     message = str(info.value)
     assert str(missing) in message and "\n" not in message
     assert "hiir data build" in message
+
+
+# ---------------------------------------------------------------- trial values and the schema
+
+
+def test_numpy_trial_values_apply_as_they_are():
+    """Tune hands numpy scalars (randint, uniform); they apply without a round trip through text, and the
+    trial's config holds plain Python values (it is logged, checkpointed and sent to the workers as JSON)."""
+    import json
+
+    import numpy as np
+
+    s = parse_spec(_good())
+    cfg = s.trial_config({"optim.lr": np.float64(0.1), "optim.warmup_steps": np.int64(7),
+                          "model.tree_depth": np.int64(2), "model.attention": np.str_("cosine")})
+    assert cfg.optim.lr == 0.1 and cfg.optim.warmup_steps == 7 and type(cfg.optim.warmup_steps) is int
+    assert cfg.model_config().tree_depth == 2 and type(cfg.model["tree_depth"]) is int
+    assert load_config(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("kind", ["train", "study"])
+def test_every_yaml_passes_its_json_schema(kind):
+    """The schema an editor checks with accepts every file the code accepts (and rejects a typo)."""
+    import json
+
+    import yaml
+
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(json.loads((STUDIES / "schema" / f"{kind}.schema.json").read_text()))
+    paths = [p for p in sorted(STUDIES.rglob("*.yaml"))
+             if (p.relative_to(STUDIES).parts[0] == "train") == (kind == "train")]
+    assert paths
+    for path in paths:
+        raw = yaml.safe_load(path.read_text())
+        assert not list(validator.iter_errors(raw)), path
+        raw["optim" if kind == "train" else "base"] = {"warmpu_steps": 5}
+        assert list(validator.iter_errors(raw)), path

@@ -26,11 +26,12 @@ def cli() -> None:
 # Each noun lives in its own module; importing them is cheap (their heavy imports sit inside the verbs).
 from hiir.platform.cli.data import data  # noqa: E402
 from hiir.platform.cli.models import models  # noqa: E402
+from hiir.platform.cli.schema import schema  # noqa: E402
 from hiir.platform.cli.study import study  # noqa: E402
 from hiir.platform.cli.train import eval_, restore, train  # noqa: E402
 from hiir.platform.cli.ui import ui  # noqa: E402
 
-for _command in (models, data, train, eval_, restore, study, ui):
+for _command in (models, data, train, eval_, restore, study, schema, ui):
     cli.add_command(_command)
 
 

@@ -1,24 +1,24 @@
 """A study spec: YAML data (a base train config, a search space, a scheduler) parsed and validated once.
 
-Spec keys (top level): name, question, base, datasets, resources, search, num_samples, scheduler,
-metric, mode, expected, scale. `search` axes are dotted config keys or the paper's axis names
-(`warmup`, `attention`, `conv`, `tree_depth`, `size`, `mixer_l2`, `layout`). A `scale` block
-(`scale: {smoke: ...}`) shrinks the study to minutes on a laptop. The base config and every grid point
-are validated when the spec is loaded, not in a trial hours later.
+Spec keys (top level) are the fields of `Spec`. `search` axes are dotted config keys or the paper's axis
+names (`warmup`, `attention`, `conv`, `tree_depth`, `size`, `mixer_l2`, `layout`). A `scale` block
+(`scale: {smoke: ...}`) shrinks the study to minutes on a laptop. pydantic checks the document's shape;
+the base config and every grid point are validated when the spec is loaded, not in a trial hours later.
+`study_schema()` is the JSON Schema an editor completes a spec with (`hiir schema study`).
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
 import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hiir.platform.config import TrainConfig, config_keys, load_config
-from hiir.platform.errors import ConfigError, HiirError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from hiir.platform.config import STRICT, TrainConfig, config_keys, load_config, parse_override, set_key, train_schema
+from hiir.platform.errors import ConfigError, HiirError, did_you_mean, validation_error
 
 # The paper's axis names -> config keys.
 AXIS_ALIASES = {
@@ -36,23 +36,60 @@ AXIS_ALIASES = {
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
-SCALE_KEYS = ("set", "presets", "search", "scheduler", "num_samples")
 
-SPEC_KEYS = ("name", "question", "base", "datasets", "resources", "search", "num_samples", "scheduler",
-             "metric", "mode", "expected", "scale")
+class _Block(BaseModel):
+    model_config = STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_empty(cls, raw: Any) -> Any:  # a key left empty in YAML (`search:`) is a key left out
+        return {k: v for k, v in raw.items() if v is not None} if isinstance(raw, dict) else raw
+
+
+class Scheduler(_Block):
+    kind: Literal["asha", "none"] = "none"  # asha stops weak trials early; none runs every trial to the end
+    time_attr: str = "step"              # what ASHA counts: step, or training_iteration (validation reports)
+    grace_period: int = Field(50, ge=1)  # time_attr units every trial runs before ASHA may stop it
+    reduction_factor: int = Field(2, ge=2)  # ASHA keeps 1/reduction_factor of the trials at each rung
+
+
+class Scale(_Block):
+    set: dict[str, Any] = {}             # base keys (dotted, or axis names) -> value
+    presets: dict[str, str] = {}         # preset -> the small one that replaces it, in the base and the size axis
+    search: dict[str, Any] = {}          # axes replaced or added
+    scheduler: Scheduler = Scheduler()   # scheduler fields changed
+    num_samples: int = Field(1, ge=1)    # samples of each grid point
+
+
+class Spec(_Block):
+    name: str                            # the study's name: its MLflow parent run and results directory
+    question: str = ""                   # what the study answers (the report's first line)
+    base: dict[str, Any]                 # the train config every trial starts from
+    datasets: dict[str, Any] = {}        # merged into base.data
+    resources: dict[str, Any] = {}       # merged into base.scaling: what one trial holds
+    search: dict[str, Any] = {}          # axis -> [values] (a grid) or {choice|uniform|loguniform|randint: [...]}
+    num_samples: int = Field(1, ge=1)    # samples of each grid point (the sampled axes are drawn anew)
+    scheduler: Scheduler = Scheduler()   # trial scheduler
+    metric: str = "val_psnr"             # what trials are ranked by
+    mode: Literal["max", "min"] = "max"  # whether more of metric is better
+    expected: dict[str, Any] | None = None  # the paper's numbers: {table, rows: [{match, values}], baselines}
+    scale: dict[str, Scale] = {}         # name -> a smaller version of the study (`--scale smoke`)
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _empty_scales(cls, value: Any) -> Any:  # `smoke:` with nothing under it runs the study as it is
+        return {k: v if v is not None else {} for k, v in value.items()} if isinstance(value, dict) else value
+
+
+SPEC_KEYS = tuple(Spec.model_fields)
+SCALE_KEYS = tuple(Scale.model_fields)
+
 
 @dataclass
 class Axis:
     key: str                 # dotted config key
     kind: str                # one of DISTRIBUTIONS
     values: list[Any]        # grid/choice values, or [low, high]
-
-@dataclass
-class Scheduler:
-    kind: Literal["asha", "none"] = "none"
-    time_attr: str = "step"
-    grace_period: int = 50
-    reduction_factor: int = 2
 
 @dataclass
 class StudySpec:
@@ -79,8 +116,8 @@ class StudySpec:
         return [dict(zip([a.key for a in grid], combo)) for combo in itertools.product(*(a.values for a in grid))]
 
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
-        """The validated config of one trial."""
-        return load_config(self.base, [f"{k}={v!r}" for k, v in params.items()])
+        """The validated config of one trial: the base with the trial's values set as they are."""
+        return load_config(self.base, values=params)
 
 def find_spec(ref: str | Path) -> Path:
     """A path, or a name under studies/ (`smoke`, `paper/table3_scaling`)."""
@@ -92,9 +129,7 @@ def find_spec(ref: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     names = [str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")]
-    close = difflib.get_close_matches(str(ref), names, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see `hiir study list`"
-    raise HiirError(f"study {ref!r} not found{hint}")
+    raise HiirError(f"study {ref!r} not found{did_you_mean(ref, names, otherwise='; see `hiir study list`')}")
 
 def studies_root() -> Path:
     import hiir.studies
@@ -118,52 +153,30 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
                path: Path | None = None) -> StudySpec:
     if not isinstance(raw, dict):
         raise ConfigError("a study spec must be a mapping")
-    for key in raw:
-        if key not in SPEC_KEYS:
-            close = difflib.get_close_matches(key, SPEC_KEYS, n=2)
-            raise ConfigError(f"{key} is not a study field" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    for key in ("name", "base"):
-        if key not in raw:
-            raise ConfigError(f"{key} is missing")
-    scales = raw.get("scale") or {}
-    if scale != "full" and scale not in scales:
-        raise ConfigError(f"scale={scale!r} is not defined; this study has: full, {', '.join(scales) or '(none)'}")
-    base = copy.deepcopy(raw["base"])
-    _merge_section(base, "data", raw.get("datasets"))
-    _merge_section(base, "scaling", raw.get("resources"))
-    search = copy.deepcopy(raw.get("search") or {})
-    sched = dict(raw.get("scheduler") or {}) if isinstance(raw.get("scheduler") or {}, dict) else raw["scheduler"]
-    num_samples = raw.get("num_samples", 1)
+    try:
+        doc = Spec.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, root=Spec, unknown=_unknown_key) from None
+    if scale != "full" and scale not in doc.scale:
+        raise ConfigError(f"scale={scale!r} is not defined; this study has: full, {', '.join(doc.scale) or '(none)'}")
+    _check_presets(doc.scale)
+    base = copy.deepcopy(doc.base)
+    for section, values in (("data", doc.datasets), ("scaling", doc.resources)):
+        if values:
+            base.setdefault(section, {}).update(values)
+    search, scheduler, num_samples = dict(doc.search), doc.scheduler, doc.num_samples
     if scale != "full":
-        scale_cfg = scales[scale] or {}
-        _check_scale(scale, scale_cfg)
-        search = _apply_scale(base, search, scale_cfg, scale)
-        if isinstance(sched, dict):
-            sched.update(scale_cfg.get("scheduler") or {})
-        num_samples = scale_cfg.get("num_samples", num_samples)
+        block = doc.scale[scale]
+        search = _apply_scale(base, search, block)
+        scheduler = scheduler.model_copy(update=block.scheduler.model_dump(exclude_unset=True))
+        num_samples = block.num_samples if "num_samples" in block.model_fields_set else num_samples
     for item in overrides:
-        from hiir.platform.config import _set_path, parse_override
-
         key, value = parse_override(item)
-        _set_path(base, _axis_key(key).split("."), value)
-    axes = [_parse_axis(name, value) for name, value in search.items()]
-    if not isinstance(sched, dict):
-        raise ConfigError("scheduler must be a mapping like {kind: asha, grace_period: 50}")
-    unknown = set(sched) - {f.name for f in dataclasses.fields(Scheduler)}
-    if unknown:
-        raise ConfigError(f"scheduler.{sorted(unknown)[0]} is not a scheduler field (kind, time_attr, "
-                          "grace_period, reduction_factor)")
-    if sched.get("kind", "none") not in ("asha", "none"):
-        raise ConfigError(f"scheduler.kind={sched['kind']!r} is not one of asha, none")
+        set_key(base, _axis_key(key), value)
     spec = StudySpec(
-        name=str(raw["name"]), question=str(raw.get("question", "")), base=base, axes=axes,
-        num_samples=int(num_samples), scheduler=Scheduler(**sched),
-        metric=str(raw.get("metric", "val_psnr")), mode=raw.get("mode", "max"),
-        expected=raw.get("expected"), scales=scales, path=path)
-    if spec.mode not in ("max", "min"):
-        raise ConfigError(f"mode={spec.mode!r} is not one of max, min")
-    if spec.num_samples < 1:
-        raise ConfigError("num_samples must be >= 1")
+        name=doc.name, question=doc.question, base=base, axes=[_parse_axis(k, v) for k, v in search.items()],
+        num_samples=num_samples, scheduler=scheduler, metric=doc.metric, mode=doc.mode, expected=doc.expected,
+        scales={k: b.model_dump(exclude_unset=True) for k, b in doc.scale.items()}, path=path)
     if spec.trial_count < 1:
         raise ConfigError("the search space is empty: every grid axis needs at least one value")
     # Validate the base and every grid point now, not in a trial hours later.
@@ -175,45 +188,34 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
             raise ConfigError(f"trial {point}: {exc}") from None
     return spec
 
-def _merge_section(base: dict, section: str, values: dict | None) -> None:
-    if values:
-        if not isinstance(values, dict):
-            raise ConfigError(f"{'datasets' if section == 'data' else 'resources'} must be a mapping")
-        base.setdefault(section, {}).update(values)
+def _unknown_key(name: str, loc: tuple) -> str:
+    if loc[-2:-1] == ("scheduler",) and len(loc) in (2, 4):
+        return f"{name} is not a scheduler field ({', '.join(Scheduler.model_fields)})"
+    if loc[0] == "scale" and len(loc) == 3:
+        return f"{name} is not a scale field ({', '.join(SCALE_KEYS)}){did_you_mean(loc[-1], SCALE_KEYS, n=1)}"
+    return f"{name} is not a study field{did_you_mean(name, SPEC_KEYS, n=2)}"
 
-def _check_scale(scale: str, scale_cfg: Any) -> None:
+def _check_presets(scales: dict[str, Scale]) -> None:
     from hiir.models import PRESETS
 
-    if not isinstance(scale_cfg, dict):
-        raise ConfigError(f"scale.{scale} must be a mapping with any of {', '.join(SCALE_KEYS)}")
-    for key in scale_cfg:
-        if key not in SCALE_KEYS:
-            close = difflib.get_close_matches(key, SCALE_KEYS, n=1)
-            raise ConfigError(f"scale.{scale}.{key} is not a scale field ({', '.join(SCALE_KEYS)})"
-                              + (f"; did you mean {close[0]}?" if close else ""))
-    for source, target in (scale_cfg.get("presets") or {}).items():
-        for name in (source, target):
+    for scale, block in scales.items():
+        for name in (n for pair in block.presets.items() for n in pair):
             if name not in PRESETS:
                 raise ConfigError(f"scale.{scale}.presets: {name!r} is not a known preset; see `hiir models`")
 
-def _apply_scale(base: dict, search: dict, scale_cfg: dict, scale: str) -> dict:
+def _apply_scale(base: dict, search: dict, block: Scale) -> dict:
     """Shrink a study: `set` overrides base keys; `presets` swaps big presets for small ones."""
-    from hiir.platform.config import _set_path
-
-    for key, value in (scale_cfg.get("set") or {}).items():
-        _set_path(base, _axis_key(key).split("."), value)
-    swap = scale_cfg.get("presets") or {}
-    if swap:
+    for key, value in block.set.items():
+        set_key(base, _axis_key(key), value)
+    if block.presets:
         model = base.setdefault("model", {})
-        if model.get("preset") in swap:
-            model["preset"] = swap[model["preset"]]
+        if model.get("preset") in block.presets:
+            model["preset"] = block.presets[model["preset"]]
         for name, axis in search.items():
             if _axis_key(name) == "model.preset":
                 kind, values = _axis_kind(name, axis)
-                search[name] = {kind: list(dict.fromkeys(swap.get(v, v) for v in values))}
-    for name, axis in (scale_cfg.get("search") or {}).items():
-        search[name] = axis
-    return search
+                search[name] = {kind: list(dict.fromkeys(block.presets.get(v, v) for v in values))}
+    return {**search, **block.search}
 
 def _axis_key(name: str) -> str:
     return AXIS_ALIASES.get(name, name)
@@ -233,11 +235,31 @@ def _axis_kind(name: str, value: Any) -> tuple[str, list]:
 def _parse_axis(name: str, value: Any) -> Axis:
     key = _axis_key(name)
     if key not in config_keys():
-        close = difflib.get_close_matches(key, list(AXIS_ALIASES) + config_keys(), n=3)
-        raise ConfigError(f"search axis {name!r} is not a config field" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        raise ConfigError(f"search axis {name!r} is not a config field"
+                          + did_you_mean(key, list(AXIS_ALIASES) + config_keys()))
     kind, values = _axis_kind(name, value)
     if not values:
         raise ConfigError(f"search.{name} is empty")
     if kind in ("uniform", "loguniform", "randint") and len(values) != 2:
         raise ConfigError(f"search.{name}.{kind} needs [low, high]")
     return Axis(key, kind, list(values))
+
+def study_schema() -> dict[str, Any]:
+    """The JSON Schema of a study spec (`hiir schema study`; studies/schema/study.schema.json): the Spec
+    document with `base` as a train config, `datasets`/`resources` as its data/scaling sections, and
+    search axes and `set` keys completed from the config keys and the paper's axis names."""
+    schema, train = Spec.model_json_schema(), train_schema()
+    defs = {**train.pop("$defs"), **schema.pop("$defs")}
+    train.pop("$schema")
+    defs["TrainConfig"] = train
+    props, scale = schema["properties"], defs["Scale"]["properties"]
+    for key, target in (("base", "TrainConfig"), ("datasets", "DataConfig"), ("resources", "ScalingConfig")):
+        props[key] = {"$ref": f"#/$defs/{target}", "description": props[key]["description"]}
+    keys = {"enum": sorted(AXIS_ALIASES) + config_keys()}
+    values = {"type": "array", "minItems": 1}
+    axis = {"anyOf": [values, {"type": "object", "minProperties": 1, "maxProperties": 1,
+                               "propertyNames": {"enum": list(DISTRIBUTIONS)}, "additionalProperties": values}]}
+    for search in (props["search"], scale["search"]):
+        search.update(propertyNames=keys, additionalProperties=axis)
+    scale["set"]["propertyNames"] = keys
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "$defs": defs}

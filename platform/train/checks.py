@@ -7,7 +7,6 @@ parameters and FLOPs on the meta device, so the largest preset costs nothing her
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -54,8 +53,8 @@ def resolve_datasets(cfg: TrainConfig, workdir: Path, *, verify: bool = True) ->
               for i, e in enumerate(mixture)}
     if len(set(scales.values())) > 1:
         raise HiirError(f"the tasks of data.mixture must share one scale (one model), got {scales}")
-    data = dataclasses.replace(cfg.data, train=train, val=[resolve(v) for v in cfg.data.val], mixture=mixture)
-    return dataclasses.replace(cfg, data=data)
+    val = [resolve(v) for v in cfg.data.val]
+    return cfg.with_values({"data.train": train, "data.val": val, "data.mixture": mixture})
 
 def _train_scale(dataset: str, steps, where: str) -> int:
     """The SR factor a train set is made with (its pipeline's, else its manifest's); an HR-only set with no
