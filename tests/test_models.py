@@ -5,7 +5,6 @@ Big presets are built on the meta device; everything that runs is tiny (2 CPU co
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -287,25 +286,3 @@ def test_per_stage_tuples_and_overrides():
     model = build("tiny_x2", heads=(2, 4))
     assert model.config.heads == (2, 4) and dataclasses.is_dataclass(model.config)
 
-
-# ---------------------------------------------------------------------------------------------
-# speed budget of the smoke study
-
-
-def test_tiny_train_step_is_fast():
-    """tiny_x2, batch 8 of 32x32 LR: well under 0.3 s a step. Other jobs share the 2 cores,
-    so the best of 5 steps counts, in wall time or in CPU time per thread."""
-    torch.manual_seed(0)
-    model = build("tiny_x2")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x, y = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 64, 64)
-    wall, cpu = [], []
-    for _ in range(6):
-        t, c = time.perf_counter(), time.process_time()
-        loss = (model(x) - y).abs().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        wall.append(time.perf_counter() - t)
-        cpu.append((time.process_time() - c) / torch.get_num_threads())
-    assert min(min(wall[1:]), min(cpu[1:])) < 0.3, (wall, cpu)
