@@ -9,12 +9,26 @@ Public API
     checkpoint_filter_fn(state_dict, model=None)
     inference.tiled_forward(model, x, tile, overlap), inference.self_ensemble(model, x, forward_fn=None)
     summary.preset_table(flops=True), summary.model_flops(model, input_shape, backward=False)
+    solve(family, params, **overrides) -> Solved(config, family, target, achieved, rule_note)
+                                a size family plus a parameter count ("30M") gives a config
+    FAMILIES                    dict name -> Family (base config + shape rule): b, tiny
+    parse_size("0.05M") -> 50000; count_params(cfg) -> int (exact, analytic, nothing built)
     network: forward((B,C,h,w) in [0,1]) -> (B,C,h*s,w*s); .config, .num_params(),
              .no_weight_decay(), .set_grad_checkpointing(), .pad_multiple
 
 Presets and parameter counts
     `hiir models` prints every preset's count beside the paper's (with GFLOPs and window/patch);
     tests/test_models.py holds each one to the paper's number.
+
+Size families (families.py; each keeps window/patch, FFN ratio, stage ends and layout of its anchor)
+    b     the paper's path: width at 6x6 up to B (C 180), depth 6x6 -> 12x12 at C ~180 (B -> L),
+          width at 12x12 (L -> XL at C 256, and on). Below B the position-bias MLP hidden width
+          (512 C/180) and the upsampler (min(C, 64)) shrink with C. Within 5% from 0.5M to 1B.
+    tiny  around tiny_x2: width at 2x2 up to C 32, depth 2x2 -> 4x4 at C ~32, width at 4x4;
+          position-bias hidden 2C (>= 64), upsampler C in 32..64. Within 5% from 0.05M to 50M.
+    both  heads: head width nearest 32 (16..64, or one head up to C 96) among the divisors of
+          gcd(C, C/2); any usable width, odd ones with one head; within 3% of the target, the
+          width with the best heads wins. The head count is not monotone between C 48 and ~200.
 
 Choices the paper leaves open (each one is a knob; default in brackets)
     - v3 unified layer: L1 qkv from x (q, k at C/2, v at C); L2 qkv computed from L1's output
@@ -38,9 +52,11 @@ Choices the paper leaves open (each one is a knob; default in brackets)
     - no mean-shift of the input (SwinIR subtracts the DIV2K mean); res-post-norm; qkv bias.
 """
 from .config import HiIRConfig
+from .families import FAMILIES, Solved, count_params, parse_size, solve
 from .flows import DispersedAttention, WindowAttention
 from .networks import HiIRColumnar, HiIRUNet, checkpoint_filter_fn
 from .presets import PRESETS, build
 
 __all__ = ["HiIRConfig", "PRESETS", "build", "checkpoint_filter_fn", "WindowAttention",
-           "DispersedAttention", "HiIRColumnar", "HiIRUNet"]
+           "DispersedAttention", "HiIRColumnar", "HiIRUNet", "FAMILIES", "Solved", "solve", "parse_size",
+           "count_params"]

@@ -1,6 +1,8 @@
-"""`hiir models`: every preset with its parameter count next to the paper's, GFLOPs and (p, P)."""
+"""`hiir models`: every preset with its parameter count next to the paper's, GFLOPs and (p, P);
+with `--family F --params N`, the config that size family F gives at N parameters."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -8,6 +10,10 @@ import click
 _COLUMNS = (("name", "preset", "<22"), ("params_m", "params[M]", ">9"), ("paper_m", "paper[M]", ">8"),
             ("diff_pct", "diff%", ">6"), ("gflops", "GFLOPs", ">8"), ("flops_input", "input", "<11"),
             ("window", "p", ">7"), ("patch", "P", ">11"))
+_SOLVED = (("target", "target", "<9"), ("achieved", "achieved", ">9"), ("error_pct", "diff%", ">6"),
+           ("dim", "C", ">5"), ("depth", "depth", ">6"), ("heads", "heads", ">5"), ("head_width", "head", ">4"),
+           ("window", "p", ">3"), ("patch", "P", ">3"), ("cpb_hidden", "cpb", ">4"), ("upsampler_dim", "ups", ">4"),
+           ("rule", "  rule", "<"))
 
 
 def _cell(value, fmt: str) -> str:
@@ -15,11 +21,26 @@ def _cell(value, fmt: str) -> str:
     return format(text, fmt)
 
 
+def _sizes(ctx, param, values: tuple[str, ...]) -> tuple[int, ...]:
+    if not values:
+        return ()
+    from hiir.models.families import parse_size
+
+    try:
+        return tuple(parse_size(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
 @click.option("--no-flops", is_flag=True, help="Skip the FLOP count (parameter counts only, faster).")
-def models(as_json: bool, no_flops: bool) -> None:
+@click.option("--family", default=None, help="A size family (b, tiny): solve --params instead of listing presets.")
+@click.option("--params", "targets", multiple=True, callback=_sizes,
+              help="Target parameter count with --family: 30M, 0.05M, 500k, 1.2B, 2e6 (repeatable).")
+def models(as_json: bool, no_flops: bool, family: str | None, targets: tuple[int, ...]) -> None:
     """List the Hi-IR presets: parameters vs the paper, GFLOPs, window p and patch P.
+    With --family and --params: the config a size family gives at that count.
 
     \b
     GFLOPs are counted by torch.utils.flop_counter (a multiply-add is 2 FLOPs) for one
@@ -27,7 +48,14 @@ def models(as_json: bool, no_flops: bool) -> None:
     Examples:
       hiir models
       hiir models --json --no-flops
+      hiir models --family b --params 30M
+      hiir models --family tiny --params 0.05M --params 0.2M --json
     """
+    if (family is None) != (not targets):
+        raise click.UsageError("--family and --params go together (e.g. --family b --params 30M)")
+    if family is not None:
+        _print_solved(family, targets, as_json)
+        return
     from hiir.models.summary import preset_table
 
     rows = preset_table(flops=not no_flops)
@@ -37,3 +65,24 @@ def models(as_json: bool, no_flops: bool) -> None:
     click.echo("  ".join(_cell(title, fmt) for _, title, fmt in _COLUMNS))
     for row in rows:
         click.echo("  ".join(_cell(row[key], fmt) for key, _, fmt in _COLUMNS))
+
+
+def _print_solved(family: str, targets: tuple[int, ...], as_json: bool) -> None:
+    """One row per target: the solved shape and the count it achieves (solve() in models/families.py)."""
+    from hiir.models.families import format_size, get_family, solve
+    from hiir.platform.errors import HiirError
+
+    try:
+        fam = get_family(family)
+        solved = [solve(fam, target) for target in targets]
+    except ValueError as exc:  # an unknown family, a target out of the family's range
+        raise HiirError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([{**s.row(), "config": dataclasses.asdict(s.config)} for s in solved], indent=2))
+        return
+    click.echo(fam.describe())
+    click.echo("  ".join(_cell(title, fmt) for _, title, fmt in _SOLVED))
+    for s in solved:
+        row = {**s.row(), "target": format_size(s.target), "achieved": format_size(s.achieved),
+               "error_pct": f"{100 * s.error:+.2f}", "depth": f"{s.config.stages}x{s.config.layers_per_stage}"}
+        click.echo("  ".join(_cell(row[key], fmt) for key, _, fmt in _SOLVED))
