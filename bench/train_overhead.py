@@ -103,11 +103,9 @@ def bare_windows(data_dir: Path, preset: str, batch: int, patch: int, threads: i
 
 def ray_run(workdir: Path, data_dir: Path, preset: str, batch: int, patch: int, threads: int, *,
             steps: int, every: int, skip: int) -> dict:
-    from mlflow.tracking import MlflowClient
-
     from hiir.platform.config import load_config
+    from hiir.platform.tracking import Store, resolve_tracking_uri
     from hiir.platform.train.fit import fit_run
-    from hiir.platform.tracking import resolve_tracking_uri
 
     cfg = load_config({
         "name": f"overhead-{preset}-b{batch}-p{patch}-{int(time.time())}",  # unique: a same-name run resumes
@@ -124,10 +122,10 @@ def ray_run(workdir: Path, data_dir: Path, preset: str, batch: int, patch: int, 
     t0 = time.time()
     result = fit_run(cfg, workdir=workdir)
     fit_s = time.time() - t0
-    client = MlflowClient(resolve_tracking_uri(workdir, None))
+    store = Store(resolve_tracking_uri(workdir, None))
 
     def history(key):
-        return sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.step)
+        return sorted(store.history(result.run_id, key), key=lambda m: m.step)
 
     step_time, data_wait = history("step_time_s"), history("data_wait_frac")
     keep = [m for m in step_time if m.step > skip * every]

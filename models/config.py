@@ -104,6 +104,15 @@ class HiIRConfig:
         down = 2 if self.arch == "unet" else 1
         return math.lcm(*(size * down**s for s, size in enumerate(sizes)), down ** (self.stages - 1))
 
+    @property
+    def crosses_patches(self) -> bool:
+        """Whether information can flow across P x P patch borders in the body: through L3's depthwise 3x3
+        (tree depth 3 and 4), a 3x3 stage-end conv, an L2 mixer not bounded by P (shift, grid, random), or
+        the U-shape's resampling. Tree depth 2 with linear stage ends and `permute`/`none` has no such path:
+        an output pixel then sees only its own patch (and the 1-px border of the shallow and upsampler convs)."""
+        return (self.arch == "unet" or self.tree_depth > 2 or self.stage_conv != "linear"
+                or self.mixer_l2 in ("shift", "grid", "random"))
+
     def replace(self, **overrides) -> "HiIRConfig":
         """`dataclasses.replace`, with an unknown field named in a ValueError."""
         fields = {f.name for f in dataclasses.fields(self)}

@@ -13,10 +13,8 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import functools
 import inspect
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +24,14 @@ from pydantic_core import PydanticKnownError
 from typing_extensions import Required, TypedDict
 
 from hiir.platform.errors import ConfigError, did_you_mean, validation_error
+from hiir.platform.model_section import (
+    DEFAULT_MODEL,
+    model_keys,
+    model_schema,
+    resolve_model,
+    typed_model,
+    with_default,
+)
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -68,7 +74,6 @@ def _no_bools(error: str) -> BeforeValidator:
 Int = Annotated[int, _no_bools("int_type")]        # 3, 3.0 and "3"; never true/false
 Float = Annotated[float, _no_bools("float_type")]  # 2e-4 and "2e-4" (YAML reads 2e-4 as a string); never true/false
 NonEmpty = Annotated[str, Field(min_length=1)]
-DEFAULT_MODEL = {"preset": "tiny_x2"}
 
 
 class MixtureEntry(TypedDict, total=False):
@@ -126,6 +131,7 @@ class EngineConfig:
     kind: Literal["deepspeed", "ddp"] = "deepspeed"  # what owns the optimizer step
     zero_stage: Literal[0, 1, 2, 3] = 2  # DeepSpeed ZeRO stage 0..3
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 (autocast, fp32 weights) on GPU, fp32 on CPU
+    compile: StrictBool = False          # torch.compile the training forward (minutes of compiling; off on CPU)
 
 
 @dataclass(config=STRICT)
@@ -158,10 +164,17 @@ class TrackingConfig:
 
 
 @dataclass(config=STRICT)
+class BudgetConfig:
+    # Training compute in FLOPs (forward + backward, all workers, as the flop counter measures a step);
+    # when given, it sets optim.max_steps = flops / FLOPs per step, so models of every size get the same compute.
+    flops: Float | None = Field(None, gt=0)
+
+
+@dataclass(config=STRICT)
 class TrainConfig:
     name: str = "run"                    # run name; a re-run with the same name resumes
     seed: Int = 0                        # model init, data order and augmentation
-    model: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_MODEL))  # preset + HiIRConfig overrides
+    model: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_MODEL))  # a preset, or family + params; + HiIRConfig overrides
     data: DataConfig = Field(default_factory=DataConfig)  # datasets and batches
     optim: OptimConfig = Field(default_factory=OptimConfig)  # optimizer, schedule, loss, EMA
     engine: EngineConfig = Field(default_factory=EngineConfig)  # DeepSpeed or DDP
@@ -169,18 +182,19 @@ class TrainConfig:
     eval: EvalConfig = Field(default_factory=EvalConfig)  # validation
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)  # checkpoints kept
     max_failures: Int = Field(2, ge=0)   # worker failures retried from the last checkpoint
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)  # a compute budget instead of a step count
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # MLflow
 
     @field_validator("model", mode="before")
     @classmethod
     def _keep_preset(cls, value: Any) -> Any:  # `model: {attention: cosine}` keeps the default preset
-        return {**DEFAULT_MODEL, **value} if isinstance(value, dict) else value
+        return with_default(value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def model_config(self):
-        """The HiIRConfig this run trains (preset plus overrides)."""
+        """The HiIRConfig this run trains (a preset or a solved family, plus overrides)."""
         return resolve_model(self.model)
 
     def with_values(self, values: dict[str, Any]) -> TrainConfig:
@@ -208,7 +222,7 @@ def load_config(raw: dict[str, Any] | None = None, overrides: list[str] | tuple[
     except ValidationError as exc:
         raise validation_error(exc, root=TrainConfig, unknown=_unknown_key) from None
     _check_data(cfg.data, raw.get("data") or {})
-    cfg.model = _model_adapter()[0].dump_python(_typed_model(cfg.model), mode="json")  # plain JSON values
+    cfg.model = typed_model(cfg.model)  # plain JSON values
     cfg.model_config()  # validates the model section; the network pads any patch size itself
     return cfg
 
@@ -309,55 +323,6 @@ def val_tasks(data: DataConfig) -> dict[str, str]:
     return {v: e["task"] for e in data.mixture for v in e.get("val", [])}
 
 
-# ---------------------------------------------------------------- the model section
-
-
-@functools.cache
-def _model_adapter() -> tuple[TypeAdapter, dict[str, Any]]:
-    """A TypedDict of `preset` plus HiIRConfig's fields (bools strict, numbers never true/false)."""
-    from hiir.models import PRESETS, HiIRConfig
-
-    hints = typing.get_type_hints(HiIRConfig)
-    strict = {bool: StrictBool, int: Int, float: Float}
-    fields = {"preset": Literal[tuple(PRESETS)],
-              **{f.name: strict.get(hints[f.name], hints[f.name]) for f in dataclasses.fields(HiIRConfig)}}
-    section = TypedDict("ModelSection", fields, total=False)
-    section.__pydantic_config__ = ConfigDict(extra="forbid")
-    return TypeAdapter(section), hints
-
-
-def _typed_model(section: dict[str, Any]) -> dict[str, Any]:
-    from hiir.models import PRESETS
-
-    adapter, hints = _model_adapter()
-    preset = section.get("preset")
-    if preset is None:
-        raise ConfigError("model.preset is missing; pick one of `hiir models`")
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise ConfigError(f"model.preset={preset!r} is not a known preset"
-                          + did_you_mean(preset, PRESETS, otherwise="; see `hiir models`"))
-    try:
-        return adapter.validate_python(section)
-    except ValidationError as exc:
-        key = exc.errors()[0]["loc"][0]
-        if sum(e["loc"][:1] == (key,) for e in exc.errors()) > 1:  # every type of a union failed
-            raise ConfigError(f"model.{key}={section[key]!r} has the wrong type ({hints[key]})") from None
-        raise validation_error(exc, prefix="model", unknown=lambda name, loc: (
-            f"{name} is not a model field{did_you_mean(loc[0], hints, cutoff=0.5)}")) from None
-
-
-def resolve_model(section: dict[str, Any]):
-    """`{"preset": name, **overrides}` -> HiIRConfig, with errors naming `model.<field>`."""
-    from hiir.models import PRESETS
-
-    overrides = _typed_model(section)
-    preset = overrides.pop("preset")
-    try:
-        return dataclasses.replace(PRESETS[preset], **overrides)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"model: {exc}") from None
-
-
 # ---------------------------------------------------------------- keys and schema
 
 
@@ -375,21 +340,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_keys() -> list[str]:
     """Every settable dotted key, for suggestions and study-axis validation."""
-    from hiir.models import HiIRConfig
-
     keys = [k for k in flatten(TrainConfig().to_dict()) if not k.startswith("model.")]
-    return keys + ["model.preset"] + [f"model.{f.name}" for f in dataclasses.fields(HiIRConfig)]
+    return keys + model_keys()
 
 
 def train_schema() -> dict[str, Any]:
     """The JSON Schema of a train config (`hiir schema train`; studies/schema/train.schema.json)."""
-    from hiir.models import HiIRConfig
-
     schema = _ADAPTER.json_schema()
-    model = _model_adapter()[0].json_schema()
-    _describe(model, HiIRConfig)
-    model["properties"]["preset"]["description"] = "a name from `hiir models`; the other keys override its fields"
-    schema["$defs"]["ModelSection"] = {**model, "title": "ModelSection"}
+    schema["$defs"]["ModelSection"] = model_schema()
     schema["properties"]["model"] = {"$ref": "#/$defs/ModelSection",
                                      "description": schema["properties"]["model"]["description"]}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -1,12 +1,16 @@
-"""MLflow tracking: the default SQLite store, run creation in the driver, resilient logging on rank 0.
+"""MLflow tracking: the one module that talks to MLflow. `Store` is the facade; `RunLogger` logs from rank 0.
 
 - The store defaults to `sqlite:///<workdir>/mlflow.db` with artifacts in `<workdir>/mlartifacts`;
   `MLFLOW_TRACKING_URI` (or `--tracking-uri`) points at a server instead.
+- `Store` owns the `MlflowClient`: a new SQLite store is created under a file lock (concurrent first
+  use races the schema migrations), and every call waits out SQLite's single-writer lock
+  (`locked_retry`), so several studies can share one embedded store.
 - SQLite allows one writer at a time, so experiments and runs are created once, in the driver, and
   workers only log into an existing run id.
 - A tracking server that goes away mid-run must not kill training: `RunLogger` keeps every record it
   could not send in a local JSONL spool, warns once with the spool's path, and replays the spool the
   next time a call goes through (`hiir` also replays leftovers when the run ends).
+- The tag names below are the MLflow layout the README documents; no other module spells them.
 """
 from __future__ import annotations
 
@@ -22,11 +26,33 @@ from hiir.platform.errors import HiirError
 
 log = logging.getLogger("hiir.tracking")
 
-RUN_NAME_TAG = "hiir.run_name"
-STUDY_TAG = "hiir.study"
-PARENT_TAG = "mlflow.parentRunId"
+# ---- tag names ------------------------------------------------------------------------------------
+PARENT_TAG = "mlflow.parentRunId"  # a trial's study run: the UI nests trials under it
+NOTE_TAG = "mlflow.note.content"  # the study's question, shown as the parent run's description
+RUN_NAME_TAG = "hiir.run_name"  # the run a re-run of the same name continues
+STUDY_TAG = "hiir.study"  # the study's name, on the parent run and every trial
+KIND_TAG = "hiir.kind"  # "study" on a study's parent run
+SCALE_TAG = "hiir.scale"  # the study's scale block (full, smoke, ...)
+TRIAL_TAG = "hiir.trial_id"  # Tune's trial id
+AXIS_TAG = "hiir.axis."  # prefix: one tag per search axis, hiir.axis.optim.lr = "0.002"
+ERROR_TAG = "hiir.error"  # the last line of a failed trial's error
+STOPPED_EARLY_TAG = "hiir.stopped_early"  # "true" on a trial the scheduler stopped (status KILLED)
+SYNTHETIC_TAG = "hiir.synthetic_val"  # val sets that are synthetic stand-ins, comma-separated
+RESUMED_TAG = "hiir.resumed_from_step"  # the checkpoint step a resumed run started from
+SKIPPED_TAG = "hiir.skipped_checkpoints"  # checkpoints refused on resume, comma-separated
 
 
+def trial_tags(study: str, trial_id: str, params: dict[str, Any]) -> dict[str, str]:
+    """A study trial's tags: the study, the trial id and one tag per search axis."""
+    return {STUDY_TAG: study, TRIAL_TAG: trial_id, **{f"{AXIS_TAG}{k}": str(v) for k, v in params.items()}}
+
+
+def trial_axes(tags: dict[str, str]) -> dict[str, str]:
+    """The search axes back from a trial run's tags: {"optim.lr": "0.002"}."""
+    return {k[len(AXIS_TAG):]: v for k, v in tags.items() if k.startswith(AXIS_TAG)}
+
+
+# ---- the store ------------------------------------------------------------------------------------
 def default_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
 
@@ -62,32 +88,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise HiirError(f"MLflow tracking server {uri} answered /health with an error")
 
 
-def client(uri: str):
-    """An MlflowClient; a new SQLite store is created (schema migrations) by one process at a time."""
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///"):
-        import fcntl
-
-        db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent first use would race the migrations
-            MlflowClient(uri).search_experiments(max_results=1)
-    return MlflowClient(uri)
-
-
-def param(key: str, value: object):
-    """An MLflow Param; values are cut at MLflow's 6000-character limit instead of failing the batch."""
-    from mlflow.entities import Param
-
-    return Param(key, str(value)[:6000])
-
-
 def locked_retry(fn, *args, attempts: int = 40, **kwargs):
     """Call `fn`, waiting out SQLite's single-writer lock ("database is locked") with backoff.
 
-    Several studies may share one embedded store; each write waits its turn instead of failing.
+    Several studies may share one embedded store; each call waits its turn instead of failing.
     """
     delay = 0.05
     for attempt in range(attempts):
@@ -100,32 +104,113 @@ def locked_retry(fn, *args, attempts: int = 40, **kwargs):
             delay = min(delay * 2, 2.0)
 
 
-def ensure_experiment(client, name: str, workdir: Path) -> str:
-    """Experiment id, created with an absolute artifact location (never ./mlruns of some cwd)."""
-    exp = locked_retry(client.get_experiment_by_name, name)
-    if exp is not None:
-        return exp.experiment_id
-    uri = client.tracking_uri if hasattr(client, "tracking_uri") else ""
-    location = None if str(uri).startswith("http") else (Path(workdir).resolve() / "mlartifacts").as_uri()
-    try:
-        return locked_retry(client.create_experiment, name, artifact_location=location)
-    except Exception as exc:  # noqa: BLE001 (another process created it first)
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise HiirError(f"cannot create MLflow experiment {name!r}: {exc}") from None
-        return exp.experiment_id
+class Store:
+    """One tracking URI and the operations hiir needs on it; every call goes through `locked_retry`.
 
+    Runs are MLflow `Run` entities and metric histories lists of MLflow `Metric`s; statuses are MLflow's
+    strings (RUNNING, FINISHED, KILLED, FAILED).
+    """
 
-def find_or_create_run(client, experiment_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
-    """(run_id, resumed): a run with the same name is reused, as Ray Train resumes its checkpoint,
-    so the resumed (or extended) run continues the same curves."""
-    found = locked_retry(client.search_runs, [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                         order_by=["attributes.start_time DESC"], max_results=1)
-    if found:
-        locked_retry(client.update_run, found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id, True
-    run = locked_retry(client.create_run, experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
-    return run.info.run_id, False
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        if uri.startswith("sqlite:///"):
+            import fcntl
+
+            db = Path(uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with open(db.with_name(db.name + ".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent first use would race the migrations
+                locked_retry(lambda: MlflowClient(uri).search_experiments(max_results=1))
+        self._client = MlflowClient(uri)
+
+    # ---- experiments and runs
+    def experiment(self, name: str, workdir: Path) -> str:
+        """The experiment's id, created if missing with an absolute artifact location (never ./mlruns)."""
+        exp = locked_retry(self._client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None if self.uri.startswith("http") else (Path(workdir).resolve() / "mlartifacts").as_uri()
+        try:
+            return locked_retry(self._client.create_experiment, name, artifact_location=location)
+        except Exception as exc:  # noqa: BLE001 (another process created it first)
+            exp = locked_retry(self._client.get_experiment_by_name, name)
+            if exp is None:
+                raise HiirError(f"cannot create MLflow experiment {name!r}: {exc}") from None
+            return exp.experiment_id
+
+    def find_or_create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
+        """(run_id, resumed): a run with the same name is reused, as Ray Train resumes its checkpoint,
+        so the resumed (or extended) run continues the same curves."""
+        found = locked_retry(self._client.search_runs, [experiment_id],
+                             filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                             order_by=["attributes.start_time DESC"], max_results=1)
+        if found:
+            locked_retry(self._client.update_run, found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id, True
+        run = locked_retry(self._client.create_run, experiment_id, run_name=run_name,
+                           tags={RUN_NAME_TAG: run_name, **tags})
+        return run.info.run_id, False
+
+    def create_study_run(self, experiment_id: str, study: str, *, scale: str, question: str,
+                         params: dict[str, Any]) -> str:
+        """The study's parent run, which every trial run names in PARENT_TAG."""
+        run = locked_retry(self._client.create_run, experiment_id, run_name=study, tags={
+            STUDY_TAG: study, KIND_TAG: "study", SCALE_TAG: scale, NOTE_TAG: question})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    # ---- writes
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Params in batches of 100; values are cut at MLflow's 6000-character limit instead of failing."""
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            locked_retry(self._client.log_batch, run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, values: dict[str, float], step: int, timestamp_ms: int) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, float(v), timestamp_ms, step) for k, v in values.items()]
+        locked_retry(self._client.log_batch, run_id, metrics=metrics, synchronous=True)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        locked_retry(self._client.log_batch, run_id, tags=batch, synchronous=True)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        locked_retry(self._client.log_artifact, run_id, str(path), artifact_path)
+
+    def close(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+        """Tag the run (why it ended), then end it with `status`."""
+        if tags:
+            self.set_tags(run_id, tags)
+        locked_retry(self._client.set_terminated, run_id, status)
+
+    def end_if_running(self, run_id: str, status: str) -> bool:
+        """End the run with `status` unless something already closed it; True when this call ended it."""
+        if self.get_run(run_id).info.status != "RUNNING":
+            return False
+        locked_retry(self._client.set_terminated, run_id, status)
+        return True
+
+    # ---- reads
+    def get_run(self, run_id: str):
+        return locked_retry(self._client.get_run, run_id)
+
+    def children(self, parent_run_id: str, max_results: int = 5000) -> list:
+        """The runs that name `parent_run_id` as their parent (a study's trials)."""
+        parent = self.get_run(parent_run_id)
+        return list(locked_retry(self._client.search_runs, [parent.info.experiment_id], max_results=max_results,
+                                 filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'"))
+
+    def history(self, run_id: str, key: str) -> list:
+        """Every logged value of one metric, in logging order."""
+        return locked_retry(self._client.get_metric_history, run_id, key)
 
 
 class RunLogger:
@@ -135,7 +220,7 @@ class RunLogger:
         # A dead server must cost a training step milliseconds, not MLflow's default minutes of retries.
         for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
             os.environ.setdefault(key, value)
-        self.client = client(tracking_uri)
+        self.store = Store(tracking_uri)
         self.run_id, self.uri = run_id, tracking_uri
         self.spool = Path(spool_dir) / f"{run_id}.jsonl"
         self._warned = False
@@ -186,7 +271,7 @@ class RunLogger:
         left = []
         for i, record in enumerate(pending):
             try:
-                locked_retry(self._apply, record)
+                self._apply(record)
             except Exception:  # noqa: BLE001 (still down: keep the rest in order)
                 left = pending[i:]
                 break
@@ -205,23 +290,17 @@ class RunLogger:
             self._spool(record)
             return
         try:
-            locked_retry(self._apply, record)
+            self._apply(record)
         except Exception as exc:  # noqa: BLE001 (training goes on whatever the tracking server does)
             self._spool(record, exc)
 
     def _apply(self, record: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
         if record["kind"] == "metrics":
-            metrics = [Metric(k, float(v), record["ts"], record["step"]) for k, v in record["values"].items()]
-            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            self.store.log_metrics(self.run_id, record["values"], record["step"], record["ts"])
         elif record["kind"] == "tags":
-            from mlflow.entities import RunTag
-
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in record["values"].items()],
-                                  synchronous=True)
+            self.store.set_tags(self.run_id, record["values"])
         else:
-            self.client.log_artifact(self.run_id, record["path"], record["artifact_path"])
+            self.store.log_artifact(self.run_id, record["path"], record["artifact_path"])
 
     def _spool(self, record: dict[str, Any], exc: Exception | None = None) -> None:
         self.spool.parent.mkdir(parents=True, exist_ok=True)

@@ -252,10 +252,8 @@ def test_report_marks_synthetic_sets_and_shows_task_means():
 
 @pytest.mark.slow
 def test_mixture_run_logs_per_task_metrics_and_batch_composition(workdir, train_config):
-    from mlflow.tracking import MlflowClient
-
     from hiir.platform import tracking
-    from hiir.platform.train.fit import SYNTHETIC_TAG, fit_run
+    from hiir.platform.train.fit import fit_run
 
     cfg = train_config(
         "online-mixture", model={"preset": "tiny_unet"}, optim={"max_steps": 10, "warmup_steps": 2},
@@ -265,7 +263,7 @@ def test_mixture_run_logs_per_task_metrics_and_batch_composition(workdir, train_
             {"task": "derain", "dataset": "demo:derain_synth", "weight": 1, "val": ["demo:derain_synth"]}]},
         scaling={"num_workers": 1}, eval={"every": 10, "max_images": 1}, tracking={"log_every": 5, "sample_images": 0})
     result = fit_run(cfg, workdir=workdir)
-    run = MlflowClient(tracking.resolve_tracking_uri(workdir, None)).get_run(result.run_id)
+    run = tracking.Store(tracking.resolve_tracking_uri(workdir, None)).get_run(result.run_id)
     m = run.data.metrics
     names = ["val/demo_denoise_s15/psnr", "val/demo_denoise_s50/psnr", "val/demo_derain_synth/psnr",
              "val_task/denoise/psnr", "val_task/derain/psnr", "val_psnr", "batch_frac/denoise", "batch_frac/derain"]
@@ -273,4 +271,4 @@ def test_mixture_run_logs_per_task_metrics_and_batch_composition(workdir, train_
     assert not missing, f"missing {missing}; have {sorted(m)}"
     assert m["val/demo_denoise_s15/psnr"] != m["val/demo_derain_synth/psnr"]
     assert m["batch_frac/denoise"] + m["batch_frac/derain"] == pytest.approx(1.0)
-    assert run.data.tags[SYNTHETIC_TAG] == "demo_derain_synth"
+    assert run.data.tags[tracking.SYNTHETIC_TAG] == "demo_derain_synth"

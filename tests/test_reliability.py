@@ -20,7 +20,7 @@ import pytest
 
 from hiir.platform.train.fit import fit_run
 from hiir.platform.errors import HiirError
-from hiir.platform.tracking import default_tracking_uri
+from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, Store, default_tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,6 @@ def _checkpoints(storage: Path, name: str) -> list[Path]:
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_good_one(workdir, train_config):
-    from mlflow.tracking import MlflowClient
-
     cfg = train_config("corrupt-ckpt", checkpoint={"keep": 2})
     fit_run(cfg, workdir=workdir)
     newest = _checkpoints(workdir / "ray_results", "corrupt-ckpt")[-1]
@@ -44,9 +42,9 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_good_one(workdir
     longer = train_config("corrupt-ckpt", checkpoint={"keep": 2}, optim={"max_steps": 30})
     result = fit_run(longer, workdir=workdir)
     assert result.metrics["step"] == 30
-    run = MlflowClient(default_tracking_uri(workdir)).get_run(result.run_id)
-    assert run.data.tags["hiir.resumed_from_step"] == "10"  # the step-20 checkpoint was refused
-    assert newest.name in run.data.tags["hiir.skipped_checkpoints"]
+    run = Store(default_tracking_uri(workdir)).get_run(result.run_id)
+    assert run.data.tags[RESUMED_TAG] == "10"  # the step-20 checkpoint was refused
+    assert newest.name in run.data.tags[SKIPPED_TAG]
 
 
 @pytest.mark.parametrize("phase, step", [("save", 10), ("validate", 10)])
@@ -157,10 +155,10 @@ import sys
 from pathlib import Path
 from hiir.platform import tracking
 wd = Path(sys.argv[1]); who = sys.argv[2]
-client = tracking.client(tracking.default_tracking_uri(wd))
-exp = tracking.locked_retry(tracking.ensure_experiment, client, "shared", wd)
+store = tracking.Store(tracking.default_tracking_uri(wd))
+exp = store.experiment("shared", wd)
 for i in range(15):
-    run_id, _ = tracking.find_or_create_run(client, exp, f"{who}-{i}", {"who": who})
+    run_id, _ = store.find_or_create_run(exp, f"{who}-{i}", {"who": who})
     log = tracking.RunLogger(tracking.default_tracking_uri(wd), run_id, wd / "spool")
     for step in range(10):
         log.metrics({"loss": 1.0 / (step + 1), "lr": 0.1}, step)
@@ -180,6 +178,61 @@ print("OK", who)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     assert len(runs) == 30
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 10 for r in runs)
+
+
+MLFLOW_SQLITE_BUSY_S = 20  # MLflow's `PRAGMA busy_timeout` on SQLite: a statement gives up after this long
+_HOLD_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_trial_run(tmp_path):
+    """The study's closing step runs while another process holds SQLite's write lock for longer than MLflow
+    waits: every trial run still ends as Tune saw it (finished, stopped early, failed), none stays RUNNING."""
+    from types import SimpleNamespace
+
+    from hiir.platform import tracking
+    from hiir.platform.study.run import _finish
+
+    uri = default_tracking_uri(tmp_path)
+    store = Store(uri)
+    exp = store.experiment("locked", tmp_path)
+    parent = store.create_study_run(exp, "locked", scale="full", question="", params={})
+    runs = {trial: store.find_or_create_run(exp, f"locked-{trial}", {
+        **tracking.trial_tags("locked", trial, {}), tracking.PARENT_TAG: parent})[0]
+        for trial in ("done", "stopped", "failed", "silent")}
+    store.close(runs["done"], "FINISHED")  # fit_run closes a trial that reached its last step
+    results = [SimpleNamespace(error=None, metrics={"trial_id": "done"}),
+               SimpleNamespace(error=None, metrics={"trial_id": "stopped"}),  # ASHA stopped it
+               SimpleNamespace(error=RuntimeError("Traceback\nOOM on rank 0"), metrics={"trial_id": "failed"}),
+               SimpleNamespace(error=RuntimeError("died"), metrics={})]  # "silent": died before its first report
+
+    hold_s = MLFLOW_SQLITE_BUSY_S + 4
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "mlflow.db"), str(hold_s)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        _finish("locked", tmp_path, {"tracking_uri": uri, "parent_run_id": parent}, results)
+        waited = time.monotonic() - t0
+        assert holder.wait(timeout=60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert waited > MLFLOW_SQLITE_BUSY_S  # the lock really held the closing step up
+
+    closed = {trial: store.get_run(run_id) for trial, run_id in runs.items()}
+    assert {trial: run.info.status for trial, run in closed.items()} == {
+        "done": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "silent": "FAILED"}
+    assert closed["stopped"].data.tags[tracking.STOPPED_EARLY_TAG] == "true"
+    assert closed["failed"].data.tags[tracking.ERROR_TAG] == "OOM on rank 0"
+    assert closed["silent"].data.tags[tracking.ERROR_TAG] == "the trial ended before its first report"
+    assert store.get_run(parent).info.status == "FINISHED"
 
 
 # ---------------------------------------------------------------- security

@@ -97,7 +97,7 @@ def test_smoke_scale_fits_two_cpu_cores(name):
         assert not cfg.scaling.use_gpu
         assert cfg.scaling.num_workers * cfg.scaling.cpus_per_worker <= 2
         assert cfg.optim.max_steps <= 120 and cfg.optim.max_steps % cfg.eval.every == 0
-        assert 1 <= cfg.eval.max_images <= 3 and cfg.data.lq_patch <= 24
+        assert 1 <= cfg.eval.max_images <= 3 and cfg.data.lq_patch <= 32
         assert cfg.model_config().dim <= 64, f"{point}: a full-size preset survived the smoke scale"
         if cfg.data.mixture:  # restoration tasks: x1 data, x1 model
             assert cfg.model_config().scale == 1 and not any("sr_x" in t for t in train + cfg.data.val)
@@ -335,3 +335,68 @@ def test_every_yaml_passes_its_json_schema(kind):
         assert not list(validator.iter_errors(raw)), path
         raw["optim" if kind == "train" else "base"] = {"warmpu_steps": 5}
         assert list(validator.iter_errors(raw)), path
+
+
+# ---------------------------------------------------------------- size, seeds, budgets, traps
+
+
+def test_size_by_parameter_count_solves_a_family_per_trial():
+    raw = _bad(search={"size": {"params": ["0.05M", "0.1M", "0.2M"], "family": "tiny"}},
+               base={"model": {"preset": "tiny_x2", "attention": "cosine"}, "optim": {"max_steps": 20}})
+    s = parse_spec(raw)
+    assert s.trial_count == 3 and s.base["model"] == {"attention": "cosine", "family": "tiny"}
+    (axis,) = s.axes
+    assert axis.key == "model.params" and axis.values == ["0.05M", "0.1M", "0.2M"]
+    from hiir.models import count_params, parse_size
+
+    for point in s.grid_points():
+        model = s.trial_config(point).model_config()
+        assert model.attention == "cosine"  # the base's overrides are kept
+        assert abs(count_params(model) / parse_size(point["model.params"]) - 1) <= 0.05
+    sampled = parse_spec(_bad(search={"size": {"params": {"loguniform": ["50k", "0.2M"]}, "family": "tiny"}}))
+    assert sampled.axes[0].kind == "loguniform" and sampled.axes[0].values == [50_000, 200_000]
+    with pytest.raises(ConfigError, match=r"search.size by parameter count is \{params"):
+        parse_spec(_bad(search={"size": {"params": ["1M"], "family": "tiny", "depth": 2}}))
+    with pytest.raises(ConfigError, match="model.family='c' is not a size family"):
+        parse_spec(_bad(search={"size": {"params": ["1M"], "family": "c"}}))
+
+
+def test_seeds_replicate_every_cell():
+    s = parse_spec({**_good(), "seeds": 3, "base": {**_good()["base"], "seed": 10}})
+    assert s.trial_count == 6 and s.seeds == 3
+    assert [a.values for a in s.axes if a.key == "seed"] == [[10, 11, 12]]
+    assert {(p["model.attention"], p["seed"]) for p in s.grid_points()} == \
+        {(a, k) for a in ("dot", "cosine") for k in (10, 11, 12)}
+    assert parse_spec({**_good(), "seeds": 3, "scale": {"smoke": {"seeds": 2}}}, scale="smoke").trial_count == 4
+    with pytest.raises(ConfigError, match="seeds and a seed axis exclude each other"):
+        parse_spec({**_good(), "seeds": 2, "search": {"seed": [0, 1]}})
+
+
+def test_budget_axis_is_training_flops():
+    s = parse_spec(_bad(search={"budget": [1e13, 3e13], "size": {"params": ["0.05M", "0.1M"], "family": "tiny"}}))
+    assert {a.key for a in s.axes} == {"budget.flops", "model.params"} and s.trial_count == 4
+    assert s.trial_config({"budget.flops": 3e13, "model.params": "0.1M"}).budget.flops == 3e13
+
+
+def test_a_trial_whose_patch_is_smaller_than_its_groups_is_refused_naming_the_axis_values():
+    raw = _bad(search={"tree_depth": [3, 4]}, datasets={"train": "demo:sr_x2", "val": ["demo:sr_x2"], "lq_patch": 8},
+               base={"model": {"preset": "tiny_x2"}, "optim": {"max_steps": 20}})
+    with pytest.raises(ConfigError, match=r"trial \{'model.tree_depth': 4\}: data.lq_patch=8 is smaller than the "
+                                          r"model's pad multiple 16 .*model.patch2.*data.lq_patch >= 16"):
+        parse_spec(raw)
+    ok = _bad(search={"tree_depth": {"choice": [3, 4]}},
+              datasets={"train": "demo:sr_x2", "val": ["demo:sr_x2"], "lq_patch": 16})
+    assert parse_spec(ok).trial_count == 1
+    sampled = _bad(search={"tree_depth": {"choice": [3, 4]}},
+                   datasets={"train": "demo:sr_x2", "val": ["demo:sr_x2"], "lq_patch": 8})
+    with pytest.raises(ConfigError, match=r"model.tree_depth': 4.*lq_patch=8"):  # a sampled choice counts too
+        parse_spec(sampled)
+
+
+def test_depth_two_with_linear_stage_ends_is_warned_about(caplog):
+    raw = _bad(search={"tree_depth": [2, 3], "conv": ["conv1", "linear"]})
+    with caplog.at_level("WARNING", logger="hiir.study"):
+        parse_spec(raw)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "hiir.study"]
+    assert "model.tree_depth=2, model.stage_conv=linear" in warning and "across P x P patch borders" in warning
+    assert "tree_depth=3" not in warning and "conv1" not in warning

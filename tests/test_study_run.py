@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hiir.platform.tracking import PARENT_TAG, default_tracking_uri
+from hiir.platform.tracking import STOPPED_EARLY_TAG, Store, default_tracking_uri, trial_axes
 
 pytestmark = pytest.mark.slow
 
@@ -46,17 +46,11 @@ def _write_spec(path: Path, name: str, search: dict, scheduler: dict | None = No
 
 
 def _children(workdir: Path, parent_run_id: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(default_tracking_uri(workdir))
-    parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    return Store(default_tracking_uri(workdir)).children(parent_run_id)
 
 
 def _history(workdir: Path, run_id: str, key: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(default_tracking_uri(workdir)).get_metric_history(run_id, key)
+    return Store(default_tracking_uri(workdir)).history(run_id, key)
 
 
 def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_path):
@@ -71,15 +65,15 @@ def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_p
 
     runs = _children(workdir, done.parent_run_id)
     assert len(runs) == 4
-    assert {r.data.tags["hiir.axis.optim.lr"] for r in runs} == {"0.002", "1e-09"}
+    assert {trial_axes(r.data.tags)["optim.lr"] for r in runs} == {"0.002", "1e-09"}
     stopped = [r for r in runs if r.info.status == "KILLED"]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert stopped, "ASHA stopped no trial"
     assert len(stopped) + len(finished) == 4, [(r.info.run_name, r.info.status) for r in runs]  # none FAILED
     last_step = {r.info.run_id: max(m.step for m in _history(workdir, r.info.run_id, "val_psnr")) for r in runs}
-    assert all(last_step[r.info.run_id] < 30 and r.data.tags["hiir.stopped_early"] == "true" for r in stopped)
+    assert all(last_step[r.info.run_id] < 30 and r.data.tags[STOPPED_EARLY_TAG] == "true" for r in stopped)
     assert all(last_step[r.info.run_id] == 30 for r in finished)
-    assert all(r.data.tags["hiir.axis.optim.lr"] == "0.002" for r in finished)
+    assert all(trial_axes(r.data.tags)["optim.lr"] == "0.002" for r in finished)
 
     report = report_study(str(done.directory), workdir=workdir)
     text = report.read_text()
@@ -142,4 +136,4 @@ def test_optuna_search_samples_a_continuous_space(workdir, tmp_path):
     done = run_study(spec, workdir=workdir, search="optuna")
     runs = _children(workdir, done.parent_run_id)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert 1e-4 <= float(runs[0].data.tags["hiir.axis.optim.lr"]) <= 3e-3
+    assert 1e-4 <= float(trial_axes(runs[0].data.tags)["optim.lr"]) <= 3e-3

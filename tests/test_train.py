@@ -13,7 +13,7 @@ import pytest
 from hiir.platform.train.runtime import MALLOC_ENV
 from hiir.platform.train.fit import fit_run
 from hiir.platform.errors import HiirError
-from hiir.platform.tracking import default_tracking_uri
+from hiir.platform.tracking import Store, default_tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -46,17 +46,18 @@ def test_zero2_two_workers_learns_exports_and_tracks(reference, workdir):
     assert (reference.export_dir / "model.safetensors").is_file()
     assert json.loads((reference.export_dir / "model.json").read_text())["dim"] > 0
 
-    client = MlflowClient(default_tracking_uri(workdir))
-    run = client.get_run(reference.run_id)
+    store = Store(default_tracking_uri(workdir))
+    run = store.get_run(reference.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["engine.zero_stage"] == "2"
     assert int(run.data.params["model.num_params"]) > 1000
-    losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    losses = [m.value for m in store.history(run.info.run_id, "loss")]
     assert len(losses) >= 4 and losses[-1] < losses[0], losses  # the loss goes down
     for key in ("lr", "grad_norm", "images_per_s", "step_time_s", "peak_mem_mb", "val/demo_sr_x2/psnr_y",
                 "val/demo_sr_x2/ssim"):
         assert key in run.data.metrics, key
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+    client = MlflowClient(default_tracking_uri(workdir))  # the platform never lists artifacts: no facade call
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"train_config.json", "model", "samples"} <= artifacts, artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/model.safetensors",
@@ -79,10 +80,7 @@ def test_killed_run_resumes_where_it_stopped(reference, workdir, train_config, t
     assert math.isclose(resumed.metrics["loss"], reference.metrics["loss"], rel_tol=1e-3)
     assert math.isclose(resumed.metrics["val_psnr"], reference.metrics["val_psnr"], abs_tol=0.05)
 
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(default_tracking_uri(workdir))
-    steps = [m.step for m in client.get_metric_history(resumed.run_id, "loss")]
+    steps = [m.step for m in Store(default_tracking_uri(workdir)).history(resumed.run_id, "loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 20  # one run, one continuous curve
 
 

@@ -21,11 +21,9 @@ def _free_port() -> int:
 
 @pytest.mark.timeout(180)
 def test_ui_serves_the_store_and_stops(tmp_path):
-    from mlflow.tracking import MlflowClient
+    from hiir.platform.tracking import Store, default_tracking_uri
 
-    from hiir.platform.tracking import default_tracking_uri, ensure_experiment
-
-    ensure_experiment(MlflowClient(default_tracking_uri(tmp_path)), "probe-experiment", tmp_path)
+    Store(default_tracking_uri(tmp_path)).experiment("probe-experiment", tmp_path)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "hiir.platform.cli", "ui", "--workdir", str(tmp_path),

@@ -9,11 +9,12 @@ Writes `report.md` and PNG plots into the study directory and logs them to the p
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hiir.data_prep.files import write_atomic
+from hiir.platform import tracking
 from hiir.platform.errors import HiirError
 from hiir.platform.evaluation.metrics import sr_convention
 
@@ -27,7 +28,7 @@ class Trial:
     params: dict[str, str]
     metrics: dict[str, float]
     curve: tuple[list[int], list[float]]
-    synthetic: tuple[str, ...] = ()  # val sets that are synthetic stand-ins (driver tag hiir.synthetic_val)
+    synthetic: tuple[str, ...] = ()  # val sets that are synthetic stand-ins (tracking.SYNTHETIC_TAG)
 
     @property
     def n_params(self) -> float | None:
@@ -41,20 +42,13 @@ class Trial:
 
 
 def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
-    from mlflow.tracking import MlflowClient
-
-    from hiir.platform.tracking import PARENT_TAG
-
-    client = MlflowClient(tracking_uri)
-    parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                              max_results=5000)
+    store = tracking.Store(tracking_uri)
     trials = []
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        history = client.get_metric_history(run.info.run_id, "loss")
+    for run in sorted(store.children(parent_run_id), key=lambda r: r.info.start_time or 0):
+        history = store.history(run.info.run_id, "loss")
         curve = ([m.step for m in history], [m.value for m in history])
-        axes = {k[len("hiir.axis."):]: v for k, v in run.data.tags.items() if k.startswith("hiir.axis.")}
-        synthetic = tuple(s for s in run.data.tags.get("hiir.synthetic_val", "").split(",") if s)
+        axes = tracking.trial_axes(run.data.tags)
+        synthetic = tuple(s for s in run.data.tags.get(tracking.SYNTHETIC_TAG, "").split(",") if s)
         trials.append(Trial(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status, axes,
                             run.data.params, run.data.metrics, curve, synthetic))
     return trials
@@ -100,10 +94,8 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
 
     text = render_markdown(spec, trials, fit, plots, sizes=len(best))
     report = directory / "report.md"
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, report)
-    (directory / "results.json").write_text(json.dumps(
+    write_atomic(report, text)
+    write_atomic(directory / "results.json", json.dumps(
         [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
           "n_params": t.n_params, "compute": t.compute} for t in trials], indent=1))
     _log_to_parent(tracking_uri, parent_run_id, [report, directory / "results.json", *plots])
@@ -228,8 +220,6 @@ def _fmt_m(n: float | None) -> str:
 
 
 def _log_to_parent(uri: str, run_id: str, paths: list[Path]) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
+    store = tracking.Store(uri)
     for path in paths:
-        client.log_artifact(run_id, str(path), "report")
+        store.log_artifact(run_id, path, "report")

@@ -8,16 +8,16 @@ closed as Tune saw it: finished, stopped early by the scheduler, or failed.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiir.platform.config import TrainConfig
+from hiir.platform import tracking
+from hiir.platform.config import TrainConfig, load_config
 from hiir.platform.errors import HiirError
 from hiir.platform.study.spec import StudySpec, find_spec, load_spec, parse_spec
-from hiir.platform.study.state import read_shared_json, study_dir, write_json, write_shared_json
+from hiir.platform.study.state import read_state, study_dir, write_state
 from hiir.platform.train.checks import check_cluster_paths, check_fits_locally, check_storage, resolve_datasets
 from hiir.platform.train.fit import fit_run
 from hiir.platform.train.runtime import init_ray, storage_root
@@ -56,13 +56,12 @@ def run_trial(params: dict[str, Any], *, study: dict[str, Any]) -> dict[str, Any
     """One Tune trial: a TorchTrainer fit under the study's parent run."""
     from ray import tune
 
-    spec = parse_spec(study["raw"], scale=study["scale"], overrides=tuple(study["overrides"]))
-    cfg = spec.trial_config(params)
     trial_id = tune.get_context().get_trial_id()
-    cfg = dataclasses.replace(cfg, name=f"{spec.name}-{trial_id}",
-                              tracking=dataclasses.replace(cfg.tracking, experiment=study["experiment"]))
-    tags = {"hiir.study": spec.name, "hiir.trial_id": trial_id,
-            **{f"hiir.axis.{k}": str(v) for k, v in params.items()}}
+    # The study parsed its spec and checked every grid point once; a trial validates its own config only,
+    # with Tune's values applied as they are (never through text).
+    cfg = load_config(study["base"], values={**params, "name": f"{study['name']}-{trial_id}",
+                                             "tracking.experiment": study["experiment"]})
+    tags = tracking.trial_tags(study["name"], trial_id, params)
     result = fit_run(cfg, workdir=Path(study["workdir"]), tracking_uri=study["tracking_uri"],
                      storage=study["trial_storage"], parent_run_id=study["parent_run_id"], tags=tags, in_tune=True)
     return {**result.metrics, "mlflow_run_id": result.run_id}
@@ -81,8 +80,6 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     """Validate the spec, create the parent run, run the trials with Ray Tune."""
     import yaml
 
-    from hiir.platform import tracking
-
     path = find_spec(ref)
     raw = yaml.safe_load(path.read_text())
     spec = load_spec(path, scale=scale, overrides=overrides)
@@ -91,7 +88,7 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     check_storage(str(directory))
     tune_root = storage_root(workdir) + "/studies"  # Tune and trial checkpoints: shared storage on a cluster
     check_storage(tune_root)
-    base = spec.trial_config({})
+    base = spec.trial_config(spec.finite_points()[0])  # a representative trial: resources, datasets, seed
     resolve_datasets(base, workdir)  # build demo data / verify manifests once, here
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
@@ -100,24 +97,21 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     check_fits_locally(base, address, extra_cpu=TRIAL_ACTOR_CPU)
     check_cluster_paths(base, address, [tune_root], uri)
 
-    client = tracking.client(uri)
+    store = tracking.Store(uri)
     experiment = base.tracking.experiment
-    exp_id = tracking.ensure_experiment(client, experiment, workdir)
-    parent = tracking.locked_retry(client.create_run, exp_id, run_name=spec.name, tags={
-        tracking.STUDY_TAG: spec.name, "hiir.kind": "study", "hiir.scale": scale,
-        "mlflow.note.content": spec.question})
-    tracking.locked_retry(client.log_batch, parent.info.run_id, params=[tracking.param("study.trials", spec.trial_count),
-                                                 tracking.param("study.scale", scale),
-                                                 tracking.param("study.search", search),
-                                                 tracking.param("study.spec", str(path))])
-    state = {"raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),
-             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent.info.run_id,
+    parent_run_id = store.create_study_run(
+        store.experiment(experiment, workdir), spec.name, scale=scale, question=spec.question,
+        params={"study.trials": spec.trial_count, "study.scale": scale, "study.search": search,
+                "study.spec": str(path)})
+    state = {"name": spec.name, "base": spec.base,  # what a trial needs: the base, validated here, once
+             "raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),
+             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_run_id,
              "trial_storage": f"{tune_root}/{spec.name}/trials", "tune_path": f"{tune_root}/{spec.name}",
              "search": search, "spec_path": str(path), "max_concurrent": concurrent}
     directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / "study.json", state)
+    write_state(directory, state)
     if state["tune_path"] != str(directory):  # beside Tune's state, so a lost head loses no study
-        write_shared_json(state["tune_path"], state)
+        write_state(state["tune_path"], state)
     results = _tuner(spec, state).fit()
     return _finish(spec.name, directory, state, results)
 
@@ -128,20 +122,13 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
     which also holds study.json: what a cluster whose head node was replaced still has."""
     from ray import tune
 
-    shared = "://" in str(directory)
-    if shared:
-        state = read_shared_json(str(directory))
+    state = read_state(directory)
+    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+    if "://" in str(directory):  # the local directory comes back, for the report and later resumes
+        directory = study_dir(Path(state["workdir"]), spec.name)
+        write_state(directory, state)
     else:
         directory = Path(directory).resolve()
-        if not (directory / "study.json").is_file():
-            raise HiirError(f"{directory} is not a study directory (no study.json); "
-                            f"run `hiir study run` first")
-        state = json.loads((directory / "study.json").read_text())
-    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
-    if shared:  # the local directory comes back, for the report and later resumes
-        directory = study_dir(Path(state["workdir"]), spec.name)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json(directory / "study.json", state)
     init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
     if not tune.Tuner.can_restore(state["tune_path"]):
         raise HiirError(f"{state['tune_path']} holds no Tune experiment state to resume")
@@ -158,7 +145,7 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    base = spec.trial_config({})
+    base = spec.trial_config(spec.finite_points()[0])
     scheduler = None
     if spec.scheduler.kind == "asha":
         # max_t one past the last step: ASHA stops any trial that reaches max_t, which would kill a
@@ -185,16 +172,10 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
 
 def _finish(name: str, directory: Path, state: dict[str, Any], results) -> StudyRun:
     """Close the MLflow runs as Tune saw the trials: finished, stopped early by the scheduler, or failed."""
-    from mlflow.tracking import MlflowClient
-
-    from hiir.platform.tracking import PARENT_TAG
-
     errors = sum(1 for r in results if r.error is not None)
     try:
-        client = MlflowClient(state["tracking_uri"])
-        parent = client.get_run(state["parent_run_id"])
-        runs = {r.data.tags.get("hiir.trial_id"): r for r in client.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{state['parent_run_id']}'")}
+        store = tracking.Store(state["tracking_uri"])
+        runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in store.children(state["parent_run_id"])}
         seen = set()
         for result in results:
             run = runs.get((result.metrics or {}).get("trial_id"))
@@ -202,16 +183,14 @@ def _finish(name: str, directory: Path, state: dict[str, Any], results) -> Study
                 continue
             seen.add(run.info.run_id)
             if result.error is not None:
-                client.set_tag(run.info.run_id, "hiir.error", str(result.error).strip().splitlines()[-1][:500])
-                client.set_terminated(run.info.run_id, "FAILED")
+                reason = str(result.error).strip().splitlines()[-1][:500]
+                store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: reason})
             elif run.info.status != "FINISHED":  # the scheduler stopped it before its last step
-                client.set_tag(run.info.run_id, "hiir.stopped_early", "true")
-                client.set_terminated(run.info.run_id, "KILLED")
+                store.close(run.info.run_id, "KILLED", {tracking.STOPPED_EARLY_TAG: "true"})
         for run in runs.values():  # a trial that died before its first report left no result to match
             if run.info.run_id not in seen and run.info.status == "RUNNING":
-                client.set_tag(run.info.run_id, "hiir.error", "the trial ended before its first report")
-                client.set_terminated(run.info.run_id, "FAILED")
-        client.set_terminated(state["parent_run_id"], "FINISHED" if errors < len(results) else "FAILED")
+                store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: "the trial ended before its first report"})
+        store.close(state["parent_run_id"], "FINISHED" if errors < len(results) else "FAILED")
     except Exception as exc:  # noqa: BLE001 (a down server must not lose the results on disk)
         import logging
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from hiir.platform.config import STRICT, TrainConfig, config_keys, load_config, parse_override, set_key, train_schema
 from hiir.platform.errors import ConfigError, HiirError, did_you_mean, validation_error
 
+log = logging.getLogger("hiir.study")
+
 # The paper's axis names -> config keys.
 AXIS_ALIASES = {
     "warmup": "optim.warmup_steps",
@@ -27,8 +30,11 @@ AXIS_ALIASES = {
     "conv": "model.stage_conv",
     "stage_conv": "model.stage_conv",
     "tree_depth": "model.tree_depth",
-    "size": "model.preset",
+    "size": "model.preset",              # presets by name, or {params: [...], family: name}: model.params
     "preset": "model.preset",
+    "params": "model.params",
+    "budget": "budget.flops",
+    "seed": "seed",
     "mixer_l2": "model.mixer_l2",
     "layout": "model.layout",
     "lr": "optim.lr",
@@ -59,6 +65,7 @@ class Scale(_Block):
     search: dict[str, Any] = {}          # axes replaced or added
     scheduler: Scheduler = Scheduler()   # scheduler fields changed
     num_samples: int = Field(1, ge=1)    # samples of each grid point
+    seeds: int = Field(1, ge=1)          # replicates of every cell
 
 
 class Spec(_Block):
@@ -69,6 +76,7 @@ class Spec(_Block):
     resources: dict[str, Any] = {}       # merged into base.scaling: what one trial holds
     search: dict[str, Any] = {}          # axis -> [values] (a grid) or {choice|uniform|loguniform|randint: [...]}
     num_samples: int = Field(1, ge=1)    # samples of each grid point (the sampled axes are drawn anew)
+    seeds: int = Field(1, ge=1)          # replicates of every cell (seed, seed + 1, ...): what seed noise is
     scheduler: Scheduler = Scheduler()   # trial scheduler
     metric: str = "val_psnr"             # what trials are ranked by
     mode: Literal["max", "min"] = "max"  # whether more of metric is better
@@ -102,6 +110,7 @@ class StudySpec:
     metric: str = "val_psnr"
     mode: Literal["max", "min"] = "max"
     expected: dict[str, Any] | None = None
+    seeds: int = 1
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
 
@@ -114,6 +123,15 @@ class StudySpec:
         """Every grid combination (sampled axes excluded), in a stable order."""
         grid = [a for a in self.axes if a.kind == "grid"]
         return [dict(zip([a.key for a in grid], combo)) for combo in itertools.product(*(a.values for a in grid))]
+
+    def finite_points(self, limit: int = 5000) -> list[dict[str, Any]]:
+        """The grid crossed with every value of the choice axes and both ends of the ranges: what a trial
+        can be handed, which validation checks one by one. The first is a representative trial."""
+        ends = {"randint": lambda lo, hi: [lo, hi - 1]}
+        values = [a.values if a.kind in ("grid", "choice") else ends.get(a.kind, lambda lo, hi: [lo, hi])(*a.values)
+                  for a in self.axes]
+        points = itertools.islice(itertools.product(*values), limit)
+        return [dict(zip([a.key for a in self.axes], combo)) for combo in points]
 
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         """The validated config of one trial: the base with the trial's values set as they are."""
@@ -164,29 +182,75 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
     for section, values in (("data", doc.datasets), ("scaling", doc.resources)):
         if values:
             base.setdefault(section, {}).update(values)
-    search, scheduler, num_samples = dict(doc.search), doc.scheduler, doc.num_samples
+    search, scheduler, num_samples, seeds = dict(doc.search), doc.scheduler, doc.num_samples, doc.seeds
     if scale != "full":
         block = doc.scale[scale]
         search = _apply_scale(base, search, block)
         scheduler = scheduler.model_copy(update=block.scheduler.model_dump(exclude_unset=True))
         num_samples = block.num_samples if "num_samples" in block.model_fields_set else num_samples
+        seeds = block.seeds if "seeds" in block.model_fields_set else seeds
     for item in overrides:
         key, value = parse_override(item)
         set_key(base, _axis_key(key), value)
+    search = _size_families(base, search)
+    axes = [_parse_axis(k, v) for k, v in search.items()]
+    if seeds > 1:
+        if any(a.key == "seed" for a in axes):
+            raise ConfigError("seeds and a seed axis exclude each other: seeds: K replicates every cell K times")
+        first = int(base.get("seed", 0))
+        axes.append(Axis("seed", "grid", list(range(first, first + seeds))))
     spec = StudySpec(
-        name=doc.name, question=doc.question, base=base, axes=[_parse_axis(k, v) for k, v in search.items()],
-        num_samples=num_samples, scheduler=scheduler, metric=doc.metric, mode=doc.mode, expected=doc.expected,
+        name=doc.name, question=doc.question, base=base, axes=axes, num_samples=num_samples, scheduler=scheduler,
+        metric=doc.metric, mode=doc.mode, expected=doc.expected, seeds=seeds,
         scales={k: b.model_dump(exclude_unset=True) for k, b in doc.scale.items()}, path=path)
     if spec.trial_count < 1:
         raise ConfigError("the search space is empty: every grid axis needs at least one value")
-    # Validate the base and every grid point now, not in a trial hours later.
-    spec.trial_config({})
-    for point in spec.grid_points():
+    _check_trials(spec)
+    return spec
+
+
+def _size_families(base: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
+    """`size: {params: [30M, 60M] | {loguniform: [lo, hi]}, family: b}` -> an axis over model.params, with the
+    base's model section turned into that family (its preset dropped, its other overrides kept)."""
+    out = {}
+    for name, value in search.items():
+        if _axis_key(name) != "model.preset" or not isinstance(value, dict) or not {"family", "params"} & set(value):
+            out[name] = value
+            continue
+        if set(value) != {"family", "params"}:
+            raise ConfigError(f"search.{name} by parameter count is {{params: [...], family: NAME}}; "
+                              f"got keys {', '.join(map(str, value))}")
+        model = {k: v for k, v in base.get("model", {}).items() if k != "preset"}
+        base["model"] = {**model, "family": value["family"]}
+        params = value["params"]
+        if isinstance(params, dict) and set(params) & {"uniform", "loguniform"}:  # Tune samples numbers
+            from hiir.models import parse_size
+
+            params = {k: [parse_size(v) for v in bounds] for k, bounds in params.items()}
+        out["model.params"] = params
+    return out
+
+
+def _check_trials(spec: StudySpec) -> None:
+    """Every trial the space can produce (the grid crossed with the choices) validates now, not in a
+    trial hours later; a cell with no path across patch borders is named once, as a warning."""
+    from hiir.platform.train.checks import check_patch, crosses_patches
+
+    isolated = []
+    for point in spec.finite_points():
         try:
-            spec.trial_config(point)
+            cfg = spec.trial_config(point)
+            check_patch(cfg)
         except ConfigError as exc:
             raise ConfigError(f"trial {point}: {exc}") from None
-    return spec
+        if not crosses_patches(cfg):
+            isolated.append({k: v for k, v in point.items() if k.startswith("model.")})
+    if isolated:
+        cells = "; ".join(", ".join(f"{k}={v}" for k, v in p.items()) for p in {str(p): p for p in isolated}.values())
+        log.warning("%s: %s: no path for information across P x P patch borders (tree depth 2, linear stage "
+                    "ends, L2 bounded by P): each output pixel sees only its own patch; the report marks these "
+                    "trials", spec.name, cells)
+
 
 def _unknown_key(name: str, loc: tuple) -> str:
     if loc[-2:-1] == ("scheduler",) and len(loc) in (2, 4):

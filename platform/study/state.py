@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hiir.data_prep.files import filesystem, write_atomic
+from hiir.platform import tracking
 from hiir.platform.errors import ConfigError, HiirError
 from hiir.platform.study.spec import load_spec, parse_spec, studies_root
 
@@ -70,10 +71,8 @@ def list_studies(workdir: Path) -> list[dict[str, Any]]:
     return rows
 
 def _parent_status(state: dict[str, Any]) -> str:
-    from mlflow.tracking import MlflowClient
-
     try:
-        run = MlflowClient(state["tracking_uri"]).get_run(state["parent_run_id"])
+        run = tracking.Store(state["tracking_uri"]).get_run(state["parent_run_id"])
         return f"{run.info.status.lower()} ({state['scale']}, run {run.info.run_id[:8]})"
     except Exception as exc:  # noqa: BLE001
         return f"unknown ({exc.__class__.__name__})"

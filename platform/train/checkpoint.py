@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterator
 
+from hiir.data_prep.files import write_atomic
 from hiir.platform.errors import HiirError
 
 log = logging.getLogger("hiir.checkpoint")
@@ -25,11 +25,8 @@ def write_integrity(directory: Path, rank: int, writers: int) -> None:
     """Record this rank's files (call after the rank has written them, before reporting)."""
     files = {str(p.relative_to(directory)): [p.stat().st_size, _sha256(p)]
              for p in sorted(directory.rglob("*")) if p.is_file() and INTEGRITY_DIR not in p.parts}
-    record = directory / INTEGRITY_DIR / f"rank{rank}.json"
-    record.parent.mkdir(exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"rank": rank, "writers": writers, "files": files}))
-    os.replace(tmp, record)
+    write_atomic(directory / INTEGRITY_DIR / f"rank{rank}.json",
+                 json.dumps({"rank": rank, "writers": writers, "files": files}))
 
 
 def verify(directory: Path) -> None:

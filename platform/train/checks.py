@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from hiir.platform.config import TrainConfig
-from hiir.platform.errors import HiirError
+from hiir.platform.errors import ConfigError, HiirError
 from hiir.platform.train.runtime import worker_resources
 
 DEMO_PREFIX = "demo:"
@@ -166,3 +166,36 @@ def model_stats(cfg: TrainConfig) -> dict[str, float]:
         forward = model_flops(model, (1, model_cfg.in_channels, p, p))
     return {"model.num_params": model.num_params(),
             "flops_per_step": 3 * forward * cfg.data.batch_size * cfg.scaling.num_workers}
+
+
+def apply_budget(cfg: TrainConfig, flops_per_step: float) -> TrainConfig:
+    """With `budget.flops`, the run's step count: optim.max_steps = budget / FLOPs per step (rounded), so
+    every model size gets the same compute. Without a budget, `cfg` as it is."""
+    budget = cfg.budget.flops
+    if budget is None:
+        return cfg
+    steps = round(budget / flops_per_step)
+    if steps < 1 or cfg.optim.warmup_steps >= steps:
+        raise HiirError(f"budget.flops={budget:.3g} buys {steps} steps of this model ({flops_per_step:.3g} FLOPs a "
+                        f"step), {'not one' if steps < 1 else f'not more than optim.warmup_steps={cfg.optim.warmup_steps}'}; "
+                        "raise the budget, or lower data.batch_size or data.lq_patch")
+    return cfg.with_values({"optim.max_steps": steps})
+
+
+def check_patch(cfg: TrainConfig) -> None:
+    """A training patch smaller than the model's largest group is reflect-padded up to it: several times the
+    compute, and the largest groups hold mirror images of the patch where, at test time on whole images,
+    they hold real distant tokens. Train and test would then see different models: refuse it."""
+    model = cfg.model_config()
+    multiple, patch = model.pad_multiple, cfg.data.lq_patch
+    if patch < multiple:
+        largest = "patch2" if model.tree_depth == 4 else "patch"
+        raise ConfigError(f"data.lq_patch={patch} is smaller than the model's pad multiple {multiple} (its largest "
+                          f"group, model.{largest}): every training patch would be reflect-padded to {multiple} px, "
+                          f"{(multiple / patch) ** 2:.0f}x its area, with mirror images in the groups; use "
+                          f"data.lq_patch >= {multiple}, or a smaller model.patch/model.patch2")
+
+
+def crosses_patches(cfg: TrainConfig) -> bool:
+    """Whether the run's model has any path for information across its P x P patch borders."""
+    return cfg.model_config().crosses_patches

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hiir.platform import tracking
 from hiir.platform.config import TrainConfig, flatten
 from hiir.platform.errors import HiirError
 from hiir.platform.train.checks import (check_cluster_paths, check_fits_locally, check_storage, checkpoint_bytes,
@@ -26,8 +27,6 @@ from hiir.platform.train.checks import (check_cluster_paths, check_fits_locally,
 from hiir.platform.train.runtime import init_ray, run_storage, worker_env, worker_resources
 
 log = logging.getLogger("hiir.train")
-
-SYNTHETIC_TAG = "hiir.synthetic_val"  # val sets that are synthetic stand-ins, comma-separated
 
 @dataclass
 class RunResult:
@@ -40,8 +39,6 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
             parent_run_id: str | None = None, tags: dict[str, str] | None = None,
             in_tune: bool = False, address: str | None = None) -> RunResult:
     """Validate, track, train. Returns the final metrics and where the exported weights are."""
-    from hiir.platform import tracking
-
     workdir = Path(workdir).resolve()
     storage = storage or run_storage(workdir)
     stats = model_stats(cfg)
@@ -51,7 +48,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     tracking.check_reachable(uri)
     synthetic = synthetic_val_sets(cfg)
     if synthetic:
-        tags = {**(tags or {}), SYNTHETIC_TAG: ",".join(synthetic)}
+        tags = {**(tags or {}), tracking.SYNTHETIC_TAG: ",".join(synthetic)}
 
     init_ray(address)
     if not in_tune:  # a study checks its base config once, before its first trial
@@ -98,36 +95,29 @@ def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workd
 
 def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: str | None,
                       tags: dict[str, str], stats: dict[str, float]) -> str:
-    from hiir.platform import tracking
-
-    client = tracking.client(uri)
-    exp_id = tracking.ensure_experiment(client, cfg.tracking.experiment, workdir)
+    store = tracking.Store(uri)
+    exp_id = store.experiment(cfg.tracking.experiment, workdir)
     if parent_run_id:
         tags = {**tags, tracking.PARENT_TAG: parent_run_id}
-    run_id, resumed = tracking.find_or_create_run(client, exp_id, cfg.name, tags)
+    run_id, resumed = store.find_or_create_run(exp_id, cfg.name, tags)
     if not resumed:
         model = dataclasses.asdict(cfg.model_config())
-        params = {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()}, **stats}
-        for chunk in _chunks(list(params.items()), 100):
-            tracking.locked_retry(client.log_batch, run_id, params=[tracking.param(k, v) for k, v in chunk])
+        store.log_params(run_id, {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()},
+                                  **stats})
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "train_config.json"
             path.write_text(json.dumps(cfg.to_dict(), indent=1))
-            tracking.locked_retry(client.log_artifact, run_id, str(path))
+            store.log_artifact(run_id, path)
     return run_id
 
 def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None) -> None:
-    from mlflow.tracking import MlflowClient
-
-    from hiir.platform.tracking import RunLogger, locked_retry
-
-    spool = RunLogger(uri, run_id, workdir / "spool")
+    spool = tracking.RunLogger(uri, run_id, workdir / "spool")
     try:
         if export:
             for name in ("model.safetensors", "model.json"):
                 spool.artifact(export / name, "model")
         left_clean = spool.flush()
-        locked_retry(MlflowClient(uri).set_terminated, run_id, "FINISHED")
+        spool.store.close(run_id, "FINISHED")
     except Exception as exc:  # noqa: BLE001 (the weights are on disk; tracking may be down)
         log.warning("could not finish MLflow run %s (%s); records stay in %s", run_id, exc, spool.spool)
         return
@@ -136,14 +126,8 @@ def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None
 
 def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
     """Mark a run ended unless something already closed it."""
-    from mlflow.tracking import MlflowClient
-
-    from hiir.platform.tracking import locked_retry
-
     try:
-        client = MlflowClient(uri)
-        if locked_retry(client.get_run, run_id).info.status == "RUNNING":
-            locked_retry(client.set_terminated, run_id, status)
+        tracking.Store(uri).end_if_running(run_id, status)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
 
@@ -157,16 +141,14 @@ def _progress(uri: str, run_id: str, total: int, *, enabled: bool, every_s: floa
 
     from tqdm import tqdm
 
-    from hiir.platform.tracking import client as mlflow_client
-
     stop = threading.Event()
 
     def poll() -> None:
-        tracker = mlflow_client(uri)
+        store = tracking.Store(uri)
         with tqdm(total=total, desc="train", unit="step", dynamic_ncols=True) as bar:
             while not stop.wait(every_s):
                 try:
-                    metrics = tracker.get_run(run_id).data.metrics
+                    metrics = store.get_run(run_id).data.metrics
                 except Exception:  # noqa: BLE001 (tracking down: the bar just pauses)
                     continue
                 bar.update(int(metrics.get("step", bar.n)) - bar.n)
@@ -210,7 +192,3 @@ def _root_cause(exc: BaseException) -> str:
         seen = seen.__cause__ or seen.cause
     text = str(seen).strip().splitlines()
     return text[-1] if text else seen.__class__.__name__
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

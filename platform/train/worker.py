@@ -33,7 +33,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     from hiir.platform.train.ema import EMA
     from hiir.platform.train.checkpoint import write_integrity
     from hiir.platform.train.engine import all_ranks_finite, make_engine
-    from hiir.platform.tracking import RunLogger
+    from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, RunLogger
 
     # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates: noise, not a problem of ours.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
@@ -71,7 +71,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     if checkpoint:
         step, state, skipped_ckpts = _restore_latest_good(checkpoint, engine, ema)
         if logger:
-            logger.tags({"hiir.resumed_from_step": str(step), "hiir.skipped_checkpoints": ",".join(skipped_ckpts)})
+            logger.tags({RESUMED_TAG: str(step), SKIPPED_TAG: ",".join(skipped_ckpts)})
     bad_in_a_row, skipped = state.get("bad_in_a_row", 0), state.get("skipped", 0)
     ema.updates = state.get("ema_updates", 0)
     window, since_eval = _Window(), _Window()  # reset at each log / at each eval
