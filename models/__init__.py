@@ -52,11 +52,11 @@ Choices the paper leaves open (each one is a knob; default in brackets)
     - no mean-shift of the input (SwinIR subtracts the DIV2K mean); res-post-norm; qkv bias.
 """
 from .config import HiIRConfig
-from .families import FAMILIES, Solved, count_params, parse_size, solve
+from .families import FAMILIES, Solved, count_params, format_size, parse_size, solve
 from .flows import DispersedAttention, WindowAttention
 from .networks import HiIRColumnar, HiIRUNet, checkpoint_filter_fn
 from .presets import PRESETS, build
 
 __all__ = ["HiIRConfig", "PRESETS", "build", "checkpoint_filter_fn", "WindowAttention",
-           "DispersedAttention", "HiIRColumnar", "HiIRUNet", "FAMILIES", "Solved", "solve", "parse_size",
+           "DispersedAttention", "HiIRColumnar", "HiIRUNet", "FAMILIES", "Solved", "solve", "format_size", "parse_size",
            "count_params"]

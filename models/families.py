@@ -6,8 +6,10 @@
     parse_size("0.05M") -> 50000; format_size(14736068) -> "14.74M"; count_params(cfg), exact, no build
 
 A family is data (`Family`): a base `HiIRConfig` (the anchor, width C0 and depth d0 x d0) and
-a shape rule. Both families follow the paper's order (B -> L by depth, L -> XL by width),
-made continuous as three legs, with the width C as the fine knob:
+a shape rule. `b` follows the paper's order (B -> L by depth, L -> XL by width), made continuous as
+three legs, with the width C as the fine knob; `tiny` has no depth leg (d0 = d1), so it grows by
+width alone: on 2 CPU cores a layer costs more time per parameter than width does (bench/RESULTS.md,
+"the demo's sizes"), and a CPU study must fit its minutes.
 
     width leg below    C shrinks at d0 x d0, down from C0
     depth leg          d x d stages x layers for d = d0 .. d1: the square whose count at C0 is
@@ -17,7 +19,7 @@ made continuous as three legs, with the width C as the fine knob:
     family  anchor                        depth leg      5% range       on the path (achieved)
     b       b_x2_conv3: C 180, 6x6        6x6 -> 12x12   0.5M .. 1B     B 14.74M, L (C 180, 12x12)
                                                                         ~56M, XL 111.2M (C 256)
-    tiny    tiny_x2: C 32, 2x2, p 4, P 8  2x2 -> 4x4     0.05M .. 50M   C 32 2x2 0.119M (1 head)
+    tiny    tiny_x2: C 32, 2x2, p 4, P 8  none (2x2)     0.05M .. 50M   C 32 2x2 0.119M (1 head)
 
 Heads (both families). The head width aims at 32 (XL's 256 / 8; B's 180 / 6 = 30): the heads are
 the divisor of gcd(C, C/2) whose head width is nearest 32 in ratio (v3's q/k is C/2, so
@@ -203,9 +205,9 @@ FAMILIES: dict[str, Family] = {
         path="width at 6x6 up to B (C=180); depth 6x6 -> 12x12 at C~180 (B -> L); width at 12x12 "
              "(L -> XL at C=256, and on)"),
     "tiny": Family(
-        name="tiny", base=PRESETS["tiny_x2"], depths=(2, 3, 4),
+        name="tiny", base=PRESETS["tiny_x2"], depths=(2,),
         params_range=(0.05e6, 50e6), cpb_per_width=2.0, cpb_bounds=(64, 512), upsampler_bounds=(32, 64),
-        path="width at 2x2 up to tiny_x2 (C=32); depth 2x2 -> 4x4 at C~32; width at 4x4"),
+        path="width at 2x2 all the way (on 2 CPU cores, width costs less time per parameter than depth)"),
 }
 
 # Among the usable widths within this of the target (|log ratio|), the one whose heads are nearest
@@ -274,7 +276,7 @@ def solve(family: str | Family, params: str | float | int, **overrides) -> Solve
     base = fam.base.replace(**overrides)
     if base.arch != "columnar":
         raise ValueError(f"family {fam.name!r} is columnar; arch={base.arch!r} has no size family")
-    widths, c0, (first, *_, last) = _usable_widths(fam), base.dim, fam.depths
+    widths, c0, first, last = _usable_widths(fam), base.dim, fam.depths[0], fam.depths[-1]
     anchors = {d: count_params(fam.shape(base, c0, d)) for d in fam.depths}
     if target <= anchors[first]:
         depth, note = first, f"width leg at {first}x{first}, C <= {c0}"

@@ -37,9 +37,17 @@ TRIAL_TAG = "hiir.trial_id"  # Tune's trial id
 AXIS_TAG = "hiir.axis."  # prefix: one tag per search axis, hiir.axis.optim.lr = "0.002"
 ERROR_TAG = "hiir.error"  # the last line of a failed trial's error
 STOPPED_EARLY_TAG = "hiir.stopped_early"  # "true" on a trial the scheduler stopped (status KILLED)
+STOPPED_AT_TAG = "hiir.stopped_at"  # where ASHA stopped it, in time_attr units (the step): "20"
+COMPARED_WITH_TAG = "hiir.compared_with"  # the trial ids already in its rung, sorted, comma-separated
+STOP_REASON_TAG = "hiir.stop_reason"  # its value against the rung's cutoff, one line
+STOP_GROUP_TAG = "hiir.stop_group"  # its ASHA group: "params=119331 max_t=31", "params=... flops=1e+15 max_t=..."
 SYNTHETIC_TAG = "hiir.synthetic_val"  # val sets that are synthetic stand-ins, comma-separated
 RESUMED_TAG = "hiir.resumed_from_step"  # the checkpoint step a resumed run started from
 SKIPPED_TAG = "hiir.skipped_checkpoints"  # checkpoints refused on resume, comma-separated
+WORKER_NODES_TAG = "hiir.worker_nodes"  # where the ranks run: "rank0=<Ray node id>,rank1=<id>,..."
+VAL_IMAGES = "val_images.json"  # artifact of a trial: its final headline PSNR per val image, per set
+BASELINE_TAG = "hiir.baseline"  # on a study run: what its baseline_* metrics score (bicubic, or the input)
+BASELINE_PREFIX = "baseline/"  # a study run's metrics of the baseline on the val sets: baseline/val/<set>/psnr_y
 
 
 def trial_tags(study: str, trial_id: str, params: dict[str, Any]) -> dict[str, str]:
@@ -126,6 +134,14 @@ class Store:
         self._client = MlflowClient(uri)
 
     # ---- experiments and runs
+    def study_experiments(self) -> dict[str, str]:
+        """Experiment name -> id, for every experiment that holds a study's run, newest study first."""
+        runs = locked_retry(self._client.search_runs, [e.experiment_id for e in locked_retry(
+            self._client.search_experiments)], filter_string=f"tags.`{KIND_TAG}` = 'study'",
+            order_by=["attributes.start_time DESC"], max_results=1000)
+        ids = list(dict.fromkeys(r.info.experiment_id for r in runs))
+        return {locked_retry(self._client.get_experiment, i).name: i for i in ids}
+
     def experiment(self, name: str, workdir: Path) -> str:
         """The experiment's id, created if missing with an absolute artifact location (never ./mlruns)."""
         exp = locked_retry(self._client.get_experiment_by_name, name)
@@ -208,6 +224,18 @@ class Store:
         return list(locked_retry(self._client.search_runs, [parent.info.experiment_id], max_results=max_results,
                                  filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'"))
 
+    def json_artifact(self, run_id: str, path: str) -> Any:
+        """A JSON artifact of a run, parsed; None when the run has none at `path` (or it cannot be read)."""
+        import tempfile
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial is noise
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = locked_retry(self._client.download_artifacts, run_id, path, tmp)
+                return json.loads(Path(local).read_text())
+            except Exception:  # noqa: BLE001 (a trial that never evaluated has no such artifact)
+                return None
+
     def history(self, run_id: str, key: str) -> list:
         """Every logged value of one metric, in logging order."""
         return locked_retry(self._client.get_metric_history, run_id, key)
@@ -258,9 +286,16 @@ class RunLogger:
     def image(self, array, artifact_file: str) -> None:
         from PIL import Image
 
-        local = self.spool.parent / "images" / artifact_file
+        self._file(artifact_file, lambda path: Image.fromarray(array).save(path))
+
+    def json_artifact(self, data: Any, artifact_file: str) -> None:
+        self._file(artifact_file, lambda path: path.write_text(json.dumps(data, indent=1)))
+
+    def _file(self, artifact_file: str, write) -> None:
+        """Write an artifact into the run's local folder (kept for the spool's replay), then log it."""
+        local = self.spool.parent / self.run_id / artifact_file
         local.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(local)
+        write(local)
         self.artifact(local, str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None)
 
     def flush(self) -> bool:

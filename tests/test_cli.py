@@ -65,3 +65,14 @@ def test_schema_verb_prints_the_committed_schema(kind):
     out = CliRunner().invoke(cli, ["schema", kind])
     assert out.exit_code == 0, out.output
     assert out.output == (ROOT / "studies" / "schema" / f"{kind}.schema.json").read_text()
+
+
+def test_a_patch_smaller_than_the_models_groups_is_refused_before_any_worker(tmp_path):
+    """tree_depth 4 groups 2P = 16 px in tiny_x2: an 8-px patch would be padded to 4x its area."""
+    out = _hiir("train", "studies/train/tiny_sr_x2.yaml", "--set", "model.tree_depth=4", "--set", "data.lq_patch=8",
+                "--workdir", str(tmp_path))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.lq_patch=8" in lines[0] and "pad multiple 16" in lines[0], lines
+    assert "model.patch/model.patch2" in lines[0] and "data.lq_patch >= 16" in lines[0]
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started

@@ -1,20 +1,27 @@
 """What changes when the workers run on other nodes of a Ray cluster: node-local storage and MLflow
-stores are refused up front, and a study on an autoscaling cluster does not run its trials one by one.
+stores are refused up front, a ZeRO run spreads over the nodes, and a study on an autoscaling cluster
+does not run its trials one by one.
 
-The nodes are the real local Ray's `ray.nodes()` entries; a second node is that entry with another id
-(one machine cannot host two Ray nodes cheaply, and only the fields read here matter)."""
+The refusals and the spread run on a real two-node cluster (two raylets on this machine, one CPU each,
+started in a subprocess beside the session's embedded Ray). The decision of whether workers leave the
+driver's node is unit-tested on the local Ray's own node records, one of them given another id."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from hiir.platform.config import load_config
-from hiir.platform.train.checks import check_cluster_paths, check_fits_locally, workers_leave_this_node
 from hiir.platform.errors import HiirError
 from hiir.platform.study.run import max_concurrent
+from hiir.platform.train.checks import check_cluster_paths, check_fits_locally, workers_leave_this_node
 
 ADDRESS = "ray://head:10001"
 
@@ -39,23 +46,121 @@ def test_which_runs_leave_the_drivers_node(this_node):
     assert workers_leave_this_node(_cfg(use_gpu=True), [node], here)  # no GPU here: the autoscaler adds one
     head_without_cpus = {**node, "Resources": {**node["Resources"], "CPU": 0.0}}
     assert workers_leave_this_node(_cfg(), [head_without_cpus], here)
-
-
-def test_node_local_storage_and_store_are_refused_on_a_cluster(this_node):
-    node, here = this_node
-    nodes = [node, {**node, "NodeID": "f" * len(here)}]
-    http = "http://mlflow:5000"
-    with pytest.raises(HiirError, match=r"storage /work/ray_results is a directory on this node.*HIIR_STORAGE"):
-        check_cluster_paths(_cfg(), ADDRESS, ["/work/ray_results"], http, nodes=nodes, here=here)
-    with pytest.raises(HiirError, match=r"MLflow store sqlite:///w/mlflow.db is a file on this node.*--tracking-uri"):
-        check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir"], "sqlite:///w/mlflow.db", nodes=nodes, here=here)
-    with pytest.raises(HiirError, match=r"MLflow store /w/mlruns is a file on this node"):
-        check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir"], "/w/mlruns", nodes=nodes, here=here)
-    for server in (http, "databricks", "postgresql://db/mlflow"):
-        check_cluster_paths(_cfg(), ADDRESS, ["s3://b/hiir", "file:///mnt/shared/hiir"], server, nodes=nodes, here=here)
-    # one node holding every worker, or the embedded Ray: local paths are right
+    # one node holding every worker: local paths are right
     check_cluster_paths(_cfg(), ADDRESS, ["/work/ray_results"], "sqlite:///w/mlflow.db", nodes=[node], here=here)
-    check_cluster_paths(_cfg(), None, ["/work/ray_results"], "sqlite:///w/mlflow.db", nodes=nodes, here=here)
+
+
+# Run in a subprocess (the test process holds the session's embedded Ray): a head and a second node of one CPU
+# each, so that a run of 2 workers x 1 CPU must put one worker on each. argv: the train config (JSON), the
+# workdir, a scratch directory, the MLflow server's URL, and the path checks to make (JSON: [address?, storage,
+# tracking URI]). Writes <scratch>/out.json: each refusal's message (null when accepted), the nodes, the run.
+_CLUSTER_SCENARIO = """
+import json, os, sys
+from pathlib import Path
+
+from hiir.platform.train.runtime import LOCAL_RAY_ENV
+
+os.environ.update(LOCAL_RAY_ENV)  # as the embedded Ray: workers unniced, none started ahead of need
+import ray
+from ray.cluster_utils import Cluster
+
+from hiir.platform.config import load_config
+from hiir.platform.errors import HiirError
+from hiir.platform.train.checks import check_cluster_paths
+from hiir.platform.train.fit import fit_run
+
+raw, workdir, scratch, url, cases = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], \
+    json.loads(sys.argv[5])
+cfg, shared = load_config(raw), (scratch / "shared").as_uri()
+
+def refusal(fn):
+    try:
+        fn()
+    except HiirError as exc:
+        return str(exc)
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+try:
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    out, address = {}, cluster.address
+    out["local_storage"] = refusal(lambda: fit_run(load_config(raw, values={"name": "local-storage"}),
+                                                   workdir=workdir, tracking_uri=url, address=address,
+                                                   storage=str(scratch / "local")))
+    out["sqlite_store"] = refusal(lambda: fit_run(load_config(raw, values={"name": "sqlite-store"}), workdir=workdir,
+                                                  tracking_uri=f"sqlite:///{scratch}/mlflow.db", storage=shared,
+                                                  address=address))
+    out["cases"] = [refusal(lambda: check_cluster_paths(cfg, address if on else None, storage, uri))
+                    for on, storage, uri in cases]  # against the real nodes: ray.nodes(), as fit_run asks
+    out["nodes"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    result = fit_run(cfg, workdir=workdir, tracking_uri=url, storage=shared, address=address)
+    out.update(run_id=result.run_id, metrics=result.metrics, export=str(result.export_dir))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+(scratch / "out.json").write_text(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_real_two_node_cluster_refuses_node_local_paths_and_spreads_a_zero2_run(workdir, train_config,
+                                                                                  mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from hiir.platform.tracking import WORKER_NODES_TAG
+    from hiir.platform.train.checkpoint import verify
+
+    _, url = mlflow_server
+    cfg = train_config("cluster-z2", optim={"max_steps": 4}, eval={"every": 2, "max_images": 1},
+                       tracking={"log_every": 2, "sample_images": 0, "system_metrics_s": 0.0})
+    http, both = "http://mlflow:5000", ["s3://b/hiir", "file:///mnt/shared/hiir"]
+    cases = [(True, ["/work/ray_results"], http), (True, ["s3://b/hiir"], "sqlite:///w/mlflow.db"),
+             (True, ["s3://b/hiir"], "/w/mlruns"),
+             *[(True, both, server) for server in (http, "databricks", "postgresql://db/mlflow")],
+             (False, ["/work/ray_results"], "sqlite:///w/mlflow.db")]  # no address: the embedded Ray, one node
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))  # the cluster's own; Ray's socket paths stay short
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    for key in ("RAY_ADDRESS", "HIIR_STORAGE", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    proc = subprocess.Popen([sys.executable, "-c", _CLUSTER_SCENARIO, json.dumps(cfg.to_dict()), str(workdir),
+                             str(tmp_path), url, json.dumps(cases)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=540)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, err[-5000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+
+    # refused in one line, before anything started: no run folder, no SQLite store, no MLflow run
+    assert "\n" not in out["local_storage"] + out["sqlite_store"]
+    assert f"storage {tmp_path / 'local'} is a directory on this node, but the Ray cluster at " in out["local_storage"]
+    assert "HIIR_STORAGE" in out["local_storage"] and not (tmp_path / "local" / "local-storage").exists()
+    assert out["sqlite_store"].startswith(f"MLflow store sqlite:///{tmp_path}/mlflow.db is a file on this node")
+    assert "--tracking-uri" in out["sqlite_store"] and not (tmp_path / "mlflow.db").exists()
+    refused = dict(zip(["local", "sqlite", "mlruns", "http", "databricks", "postgresql", "embedded"], out["cases"]))
+    assert "storage /work/ray_results is a directory on this node" in refused.pop("local")
+    assert "MLflow store sqlite:///w/mlflow.db is a file on this node" in refused.pop("sqlite")
+    assert "MLflow store /w/mlruns is a file on this node" in refused.pop("mlruns")
+    assert all(message is None for message in refused.values()), refused  # servers, shared storage; no address
+
+    # the run spread over both nodes, finished, and left whole checkpoints on the shared storage
+    assert out["metrics"]["step"] == 4 and (Path(out["export"]) / "model.safetensors").is_file()
+    client = MlflowClient(url)
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED"
+    nodes = dict(entry.split("=") for entry in run.data.tags[WORKER_NODES_TAG].split(","))
+    assert sorted(nodes) == ["rank0", "rank1"] and sorted(nodes.values()) == out["nodes"], (nodes, out["nodes"])
+    assert len(set(nodes.values())) == 2  # one worker on each node
+    names = {r.info.run_name for r in client.search_runs([run.info.experiment_id])}
+    assert names == {"cluster-z2"}, names  # the refused runs never got as far as an MLflow run
+    last = sorted(p for p in (tmp_path / "shared" / "cluster-z2").glob("checkpoint_*") if p.is_dir())[-1]
+    verify(last)
+    assert sorted(p.name for p in (last / "integrity").iterdir()) == ["rank0.json", "rank1.json"]  # both ranks saved
 
 
 def test_trials_at_once_follow_the_resources_and_do_not_cap_an_empty_autoscaling_cluster():

@@ -216,7 +216,7 @@ def test_per_task_means_and_set_metrics(demo):
     torch.manual_seed(0)
     sets = [str(demo[k]) for k in ("denoise_s15", "denoise_s50", "derain_synth")]
     tasks = {sets[0]: "denoise", sets[1]: "denoise", sets[2]: "derain"}
-    res, _ = evaluate_datasets(build("tiny_unet").eval(), sets, max_images=1, tasks=tasks)
+    res = evaluate_datasets(build("tiny_unet").eval(), sets, max_images=1, tasks=tasks).metrics
     for name in ("demo_denoise_s15", "demo_denoise_s50", "demo_derain_synth"):
         assert f"val/{name}/psnr" in res and f"val/{name}/ssim" in res
     assert res["val_task/denoise/psnr"] == pytest.approx((res["val/demo_denoise_s15/psnr"] + res["val/demo_denoise_s50/psnr"]) / 2)
@@ -227,7 +227,8 @@ def test_per_task_means_and_set_metrics(demo):
 def test_report_marks_synthetic_sets_and_shows_task_means():
     from types import SimpleNamespace
 
-    from hiir.platform.study.report import Trial, render_markdown, results_table
+    from hiir.platform.study.analysis import Trial, analyse
+    from hiir.platform.study.markdown import render_markdown, results_table
 
     params = {"model.num_params": "220000", "resolved_model.scale": "1",
               "data.val": "['/w/demo_derain_synth', '/w/demo_denoise_s25']"}
@@ -238,12 +239,13 @@ def test_report_marks_synthetic_sets_and_shows_task_means():
     spec = SimpleNamespace(name="s", question="q", expected={
         "table": "all-in-one", "note": "", "rows": [{"match": {"model.preset": "unet_deblur"}, "values": {"SOTS": 31.42}}],
         "baselines": [{"method": "AirNet", "params_M": 9, "SOTS": 21.04}]})
-    row = results_table(spec, [t])[0]
+    analysis = analyse([t], parent_metrics={}, parent_tags={})
+    row = results_table(spec, analysis)[0]
     assert row["demo_derain_synth*"] == "20.00" and row["demo_denoise_s25"] == "28.00"
     sets = [k for k in row if k.startswith("demo_")]
     assert sets == ["demo_derain_synth*", "demo_denoise_s25"]  # the config's val order (the paper's columns)
     assert row["derain (mean)"] == "20.00" and row["mean PSNR"] == "24.00"
-    text = render_markdown(spec, [t], None, [])
+    text = render_markdown(spec, analysis, [])
     assert "synthetic stand-in" in text and "demo_derain_synth" in text and "AirNet" in text
 
 
@@ -257,7 +259,7 @@ def test_mixture_run_logs_per_task_metrics_and_batch_composition(workdir, train_
 
     cfg = train_config(
         "online-mixture", model={"preset": "tiny_unet"}, optim={"max_steps": 10, "warmup_steps": 2},
-        data={"train": "mixture", "val": [], "batch_size": 4, "lq_patch": 16, "mixture": [
+        data={"train": "mixture", "val": [], "batch_size": 4, "lq_patch": 32, "mixture": [
             {"task": "denoise", "dataset": "demo:hr", "weight": 1, "degrade": [{"kind": "noise", "sigma": [15, 50]}],
              "val": ["demo:denoise_s15", "demo:denoise_s50"]},
             {"task": "derain", "dataset": "demo:derain_synth", "weight": 1, "val": ["demo:derain_synth"]}]},

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hiir.models import count_params
 from hiir.platform.config import flatten, load_config, load_config_file
 from hiir.platform.errors import ConfigError, HiirError
 from hiir.platform.study.spec import load_spec, parse_spec
@@ -28,6 +29,7 @@ TRIAL_COUNTS = {
     "paper/layouts": (6, 6),                 # x4: v1/v2/v3 x with/without L3
     "paper/permutation": (5, 5),             # x2: permute/none/shift/grid/random
     "paper/scale_110m": (2, 2),              # x2: B vs XL
+    "paper/size_sweep_x2": (12, 4),          # x2: the B family at 6 sizes, 4M..110M, x 2 seeds
     "search/warmup_attention_conv_depth": (24, 8),  # ASHA: 6 grid cells x 4 samples
     "paper/generalization": (1, 1),          # one model, noise + JPEG levels (online degradation)
     "paper/all_in_one": (1, 1),              # one model, five tasks (a mixture)
@@ -120,7 +122,10 @@ def test_full_scale_is_the_papers_setting(name):
         assert set(sets) <= set(TEST_SETS) and all(f"sr_x{model.scale}/" in v for v in cfg.data.val)
         if name in PAPER:
             assert sets == list(TEST_SETS)
-            assert model.dim >= 180, f"{point}: not a paper-size model"
+            if "model.params" in point:  # a size sweep reaches below B on purpose, from 4M
+                assert count_params(model) >= 3.8e6, f"{point}: not a paper-scale model"
+            else:
+                assert model.dim >= 180, f"{point}: not a paper-size model"
 
 
 @pytest.mark.parametrize("name", MIXTURE)
@@ -400,3 +405,13 @@ def test_depth_two_with_linear_stage_ends_is_warned_about(caplog):
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "hiir.study"]
     assert "model.tree_depth=2, model.stage_conv=linear" in warning and "across P x P patch borders" in warning
     assert "tree_depth=3" not in warning and "conv1" not in warning
+
+
+def test_asha_with_seeds_is_refused_and_sizes_within_5_percent_are_one_size():
+    from hiir.platform.study.spec import size_classes
+
+    with pytest.raises(ConfigError, match=r"scheduler.kind=asha with seeds > 1 .* biases its mean"):
+        parse_spec({**_good(), "seeds": 2, "scheduler": {"kind": "asha"}})
+    # dot vs cosine attention (16 logit scales more) is one size; 3.5x is another
+    assert size_classes([119_347, 119_331, 444_803, 460_000, 480_000]) == \
+        {119_331: 119_331, 119_347: 119_331, 444_803: 444_803, 460_000: 444_803, 480_000: 480_000}

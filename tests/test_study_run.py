@@ -54,18 +54,22 @@ def _history(workdir: Path, run_id: str, key: str):
 
 
 def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_path):
-    from hiir.platform.study.state import report_study
+    from hiir.platform import tracking
     from hiir.platform.study.run import run_study
+    from hiir.platform.study.state import report_study
 
-    # A learning rate of 1e-9 cannot learn in 30 steps: those trials are the weak ones.
-    spec = _write_spec(tmp_path / "asha.yaml", "asha-grid", {"lr": [2e-3, 1e-9], "attention": ["dot", "cosine"]},
+    # A fast small and a slow large model, each with a good lr and one of 1e-9, which cannot learn in 30 steps:
+    # those are the weak trials. Tune starts both good trials first (two at a time), so one ASHA over all four
+    # would meet the large model at step 10 with the small one ahead of it; each size must have its own rungs.
+    spec = _write_spec(tmp_path / "asha.yaml", "asha-grid", {"size": ["tiny_x2", "small_x2"], "lr": [2e-3, 1e-9]},
                        {"kind": "asha", "time_attr": "step", "grace_period": 10, "reduction_factor": 2})
     done = run_study(spec, workdir=workdir)
     assert len(done.results) == 4 and not any(r.error for r in done.results)
 
     runs = _children(workdir, done.parent_run_id)
     assert len(runs) == 4
-    assert {trial_axes(r.data.tags)["optim.lr"] for r in runs} == {"0.002", "1e-09"}
+    axes = {r.data.tags[tracking.TRIAL_TAG]: trial_axes(r.data.tags) for r in runs}
+    assert {a["optim.lr"] for a in axes.values()} == {"0.002", "1e-09"}
     stopped = [r for r in runs if r.info.status == "KILLED"]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert stopped, "ASHA stopped no trial"
@@ -74,17 +78,31 @@ def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_p
     assert all(last_step[r.info.run_id] < 30 and r.data.tags[STOPPED_EARLY_TAG] == "true" for r in stopped)
     assert all(last_step[r.info.run_id] == 30 for r in finished)
     assert all(trial_axes(r.data.tags)["optim.lr"] == "0.002" for r in finished)
+    assert {trial_axes(r.data.tags)["model.preset"] for r in finished} == {"tiny_x2", "small_x2"}  # large kept
+
+    for run in stopped:  # where and why it stopped, and only ever against trials of its own size
+        tags, size = run.data.tags, trial_axes(run.data.tags)["model.preset"]
+        compared = [t for t in tags[tracking.COMPARED_WITH_TAG].split(",") if t]
+        assert compared and all(axes[t]["model.preset"] == size for t in compared), (size, compared, axes)
+        assert run.data.tags[tracking.TRIAL_TAG] not in compared
+        assert 10 <= int(tags[tracking.STOPPED_AT_TAG]) <= last_step[run.info.run_id]
+        reason, group = tags[tracking.STOP_REASON_TAG], tags[tracking.STOP_GROUP_TAG]
+        assert reason.startswith("val_psnr ") and "below the cutoff" in reason, reason
+        assert group.startswith("params=") and group.endswith(" max_t=31"), group
+    assert not any(tracking.STOPPED_AT_TAG in r.data.tags for r in finished)
 
     report = report_study(str(done.directory), workdir=workdir)
     text = report.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| ") and "status" in line)
-    assert "optim.lr" in header and "model.attention" in header and "stopped early" in text
+    assert "optim.lr" in header and "model.preset" in header and "stopped early" in text
     for png in ("psnr_vs_params.png", "training_curves.png"):
         assert (done.directory / png).stat().st_size > 1000
 
 
 @pytest.mark.timeout(900)
 def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, ray_session, tmp_path):
+    from hiir.platform.tracking import TRIAL_TAG
+
     # Storage is a URI (file://, as s3:// would be on a cluster) and the study's local directory is
     # deleted after the kill, as a replaced head node loses it: resume starts from the Tune path.
     spec = _write_spec(tmp_path / "resume.yaml", "resume-study", {"attention": ["dot", "cosine"],
@@ -97,18 +115,33 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     state_file = workdir / "studies" / "resume-study" / "study.json"
+
+    def terminated_in_tune_state() -> set[str]:
+        """The trial ids that Tune's newest experiment state on the shared storage records as TERMINATED
+        (none while no state is there whole: Tune rewrites it every ~10 s)."""
+        states = sorted((tmp_path / "shared" / "studies" / "resume-study").glob("experiment_state-*.json"))
+        try:
+            trials = [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
+        except (IndexError, OSError, ValueError, KeyError):
+            return set()
+        return {t["trial_id"] for t in trials if t["status"] == "TERMINATED"}
+
     try:
         deadline = time.time() + 400
-        finished: set[str] = set()
+        finished: dict[str, str] = {}  # MLflow run id -> Tune trial id
+        recorded = False
         while time.time() < deadline and driver.poll() is None:
             if state_file.exists():
                 parent = json.loads(state_file.read_text())["parent_run_id"]
-                finished = {r.info.run_id for r in _children(workdir, parent) if r.info.status == "FINISHED"}
-                if finished:
-                    time.sleep(5)  # let Tune write its experiment state, as it would over a long run
+                finished = {r.info.run_id: r.data.tags[TRIAL_TAG] for r in _children(workdir, parent)
+                            if r.info.status == "FINISHED"}
+                # Kill once Tune's saved state knows them finished, the event a resume relies on.
+                recorded = bool(finished) and set(finished.values()) <= terminated_in_tune_state()
+                if recorded:
                     break
-            time.sleep(2)
+            time.sleep(1)
         assert finished, "no trial finished before the deadline"
+        assert recorded, f"Tune's experiment state never recorded the finished trials {sorted(finished.values())}"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-study, for real
         driver.wait()

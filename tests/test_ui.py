@@ -23,7 +23,10 @@ def _free_port() -> int:
 def test_ui_serves_the_store_and_stops(tmp_path):
     from hiir.platform.tracking import Store, default_tracking_uri
 
-    Store(default_tracking_uri(tmp_path)).experiment("probe-experiment", tmp_path)
+    store = Store(default_tracking_uri(tmp_path))
+    store.experiment("probe-experiment", tmp_path)
+    studies = store.experiment("probe-studies", tmp_path)
+    store.create_study_run(studies, "probe-study", scale="smoke", question="?", params={})
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "hiir.platform.cli", "ui", "--workdir", str(tmp_path),
@@ -46,6 +49,10 @@ def test_ui_serves_the_store_and_stops(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}" in out
+    # a link straight to the studies' runs table (MLflow 3 would open on its empty GenAI traces page)
+    assert f"studies in probe-studies: http://127.0.0.1:{port}/#/experiments/{studies}/runs" \
+           f"?workflowType=machine_learning" in out, out
+    assert "probe-experiment:" not in out  # no study there
 
 
 def test_only_loopback_binds_are_quiet():

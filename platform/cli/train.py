@@ -58,8 +58,8 @@ def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: i
     on = resolve_device(device)  # before loading anything: a wrong device is the cheapest error
     model = load_exported(weights).to(on)
     dirs = [str(Path(d).resolve()) if "://" not in d else d for d in datasets]
-    results, _ = evaluate_datasets(model, dirs, tile=tile, overlap=overlap, self_ensemble=self_ensemble,
-                                   progress=not as_json)
+    results = evaluate_datasets(model, dirs, tile=tile, overlap=overlap, self_ensemble=self_ensemble,
+                                progress=not as_json).metrics
     if as_json:
         click.echo(json.dumps(results, indent=1))
     else:

@@ -35,12 +35,24 @@ def ui(workdir: Path, tracking_uri: str | None, host: str, port: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     artifacts = workdir / "mlartifacts"
     click.echo(f"MLflow UI for {uri}\n  http://{host}:{port}   (Ctrl-C to stop)")
+    for name, link in study_links(uri, f"http://{host}:{port}").items():
+        click.echo(f"  studies in {name}: {link}")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port)]
     try:
         raise SystemExit(subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
     except KeyboardInterrupt:
         pass
+
+
+def study_links(uri: str, base_url: str) -> dict[str, str]:
+    """Experiment name -> the link that opens its runs table, trials nested under their study. MLflow 3
+    opens an experiment on its GenAI traces page, empty for training runs; `workflowType=machine_learning`
+    selects the model-training view."""
+    from hiir.platform.tracking import Store
+
+    return {name: f"{base_url}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+            for name, exp_id in Store(uri).study_experiments().items()}
 
 
 def exposure_warning(host: str) -> str | None:

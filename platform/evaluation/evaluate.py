@@ -5,11 +5,14 @@ headlines Y-channel PSNR (the papers' tables), restoration at scale 1 crops noth
 Both channels are always logged.
 
 Inference runs in fp32 on whatever device the model is on (a GPU where training ran on one); the metrics
-are computed on the host in float64.
+are computed on the host in float64. `baseline_scores` scores the trivial restoration (bicubic for SR,
+the degraded input otherwise) the same way, so every report can show the bar a model must clear.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +54,20 @@ def restore_array(model: nn.Module, lq: np.ndarray, *, tile: int = 0, overlap: i
     return out[0].permute(1, 2, 0).clamp_(0, 1).cpu().numpy()
 
 
+@dataclass
+class Scores:
+    """What scoring val sets gives: the metrics (what MLflow logs), the headline PSNR of every image (what
+    seed-noise verdicts pair by), and sample strips."""
+
+    metrics: dict[str, float]
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # set -> image name -> headline PSNR
+    strips: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+
 def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: int = 0, tile: int = 0,
                       overlap: int = 16, self_ensemble: bool = False, samples: int = 0,
                       tasks: dict[str, str] | None = None, progress: bool = False,
-                      shard: tuple[int, int] = (0, 1)) -> tuple[dict[str, float], list[tuple[str, np.ndarray]]]:
+                      shard: tuple[int, int] = (0, 1)) -> Scores:
     """Metrics per val set (`val/<set>/psnr|ssim|psnr_y|ssim_y`, `+` for self-ensemble) plus summaries.
 
     `val_psnr` is the mean headline PSNR over the sets (what studies rank by) and `val_mse` the mean
@@ -67,6 +80,34 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
     (so every rank must call this alike), averaged in image order as a single process would.
     Only rank 0 draws sample strips.
     """
+    def restore(lq: np.ndarray, scale: int) -> dict[str, np.ndarray]:
+        variants = {"": restore_array(model, lq, tile=tile, overlap=overlap)}
+        if self_ensemble:
+            variants["+"] = restore_array(model, lq, tile=tile, overlap=overlap, self_ensemble=True)
+        return variants
+
+    return _score(restore, model.config.in_channels, dataset_dirs, max_images=max_images, samples=samples,
+                  tasks=tasks, progress=progress, shard=shard)
+
+
+def baseline_scores(dataset_dirs: list[str], *, max_images: int = 0, channels: int = 3) -> Scores:
+    """The trivial restoration of the same images, scored the same way: MATLAB bicubic upsampling of the LQ
+    image for SR sets (scale > 1), the LQ image itself (identity) for restoration sets."""
+    from hiir.data_prep import imresize
+
+    def restore(lq: np.ndarray, scale: int) -> dict[str, np.ndarray]:
+        return {"": imresize(lq, scale) / 255.0 if scale > 1 else lq / 255.0}
+
+    return _score(restore, channels, dataset_dirs, max_images=max_images)
+
+
+def baseline_name(scale: int) -> str:
+    return "bicubic" if scale > 1 else "identity (the degraded input)"
+
+
+def _score(restore: Callable[[np.ndarray, int], dict[str, np.ndarray]], channels: int, dataset_dirs: list[str], *,
+           max_images: int = 0, samples: int = 0, tasks: dict[str, str] | None = None, progress: bool = False,
+           shard: tuple[int, int] = (0, 1)) -> Scores:
     from tqdm import tqdm
 
     from hiir.data_prep import iter_val, load_manifest
@@ -75,12 +116,13 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
 
     rank, world = shard
     results: dict[str, float] = {}
+    per_image: dict[str, dict[str, float]] = {}
     headline, strips, per_task = [], [], {}
     for directory in dataset_dirs:
         manifest = load_manifest(directory, verify=False)
         name = dataset_name(directory)
-        border, headline_key = sr_convention(manifest.scale, model.config.in_channels)
-        rows: dict[str, list[tuple[int, float]]] = {}  # metric -> (image index, value)
+        border, headline_key = sr_convention(manifest.scale, channels)
+        rows: dict[str, list[tuple[int, str, float]]] = {}  # metric -> (image index, image name, value)
         total = min(manifest.rows("val"), max_images) if max_images else manifest.rows("val")
         images = tqdm(iter_val(directory), desc=name, total=total, unit="img", disable=not progress, leave=False)
         for i, (image, lq, gt) in enumerate(images):
@@ -88,13 +130,11 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
                 break
             if i % world != rank:
                 continue
-            variants = {"": restore_array(model, lq, tile=tile, overlap=overlap)}
-            if self_ensemble:
-                variants["+"] = restore_array(model, lq, tile=tile, overlap=overlap, self_ensemble=True)
+            variants = restore(lq, manifest.scale)
             for suffix, out in variants.items():
                 for metric, value in shave_y_metrics(to_uint8(out), gt, border).items():
                     if gt.shape[-1] == 3 or not metric.endswith("_y"):  # grey sets have no Y of their own
-                        rows.setdefault(metric + suffix, []).append((i, value))
+                        rows.setdefault(metric + suffix, []).append((i, image, value))
             if rank == 0 and len(strips) < samples:
                 strips.append((f"{name}_{image}", plot_strip(lq, to_uint8(variants[""]), gt, None)))
         if world > 1:
@@ -102,7 +142,8 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
         if not rows:
             raise HiirError(f"validation set {directory} has no images")
         for key, values in rows.items():
-            results[f"val/{name}/{key}"] = float(np.mean([v for _, v in sorted(values)]))
+            results[f"val/{name}/{key}"] = float(np.mean([v for *_, v in sorted(values)]))
+        per_image[name] = {image: value for _, image, value in sorted(rows[headline_key])}
         headline.append(results[f"val/{name}/{headline_key}"])
         if tasks and directory in tasks:
             ssim_key = headline_key.replace("psnr", "ssim")
@@ -113,15 +154,15 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
     psnrs = np.array(headline)
     results["val_psnr"] = float(psnrs.mean())
     results["val_mse"] = float(np.mean(10 ** (-psnrs / 10)))  # per-set MSE on [0,1] pixels, averaged
-    return results, strips
+    return Scores(results, per_image, strips)
 
 
-def _gather_rows(rows: dict[str, list[tuple[int, float]]], world: int) -> dict[str, list[tuple[int, float]]]:
+def _gather_rows(rows: dict[str, list[tuple]], world: int) -> dict[str, list[tuple]]:
     import torch.distributed as dist
 
     parts: list[dict | None] = [None] * world
     dist.all_gather_object(parts, rows)
-    merged: dict[str, list[tuple[int, float]]] = {}
+    merged: dict[str, list[tuple]] = {}
     for part in parts:
         for key, values in (part or {}).items():
             merged.setdefault(key, []).extend(values)

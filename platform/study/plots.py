@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from hiir.platform.study.scaling import PowerLawFit
 
-__all__ = ["plot_scaling", "plot_curves"]
+__all__ = ["plot_curves", "plot_effects", "plot_scaling"]
 
 #: Resolution of every report PNG; a figure of size (w, h) inches is exactly (w*DPI, h*DPI) pixels
 #: (constrained layout, no tight bounding box, so sizes are predictable).
@@ -80,6 +80,7 @@ def plot_scaling(
     logx: bool = True,
     logy: bool = False,
     fit_to_y: Callable[[np.ndarray], np.ndarray] | None = None,
+    hlines: Mapping[str, float] | None = None,
     title: str = "Scaling",
 ) -> Path:
     """Scatter ``y_key`` against ``x_key`` over ``points`` (e.g. one dict per trial) and write a PNG.
@@ -91,6 +92,7 @@ def plot_scaling(
     pointwise bootstrap band. The fit lives in loss/MSE space; when ``y_key`` is another quantity
     pass ``fit_to_y`` to map the curve onto it (e.g. ``scaling.mse_to_psnr`` for a PSNR axis).
     Log axes need positive values: with ``logx`` non-positive x are skipped as well.
+    ``hlines`` draws labelled horizontal references (the baseline every trial must clear).
     """
     plt = _pyplot()
     xs: list[float] = []
@@ -147,6 +149,8 @@ def plot_scaling(
                 ax.fill_between(grid, b1, b2, color="grey", alpha=0.25, zorder=1,
                                 label=f"{fit.ci:.0%} bootstrap band ({fit.bootstrap})")
 
+        for (name, value), style in zip((hlines or {}).items(), ("--", ":", "-.")):
+            ax.axhline(value, color="tab:red", ls=style, lw=1.1, zorder=1, label=f"{name} ({value:.2f})")
         if logx:
             ax.set_xscale("log")
         if logy:
@@ -204,6 +208,30 @@ def plot_curves(
         if ax.get_legend_handles_labels()[0]:
             n = len(ax.get_legend_handles_labels()[0])
             ax.legend(fontsize=7, ncol=1 if n <= 8 else 2, loc="best")
+        return _save_figure(fig, path)
+    except BaseException:
+        plt.close(fig)
+        raise
+
+
+def plot_effects(effects: Sequence[tuple[str, float, float, float, bool]], path: str | os.PathLike[str], *,
+                 unit: str = "dB", title: str = "Effects") -> Path:
+    """A forest plot: one row per ``(label, mean, ci_low, ci_high, real)``, its interval as a bar, and a zero
+    line; effects whose interval excludes zero are drawn solid, the others hollow (within seed noise)."""
+    plt = _pyplot()
+    height = max(2.2, 0.45 * len(effects) + 1.2)
+    fig, ax = plt.subplots(figsize=(SCALING_FIGSIZE[0], height), layout="constrained")
+    try:
+        for row, (label, mean, lo, hi, real) in enumerate(reversed(effects)):
+            finite = all(math.isfinite(v) for v in (lo, hi))
+            if finite:
+                ax.plot([lo, hi], [row, row], color="black", lw=1.4)
+            ax.plot([mean], [row], "o", color="black", mfc="black" if real else "white", ms=6)
+        ax.axvline(0.0, color="tab:red", lw=1.0, ls="--")
+        ax.set_yticks(range(len(effects)), [e[0] for e in reversed(effects)], fontsize=7)
+        ax.set_xlabel(f"effect ({unit}); filled: beyond seed noise, hollow: within it")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
         return _save_figure(fig, path)
     except BaseException:
         plt.close(fig)

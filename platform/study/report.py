@@ -1,44 +1,22 @@
 """`hiir study report`: the study's answer, read back from MLflow (the source of truth).
 
-Writes `report.md` and PNG plots into the study directory and logs them to the parent run:
-- the results table, laid out like the paper's, with the paper's numbers beside ours (`expected`);
-- PSNR and loss against parameters and against training compute (FLOPs x steps);
-- a scaling-law fit L(N) = a*N^-alpha + c in MSE space with bootstrap intervals, when size varies;
-- training curves per trial.
+`collect_trials` reads every trial run under the study's run (params, metrics, loss curve, tags and the
+per-image scores of its last validation); `analysis.analyse` computes the answer; `markdown` words it.
+`write_report` writes `report.md`, `results.json` and the plots into the study directory, logs them to the
+study's run, and sets the study run's headline metrics (best PSNR, the baseline, the fitted exponent, the
+held-out error), so the MLflow runs table shows the answer beside the trials.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
 from pathlib import Path
-from typing import Any
 
 from hiir.data_prep.files import write_atomic
 from hiir.platform import tracking
 from hiir.platform.errors import HiirError
-from hiir.platform.evaluation.metrics import sr_convention
-
-
-@dataclass
-class Trial:
-    run_id: str
-    name: str
-    status: str
-    axes: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]
-    curve: tuple[list[int], list[float]]
-    synthetic: tuple[str, ...] = ()  # val sets that are synthetic stand-ins (tracking.SYNTHETIC_TAG)
-
-    @property
-    def n_params(self) -> float | None:
-        value = self.params.get("model.num_params")
-        return float(value) if value else None
-
-    @property
-    def compute(self) -> float | None:
-        flops, steps = self.params.get("flops_per_step"), self.metrics.get("step")
-        return float(flops) * steps if flops and steps else None
+from hiir.platform.study.analysis import Analysis, Trial, analyse, headline_metrics
+from hiir.platform.study.markdown import label, render_markdown
 
 
 def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
@@ -46,180 +24,71 @@ def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
     trials = []
     for run in sorted(store.children(parent_run_id), key=lambda r: r.info.start_time or 0):
         history = store.history(run.info.run_id, "loss")
-        curve = ([m.step for m in history], [m.value for m in history])
-        axes = tracking.trial_axes(run.data.tags)
-        synthetic = tuple(s for s in run.data.tags.get(tracking.SYNTHETIC_TAG, "").split(",") if s)
-        trials.append(Trial(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status, axes,
-                            run.data.params, run.data.metrics, curve, synthetic))
+        tags = run.data.tags
+        per_image = store.json_artifact(run.info.run_id, tracking.VAL_IMAGES) if run.info.status == "FINISHED" else None
+        trials.append(Trial(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status,
+                            tracking.trial_axes(tags), run.data.params, run.data.metrics,
+                            ([m.step for m in history], [m.value for m in history]),
+                            tuple(s for s in tags.get(tracking.SYNTHETIC_TAG, "").split(",") if s),
+                            per_image or {}, dict(tags)))
     return trials
 
 
 def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str) -> Path:
-    """Build report.md and the plots; log them to the parent run. Returns the report's path."""
-    from hiir.platform.study.plots import plot_curves, plot_scaling
-    from hiir.platform.study.scaling import fit_power_law, mse_to_psnr
-
+    """Build report.md and the plots; log them and the headline metrics to the study run. Returns the path."""
+    store = tracking.Store(tracking_uri)
     trials = collect_trials(tracking_uri, parent_run_id)
     if not trials:
         raise HiirError(f"study {spec.name!r} has no trial runs under MLflow run {parent_run_id}")
+    parent = store.get_run(parent_run_id)
+    analysis = analyse(trials, parent_metrics=parent.data.metrics, parent_tags=parent.data.tags, mode=spec.mode)
     directory.mkdir(parents=True, exist_ok=True)
-    done = [t for t in trials if "val_psnr" in t.metrics and t.n_params]
-    points = [{"label": _label(t), "params": t.n_params, "compute": t.compute, "psnr": t.metrics["val_psnr"],
-               "mse": t.metrics.get("val_mse"), "loss": t.metrics.get("loss")} for t in done]
-    plots: list[Path] = []
-    fit = None
-    best = _best_per_size(points)
-    if len(best) >= 3:
-        fit = fit_power_law([p["params"] for p in best], [p["mse"] for p in best], n_boot=300)
-    if points:
-        plots.append(plot_scaling(points, "params", "psnr", directory / "psnr_vs_params.png", label_key="label",
-                                  fit=fit, fit_to_y=mse_to_psnr if fit else None,
-                                  title=f"{spec.name}: PSNR vs parameters"))
-        plots.append(plot_scaling(points, "params", "loss", directory / "loss_vs_params.png", label_key="label",
-                                  title=f"{spec.name}: final train loss vs parameters"))
-        with_compute = [p for p in points if p["compute"]]
-        if with_compute:
-            plots.append(plot_scaling(with_compute, "compute", "psnr", directory / "psnr_vs_compute.png",
-                                      label_key="label", title=f"{spec.name}: PSNR vs training FLOPs"))
-            plots.append(plot_scaling(with_compute, "compute", "loss", directory / "loss_vs_compute.png",
-                                      label_key="label", title=f"{spec.name}: final train loss vs training FLOPs"))
-    curves: dict[str, tuple[list[int], list[float]]] = {}
-    for t in trials:
-        label = _label(t)
-        if t.curve[0]:  # sampled searches can repeat a point: the run name keeps both curves
-            curves[label if label not in curves else f"{label} ({t.name})"] = t.curve
-    if curves:
-        plots.append(plot_curves(curves, directory / "training_curves.png", ylabel="train loss (L1)",
-                                 title=f"{spec.name}: training curves"))
-
-    text = render_markdown(spec, trials, fit, plots, sizes=len(best))
+    plots = draw_plots(spec.name, analysis, directory)
     report = directory / "report.md"
-    write_atomic(report, text)
+    write_atomic(report, render_markdown(spec, analysis, plots))
     write_atomic(directory / "results.json", json.dumps(
         [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
           "n_params": t.n_params, "compute": t.compute} for t in trials], indent=1))
-    _log_to_parent(tracking_uri, parent_run_id, [report, directory / "results.json", *plots])
+    for path in (report, directory / "results.json", *plots):
+        store.log_artifact(parent_run_id, path, "report")
+    store.log_metrics(parent_run_id, headline_metrics(analysis), 0, int(time.time() * 1000))
     return report
 
 
-def results_table(spec, trials: list[Trial]) -> list[dict[str, Any]]:
-    """One row per trial: axes, size, status, per-set headline PSNR, and the paper's number beside it."""
-    rows = []
-    expected = (spec.expected or {}).get("rows", [])
-    for t in trials:
-        row: dict[str, Any] = {**{k: _fmt_axis(v) for k, v in t.axes.items()}, "params (M)": _fmt_m(t.n_params),
-                               "status": _status(t)}
-        _, headline = sr_convention(int(t.params.get("resolved_model.scale", 1)),
-                                    int(t.params.get("resolved_model.in_channels", 3)))
-        order = _set_order(t)
-        sets = {k.split("/")[1] for k in t.metrics if k.startswith("val/") and k.count("/") == 2}
-        for name in sorted(sets, key=lambda n: (order.get(n, len(order)), n)):
-            value = t.metrics.get(f"val/{name}/{headline}", t.metrics.get(f"val/{name}/psnr"))
-            if value is not None:
-                row[name + ("*" if name in t.synthetic else "")] = f"{value:.2f}"
-        for key, value in sorted(t.metrics.items()):  # a mixture's per-task means (over its levels)
-            parts = key.split("/")
-            if len(parts) == 3 and parts[0] == "val_task" and parts[2] == "psnr":
-                row[f"{parts[1]} (mean)"] = f"{value:.2f}"
-        if "val_psnr" in t.metrics:
-            row["mean PSNR"] = f"{t.metrics['val_psnr']:.2f}"
-        for exp in expected:
-            if all(str(t.axes.get(k, t.params.get(k))) == str(v) for k, v in (exp.get("match") or {}).items()):
-                row["paper"] = ", ".join(f"{k} {v}" for k, v in exp.get("values", {}).items())
-                break
-        rows.append(row)
-    return rows
+def draw_plots(name: str, a: Analysis, directory: Path) -> list[Path]:
+    """PSNR against size (with each size law and the baseline) and against compute, the effects against seed
+    noise, and the training curves."""
+    from hiir.platform.study.plots import plot_curves, plot_effects, plot_scaling
+    from hiir.platform.study.scaling import mse_to_psnr
 
-
-def _set_order(t: Trial) -> dict[str, int]:
-    """Val set name -> position in the trial's data.val (the config's order, e.g. the paper's columns)."""
-    import ast
-
-    try:
-        sets = ast.literal_eval(t.params.get("data.val", "[]"))
-    except (ValueError, SyntaxError):
-        return {}
-    return {Path(str(v).rstrip("/")).name: i for i, v in enumerate(sets)}
-
-
-def render_markdown(spec, trials: list[Trial], fit, plots: list[Path], *, sizes: int = 0) -> str:
-    rows = results_table(spec, trials)
-    failed = [t for t in trials if t.status == "FAILED"]
-    lines = [f"# Study `{spec.name}`", "", spec.question or "", ""]
-    lines += [f"{len(trials)} trials: {sum(_status(t) == 'done' for t in trials)} finished, "
-              f"{len(failed)} failed, {sum(_status(t) == 'stopped early' for t in trials)} stopped early "
-              f"by the scheduler.", ""]
-    lines += ["## Results", "", markdown_table(rows), ""]
-    synthetic = sorted({s for t in trials for s in t.synthetic})
-    if synthetic:
-        lines += [f"\\* synthetic stand-in (not the real benchmark; numbers are not comparable with the paper's): "
-                  f"{', '.join(synthetic)}. See each dataset's manifest.json (degradation.synthetic_stand_in).", ""]
-    if spec.expected:
-        lines += [f"## The paper's numbers ({spec.expected.get('table', 'expected')})", "",
-                  spec.expected.get("note", ""), "",
-                  markdown_table([{**(r.get("match") or {}), **{k: v for k, v in r.get("values", {}).items()}}
-                                  for r in spec.expected.get("rows", [])]), ""]
-        if spec.expected.get("baselines"):
-            lines += ["Other methods in the same table:", "", markdown_table(spec.expected["baselines"]), ""]
-    if fit is not None:
-        lines += ["## Scaling law", "", "Fitted in MSE space on the best trial per size (sizes within 5% grouped): "
-                  "L(N) = a·N^(-alpha) + c, with 95% bootstrap intervals.", "",
-                  markdown_table([{"coef": k, "value": f"{getattr(fit, k):.4g}",
-                                   "95% interval": "[{:.4g}, {:.4g}]".format(*getattr(fit, k + "_ci"))}
-                                  for k in ("a", "alpha", "c")]), ""]
-    elif sizes:
-        lines += ["## Scaling law", "", f"Not fitted: the finished trials cover {sizes} model size(s); "
-                  "L(N) = a·N^(-alpha) + c needs at least 3.", ""]
-    if failed:
-        lines += ["## Failed trials", ""] + [f"- `{t.name}` ({t.run_id})" for t in failed] + [""]
-    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    return "\n".join(lines) + "\n"
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(none)"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def _best_per_size(points: list[dict], tolerance: float = 0.05) -> list[dict]:
-    """The best trial of each model size. Sizes within 5% are one size: knobs such as cosine
-    attention's logit scale or tree depth change the count slightly without making a new size."""
-    best: list[dict] = []
-    for p in sorted((p for p in points if p["mse"] is not None), key=lambda p: p["params"]):
-        if best and p["params"] <= best[-1]["_group_start"] * (1 + tolerance):
-            if p["mse"] < best[-1]["mse"]:
-                best[-1] = {**p, "_group_start": best[-1]["_group_start"]}
-        else:
-            best.append({**p, "_group_start": p["params"]})
-    return best
-
-
-def _status(t: Trial) -> str:
-    return {"FINISHED": "done", "KILLED": "stopped early", "RUNNING": "running"}.get(t.status, t.status.lower())
-
-
-def _label(t: Trial) -> str:
-    return ",".join(f"{v}" for v in t.axes.values()) or t.name
-
-
-def _fmt_axis(value: str) -> str:
-    """Sampled floats (a loguniform learning rate) print with 4 significant digits."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return value if number.is_integer() or len(value) <= 8 else f"{number:.4g}"
-
-
-def _fmt_m(n: float | None) -> str:
-    return f"{n / 1e6:.3f}" if n else ""
-
-
-def _log_to_parent(uri: str, run_id: str, paths: list[Path]) -> None:
-    store = tracking.Store(uri)
-    for path in paths:
-        store.log_artifact(run_id, path, "report")
+    done = [t for t in a.trials if t.done and t.n_params]
+    points = [{"label": label(t), "params": t.n_params, "compute": t.compute, "psnr": t.metrics["val_psnr"],
+               "loss": t.metrics.get("loss"), "size": f"{t.n_params / 1e6:.3g}M"} for t in done]
+    hlines = {a.baseline_name: a.baseline["val_psnr"]} if "val_psnr" in a.baseline else None
+    fits = [law.fit for law in a.laws if law.fit is not None]
+    plots: list[Path] = []
+    if points:
+        labelled = len(points) <= 12  # beyond that, labels pile up; the table names every trial
+        plots.append(plot_scaling(points, "params", "psnr", directory / "psnr_vs_params.png",
+                                  label_key="label" if labelled else None, fit=fits[0] if len(fits) == 1 else None,
+                                  fit_to_y=mse_to_psnr, hlines=hlines, title=f"{name}: PSNR vs parameters"))
+        with_compute = [p for p in points if p["compute"]]
+        if with_compute:
+            plots.append(plot_scaling(with_compute, "compute", "psnr", directory / "psnr_vs_compute.png",
+                                      group_key="size", hlines=hlines, title=f"{name}: PSNR vs training FLOPs"))
+        plots.append(plot_scaling(points, "params", "loss", directory / "loss_vs_params.png",
+                                  label_key="label" if labelled else None,
+                                  title=f"{name}: final train loss vs parameters"))
+    judged = [e for e in a.effects if e.n_pairs >= 2]
+    if judged:
+        plots.append(plot_effects([(f"{e.axis}: {e.level} vs {e.reference}", e.mean_db, *e.ci_db, e.verdict == "real")
+                                   for e in judged], directory / "effects.png",
+                                  title=f"{name}: effects against seed noise (95% intervals)"))
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for t in a.trials:
+        if t.curve[0]:  # sampled searches can repeat a point: the run name keeps both curves
+            curves[label(t) if label(t) not in curves else f"{label(t)} ({t.name})"] = t.curve
+    if curves:
+        plots.append(plot_curves(curves, directory / "training_curves.png", ylabel="train loss (L1)",
+                                 title=f"{name}: training curves"))
+    return plots

@@ -8,6 +8,7 @@ closed as Tune saw it: finished, stopped early by the scheduler, or failed.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from hiir.platform import tracking
 from hiir.platform.config import TrainConfig, load_config
 from hiir.platform.errors import HiirError
-from hiir.platform.study.spec import StudySpec, find_spec, load_spec, parse_spec
+from hiir.platform.study.spec import StudySpec, find_spec, load_spec, parse_spec, size_classes
 from hiir.platform.study.state import read_state, study_dir, write_state
 from hiir.platform.train.checks import check_cluster_paths, check_fits_locally, check_storage, resolve_datasets
 from hiir.platform.train.fit import fit_run
@@ -89,7 +90,7 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     tune_root = storage_root(workdir) + "/studies"  # Tune and trial checkpoints: shared storage on a cluster
     check_storage(tune_root)
     base = spec.trial_config(spec.finite_points()[0])  # a representative trial: resources, datasets, seed
-    resolve_datasets(base, workdir)  # build demo data / verify manifests once, here
+    resolved = resolve_datasets(base, workdir)  # build demo data / verify manifests once, here
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
     # Embedded Ray gets one spare logical CPU for the (sleeping) trial and controller actors.
@@ -103,6 +104,7 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
         store.experiment(experiment, workdir), spec.name, scale=scale, question=spec.question,
         params={"study.trials": spec.trial_count, "study.scale": scale, "study.search": search,
                 "study.spec": str(path)})
+    log_baseline(store, parent_run_id, resolved)
     state = {"name": spec.name, "base": spec.base,  # what a trial needs: the base, validated here, once
              "raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),
              "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_run_id,
@@ -136,6 +138,21 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
                                resume_errored=True, param_space=param_space(spec, state["search"]))
     return _finish(spec.name, directory, state, tuner.fit())
 
+def log_baseline(store: tracking.Store, run_id: str, cfg: TrainConfig) -> dict[str, float]:
+    """Score the trivial restoration (bicubic for SR, the degraded input otherwise) on the study's val
+    images, with the trials' metric, and log it on the study run: the bar every model must clear."""
+    import time
+
+    from hiir.platform.evaluation.evaluate import baseline_name, baseline_scores
+
+    model = cfg.model_config()
+    metrics = baseline_scores(cfg.data.val, max_images=cfg.eval.max_images, channels=model.in_channels).metrics
+    store.log_metrics(run_id, {f"{tracking.BASELINE_PREFIX}{k}": v for k, v in metrics.items()}, 0,
+                      int(time.time() * 1000))
+    store.set_tags(run_id, {tracking.BASELINE_TAG: baseline_name(model.scale)})
+    return metrics
+
+
 def _trainable(state: dict[str, Any]):
     from ray import tune
 
@@ -143,16 +160,39 @@ def _trainable(state: dict[str, Any]):
 
 def _tuner(spec: StudySpec, state: dict[str, Any]):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+
+    from hiir.models import count_params
+    from hiir.platform.study.schedulers import GroupedASHA, journal_path
+    from hiir.platform.train.checks import apply_budget, model_stats
 
     base = spec.trial_config(spec.finite_points()[0])
     scheduler = None
     if spec.scheduler.kind == "asha":
-        # max_t one past the last step: ASHA stops any trial that reaches max_t, which would kill a
-        # finished trial before it exports its weights and closes its MLflow run.
-        scheduler = ASHAScheduler(time_attr=spec.scheduler.time_attr, max_t=base.optim.max_steps + 1,
-                                  grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor)
+        sizes: dict[str, tuple[str, int]] = {}  # a trial's values -> (its group, its step count), counted once
+        classes = size_classes([count_params(spec.trial_config(p).model_config()) for p in spec.finite_points()])
+
+        def size(params: dict[str, Any]) -> tuple[str, int]:
+            key = json.dumps(params, sort_keys=True, default=str)
+            if key not in sizes:  # resolved as run_trial and fit_run resolve it
+                cfg = load_config(state["base"], values=params)
+                count = count_params(cfg.model_config())
+                group, steps = f"params={classes.get(count, count)}", cfg.optim.max_steps
+                if cfg.budget.flops is not None:
+                    group += f" flops={cfg.budget.flops:g}"
+                    try:
+                        steps = apply_budget(cfg, model_stats(cfg)["flops_per_step"]).optim.max_steps
+                    except HiirError:  # a budget too small for this size: the trial fails on its own, as before
+                        pass
+                sizes[key] = group, steps
+            return sizes[key]
+
+        # ASHA compares a trial only with trials of its size and budget (a bigger model starts slower), and
+        # max_t is one past the trial's own last step: ASHA stops any trial that reaches max_t, which would
+        # kill a finished trial before it exports its weights and closes its MLflow run.
+        scheduler = GroupedASHA(lambda params: size(params)[0], lambda params: size(params)[1] + 1,
+                                time_attr=spec.scheduler.time_attr, grace_period=spec.scheduler.grace_period,
+                                reduction_factor=spec.scheduler.reduction_factor,
+                                journal=journal_path(state["tune_path"], state["parent_run_id"]))
     search_alg = None
     num_samples = spec.num_samples
     if state["search"] == "optuna":
@@ -172,7 +212,16 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
 
 def _finish(name: str, directory: Path, state: dict[str, Any], results) -> StudyRun:
     """Close the MLflow runs as Tune saw the trials: finished, stopped early by the scheduler, or failed."""
+    from hiir.platform.study.schedulers import journal_path, read_decisions
+
     errors = sum(1 for r in results if r.error is not None)
+    try:  # ASHA's stop decisions, for the stopped runs' tags; the runs close without them too
+        stops = {d.trial_id: d for d in read_decisions(journal_path(state["tune_path"], state["parent_run_id"]))}
+    except Exception as exc:  # noqa: BLE001
+        import logging
+
+        logging.getLogger("hiir.study").warning("could not read the scheduler's stop decisions: %r", exc)
+        stops = {}
     try:
         store = tracking.Store(state["tracking_uri"])
         runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in store.children(state["parent_run_id"])}
@@ -186,7 +235,13 @@ def _finish(name: str, directory: Path, state: dict[str, Any], results) -> Study
                 reason = str(result.error).strip().splitlines()[-1][:500]
                 store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: reason})
             elif run.info.status != "FINISHED":  # the scheduler stopped it before its last step
-                store.close(run.info.run_id, "KILLED", {tracking.STOPPED_EARLY_TAG: "true"})
+                tags = {tracking.STOPPED_EARLY_TAG: "true"}
+                stop = stops.get(result.metrics["trial_id"])
+                if stop is not None:  # where, why, and against which trials of its group
+                    tags.update({tracking.STOPPED_AT_TAG: str(stop.t), tracking.STOP_REASON_TAG: stop.reason,
+                                 tracking.COMPARED_WITH_TAG: ",".join(stop.compared_with),
+                                 tracking.STOP_GROUP_TAG: stop.group})
+                store.close(run.info.run_id, "KILLED", tags)
         for run in runs.values():  # a trial that died before its first report left no result to match
             if run.info.run_id not in seen and run.info.status == "RUNNING":
                 store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: "the trial ended before its first report"})

@@ -26,13 +26,22 @@ Conventions:
   and perturbs the losses with the fit's own, centred, log residuals inflated by
   ``sqrt(n / (n - 3))`` for the degrees of freedom the fit used. With exactly as many points as
   parameters the fit interpolates, there is no residual information, and the intervals are NaN.
+* Two intervals answer two questions. :meth:`PowerLawFit.predict_interval` is the band of the
+  mean curve (where the law is). :meth:`PowerLawFit.prediction_interval` is where a new
+  measurement will fall: each replicate's prediction plus resampled (centred, dof-inflated) log
+  residuals. With a few degrees of freedom the noise scale is itself uncertain, and a fixed
+  scale makes the interval too narrow, so each replicate's deviation from the fit and its
+  residuals are scaled together by ``sqrt(dof / chi2_dof)``, a draw of ``sigma / s`` for normal
+  noise (the bootstrap analogue of Student's t instead of the normal).
+* :func:`held_out` checks the law out of sample: it fits all but the largest size, predicts the
+  largest with a prediction interval, and reports predicted against measured in dB of PSNR.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -40,7 +49,9 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 __all__ = [
     "PowerLawFit",
+    "HeldOut",
     "fit_power_law",
+    "held_out",
     "psnr_to_mse",
     "mse_to_psnr",
     "PAIRS_MIN_SIZES",
@@ -53,6 +64,7 @@ _ALPHA_MAX = 3.0
 _A_MIN = 1e-300  # a > 0 strictly; the optimiser keeps iterates inside the box anyway
 _ALPHA_STARTS = (0.05, 0.2, 0.5, 1.0, 2.0)
 _C_START_FRACTIONS = (0.0, 0.5, 0.9)  # of min(L)
+_DRAWS_PER_REPLICATE = 20  # residual draws per replicate curve in a prediction interval (smooths its tails)
 
 
 def psnr_to_mse(psnr: float | np.ndarray) -> float | np.ndarray:
@@ -80,7 +92,8 @@ class PowerLawFit:
     ``bootstrap`` says how they were made: ``"pairs"``, ``"residuals"`` or ``"none"``.
     ``rms_log_residual`` is the RMS of ``log L - log L_fit`` (about the relative error; for MSE,
     multiply by 10/ln 10 for dB of PSNR). ``boot_params`` holds the replicate ``(a, alpha, c)``
-    used by :meth:`predict_interval`; it is left out of :meth:`to_dict`.
+    used by :meth:`predict_interval`; it is left out of :meth:`to_dict`. ``log_residuals`` are
+    ``log L - log L_fit`` per point, in input order (used by :meth:`prediction_interval`).
     """
 
     a: float
@@ -97,6 +110,7 @@ class PowerLawFit:
     bootstrap: str
     rms_log_residual: float
     boot_params: tuple[tuple[float, float, float], ...] = field(default=(), repr=False, compare=False)
+    log_residuals: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def predict(self, n: float | np.ndarray) -> float | np.ndarray:
         """The fitted loss at ``n`` parameters (scalar in, float out; array in, array out)."""
@@ -108,7 +122,8 @@ class PowerLawFit:
         """Pointwise ``ci`` band of the bootstrap replicate curves at ``n`` (NaN without replicates).
 
         Taken over whole replicate curves rather than combined from the marginal intervals,
-        since a, alpha and c are strongly correlated.
+        since a, alpha and c are strongly correlated. This is where the mean curve is; where a
+        new measurement will fall is :meth:`prediction_interval`.
         """
         n_arr = np.atleast_1d(np.asarray(n, dtype=np.float64))
         if not self.boot_params or not all(math.isfinite(v) for v in self.a_ci):
@@ -119,10 +134,41 @@ class PowerLawFit:
         q = (1.0 - self.ci) / 2.0
         return np.quantile(curves, q, axis=0), np.quantile(curves, 1.0 - q, axis=0)
 
+    def prediction_interval(
+        self, n: float | np.ndarray, *, n_replicates: int = 1, ci: float | None = None, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a new measurement at ``n`` falls (the mean loss of ``n_replicates`` runs), at level ``ci``.
+
+        ``ci`` defaults to the fit's. Per replicate curve ``b``: the fit, plus ``g_b`` times (the
+        curve's deviation from the fit, plus the log of the mean of ``exp(e)`` over ``n_replicates``
+        residuals ``e`` drawn from the centred, dof-inflated log residuals), where
+        ``g_b = sqrt(dof / chi2_dof)`` redraws the noise scale (see the module docstring). Without
+        the redraw, 95% intervals covered 89-90% at 5-6 dof and 64% at 1 dof in simulations.
+        NaN where :meth:`predict_interval` is.
+        """
+        n_arr = np.atleast_1d(np.asarray(n, dtype=np.float64))
+        dof = self.n_points - _N_PARAMS
+        if np.isnan(self.predict_interval(n_arr)[0]).all() or len(self.log_residuals) != self.n_points:
+            nan = np.full(n_arr.shape, np.nan)
+            return nan, nan.copy()
+        rng = np.random.default_rng(seed)
+        p = np.repeat(np.asarray(self.boot_params, dtype=np.float64), _DRAWS_PER_REPLICATE, axis=0)
+        log_curves = np.log(p[:, 0:1] * np.power(n_arr[None, :], -p[:, 1:2]) + p[:, 2:3])  # B, m
+        log_fit = np.log(np.atleast_1d(self.predict(n_arr)))[None, :]
+        r = np.asarray(self.log_residuals, dtype=np.float64)
+        centred = (r - r.mean()) * math.sqrt(self.n_points / dof)
+        e = rng.choice(centred, size=(p.shape[0], n_arr.size, n_replicates), replace=True)
+        noise = np.log(np.mean(np.exp(e), axis=2))  # a mean of MSEs, averaged in MSE space
+        g = np.sqrt(dof / rng.chisquare(dof, size=(p.shape[0], 1)))
+        new_log = log_fit + g * (log_curves - log_fit + noise)
+        q = (1.0 - (self.ci if ci is None else ci)) / 2.0
+        return np.exp(np.quantile(new_log, q, axis=0)), np.exp(np.quantile(new_log, 1.0 - q, axis=0))
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (floats unrounded, intervals as 2-lists, no replicate samples)."""
+        """JSON-friendly summary (floats unrounded, intervals and residuals as lists, no replicate samples)."""
         d = asdict(self)
         d.pop("boot_params")
+        d["log_residuals"] = [float(v) for v in d["log_residuals"]]
         for key in ("a_ci", "alpha_ci", "c_ci"):
             d[key] = [float(v) for v in d[key]]
         return d
@@ -289,4 +335,72 @@ def fit_power_law(
         bootstrap=method,
         rms_log_residual=rms,
         boot_params=tuple(samples),
+        log_residuals=tuple(float(v) for v in resid),
     )
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The law fitted without the largest size, against that size's measurement, in dB of PSNR.
+
+    ``predicted_psnr`` is the fit's value at ``n_params`` and ``interval_psnr`` its ``ci``
+    prediction interval for the mean MSE of ``n_replicates`` runs (NaN when the fit has no
+    residual degrees of freedom, e.g. 3 sizes of one seed each; ``inside`` is then None).
+    ``measured_psnr`` is the PSNR of the mean MSE over the largest size's replicates, and
+    ``error_db`` is measured minus predicted. ``fit`` is the fit on the smaller sizes.
+    """
+
+    n_params: float
+    n_replicates: int
+    predicted_psnr: float
+    interval_psnr: tuple[float, float]
+    measured_psnr: float
+    error_db: float
+    inside: bool | None
+    ci: float
+    fit: PowerLawFit = field(repr=False)
+
+    @property
+    def sentence(self) -> str:
+        """One line for a report, e.g. ``held out 2.0M: predicted 33.41 dB [33.20, 33.60], measured ...``."""
+        lo, hi = self.interval_psnr
+        where = {True: "inside", False: "outside", None: "no interval (too few points to estimate noise)"}
+        band = f" [{lo:.2f}, {hi:.2f}]" if self.inside is not None else ""
+        return (f"held out {self.n_params / 1e6:.3g}M: predicted {self.predicted_psnr:.2f} dB{band}, "
+                f"measured {self.measured_psnr:.2f} dB ({self.error_db:+.2f} dB): "
+                f"{where[self.inside]}" + (f" the {self.ci:.0%} interval" if self.inside is not None else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: the figures, the interval as a 2-list and the fit's own summary."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fit"}
+        d["interval_psnr"] = [float(v) for v in self.interval_psnr]
+        d["fit"] = self.fit.to_dict()
+        return d
+
+
+def held_out(n_params: Any, loss: Any, *, ci: float = 0.95, n_boot: int = 500, seed: int = 0) -> HeldOut:
+    """Fit on all but the largest size (all its replicates) and predict the largest, in dB of PSNR.
+
+    ``loss`` is MSE on [0, 1] pixels (``psnr = -10 log10 mse``); at least 4 distinct sizes are
+    needed, so that 3 remain to fit. The measured value is the mean MSE over the largest size's
+    replicates, and the interval is :meth:`PowerLawFit.prediction_interval` for that many runs.
+    """
+    n = np.asarray(n_params, dtype=np.float64).ravel()
+    y = np.asarray(loss, dtype=np.float64).ravel()
+    if n.shape != y.shape:
+        raise ValueError(f"n_params and loss differ in length: {n.size} vs {y.size}")
+    n_sizes = int(np.unique(n).size)
+    if n_sizes < 4:
+        raise ValueError(
+            f"a held-out prediction needs at least 4 model sizes (fit 3, predict the largest), got {n_sizes}"
+        )
+    largest = float(np.max(n))
+    rest = n < largest
+    fit = fit_power_law(n[rest], y[rest], n_boot=n_boot, seed=seed, ci=ci)
+    k = int(np.sum(~rest))
+    lo_mse, hi_mse = fit.prediction_interval(largest, n_replicates=k, seed=seed)
+    predicted = float(mse_to_psnr(fit.predict(largest)))
+    measured = float(mse_to_psnr(float(np.mean(y[~rest]))))
+    interval = (float(mse_to_psnr(hi_mse[0])), float(mse_to_psnr(lo_mse[0])))  # low MSE is high PSNR
+    inside = None if math.isnan(interval[0]) else bool(interval[0] <= measured <= interval[1])
+    return HeldOut(largest, k, predicted, interval, measured, measured - predicted, inside, float(ci), fit)

@@ -41,6 +41,20 @@ AXIS_ALIASES = {
 }
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+SIZE_TOLERANCE = 0.05  # parameter counts within 5% are one model size
+
+
+def size_classes(counts: list[int | float]) -> dict[int | float, int | float]:
+    """Parameter count -> the smallest count of its size class: sorted counts within SIZE_TOLERANCE of
+    the class's first are one size. Knobs such as cosine attention's logit scale or an L2 mixer move a
+    count by a little without making a new size; early stopping and the scaling fit treat them alike."""
+    classes: dict[int | float, int | float] = {}
+    start = None
+    for n in sorted(set(counts)):
+        if start is None or n > start * (1 + SIZE_TOLERANCE):
+            start = n
+        classes[n] = start
+    return classes
 
 
 class _Block(BaseModel):
@@ -205,6 +219,9 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
         scales={k: b.model_dump(exclude_unset=True) for k, b in doc.scale.items()}, path=path)
     if spec.trial_count < 1:
         raise ConfigError("the search space is empty: every grid axis needs at least one value")
+    if seeds > 1 and scheduler.kind == "asha":
+        raise ConfigError("scheduler.kind=asha with seeds > 1 would stop some replicates of a cell and not others, "
+                          "which biases its mean and its seed noise; use scheduler: {kind: none} with seeds")
     _check_trials(spec)
     return spec
 
@@ -319,10 +336,16 @@ def study_schema() -> dict[str, Any]:
     props, scale = schema["properties"], defs["Scale"]["properties"]
     for key, target in (("base", "TrainConfig"), ("datasets", "DataConfig"), ("resources", "ScalingConfig")):
         props[key] = {"$ref": f"#/$defs/{target}", "description": props[key]["description"]}
+    from hiir.models import FAMILIES
+
     keys = {"enum": sorted(AXIS_ALIASES) + config_keys()}
     values = {"type": "array", "minItems": 1}
-    axis = {"anyOf": [values, {"type": "object", "minProperties": 1, "maxProperties": 1,
-                               "propertyNames": {"enum": list(DISTRIBUTIONS)}, "additionalProperties": values}]}
+    sampled = {"type": "object", "minProperties": 1, "maxProperties": 1,
+               "propertyNames": {"enum": list(DISTRIBUTIONS)}, "additionalProperties": values}
+    by_count = {"type": "object", "required": ["params", "family"], "additionalProperties": False,
+                "description": "size by parameter count: {params: [30M, 60M] or {loguniform: [lo, hi]}, family: b}",
+                "properties": {"params": {"anyOf": [values, sampled]}, "family": {"enum": list(FAMILIES)}}}
+    axis = {"anyOf": [values, sampled, by_count]}
     for search in (props["search"], scale["search"]):
         search.update(propertyNames=keys, additionalProperties=axis)
     scale["set"]["propertyNames"] = keys

@@ -22,8 +22,17 @@ from typing import Any
 from hiir.platform import tracking
 from hiir.platform.config import TrainConfig, flatten
 from hiir.platform.errors import HiirError
-from hiir.platform.train.checks import (check_cluster_paths, check_fits_locally, check_storage, checkpoint_bytes,
-                                        model_stats, resolve_datasets, synthetic_val_sets)
+from hiir.platform.train.checks import (
+    apply_budget,
+    check_cluster_paths,
+    check_fits_locally,
+    check_patch,
+    check_storage,
+    checkpoint_bytes,
+    model_stats,
+    resolve_datasets,
+    synthetic_val_sets,
+)
 from hiir.platform.train.runtime import init_ray, run_storage, worker_env, worker_resources
 
 log = logging.getLogger("hiir.train")
@@ -41,7 +50,9 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     """Validate, track, train. Returns the final metrics and where the exported weights are."""
     workdir = Path(workdir).resolve()
     storage = storage or run_storage(workdir)
+    check_patch(cfg)
     stats = model_stats(cfg)
+    cfg = apply_budget(cfg, stats["flops_per_step"])  # a FLOP budget becomes this size's step count
     check_storage(storage, checkpoint_bytes(cfg, int(stats["model.num_params"])))
     cfg = resolve_datasets(cfg, workdir, verify=not in_tune)
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)

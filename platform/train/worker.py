@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from hiir.platform.config import TrainConfig, load_config
+from hiir.platform import tracking
 from hiir.platform.errors import HiirError
 
-FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE[:DELAY_S]" sends SIGKILL once (tests/test_train.py)
+FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE" sends SIGKILL once (tests/test_train.py)
+FAULT_WAIT_S = 120.0  # how long the hook waits for Ray Train to register this worker's reports before it kills
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     from hiir.platform.train.ema import EMA
     from hiir.platform.train.checkpoint import write_integrity
     from hiir.platform.train.engine import all_ranks_finite, make_engine
-    from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, RunLogger
+    from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, WORKER_NODES_TAG, RunLogger
 
     # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates: noise, not a problem of ours.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
@@ -61,6 +63,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                                seed=cfg.seed, augment=cfg.data.augment)  # one set, online, or a task mixture
     mix = {}  # samples per task since the last log (a mixture's batch composition, batch_frac/<task>)
     logger = RunLogger(tracking_uri, run_id, spool_dir) if rank == 0 and run_id else None
+    nodes = _worker_nodes(world)  # a collective: every rank takes part
+    if logger:
+        logger.tags({WORKER_NODES_TAG: nodes})
     if logger and cfg.tracking.system_metrics_s > 0:
         logger.start_system_metrics(cfg.tracking.system_metrics_s)
     loss_fn = _losses[cfg.optim.loss]
@@ -182,6 +187,18 @@ class _Window:
         return self.loss / max(self.n, 1)
 
 
+def _worker_nodes(world: int) -> str:
+    """Where the ranks run, "rank0=<Ray node id>,rank1=<id>,...", gathered from every rank once at start-up.
+    (MLflow keeps tag values up to 8,000 characters: ~120 ranks.)"""
+    import ray
+    import torch.distributed as dist
+
+    nodes = [ray.get_runtime_context().get_node_id()] * world
+    if world > 1:
+        dist.all_gather_object(nodes, nodes[0])
+    return ",".join(f"rank{r}={node}" for r, node in enumerate(nodes))
+
+
 def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -219,14 +236,15 @@ def _validate(cfg, model, logger, *, final: bool, shard: tuple[int, int]) -> dic
     from hiir.platform.config import val_tasks
     from hiir.platform.evaluation.evaluate import evaluate_datasets
 
-    results, samples = evaluate_datasets(model, cfg.data.val, tasks=val_tasks(cfg.data), max_images=cfg.eval.max_images,
-                                         tile=cfg.eval.tile, overlap=cfg.eval.tile_overlap,
-                                         self_ensemble=cfg.eval.self_ensemble and final,
-                                         samples=cfg.tracking.sample_images if final else 0, shard=shard)
+    scores = evaluate_datasets(model, cfg.data.val, tasks=val_tasks(cfg.data), max_images=cfg.eval.max_images,
+                               tile=cfg.eval.tile, overlap=cfg.eval.tile_overlap,
+                               self_ensemble=cfg.eval.self_ensemble and final,
+                               samples=cfg.tracking.sample_images if final else 0, shard=shard)
     if logger and final:
-        for name, strip in samples:
+        for name, strip in scores.strips:
             logger.image(strip, f"samples/{name}.png")
-    return results
+        logger.json_artifact(scores.per_image, tracking.VAL_IMAGES)  # the report pairs seeds by image
+    return scores.metrics
 
 
 def _write_rank0_files(tmp: Path, cfg, model_cfg, model, ema, step: int) -> None:
@@ -266,14 +284,23 @@ def _restore_latest_good(checkpoint, engine, ema) -> tuple[int, dict[str, Any], 
 
 
 def _maybe_fault(phase: str, rank: int, step: int) -> None:
-    """Test hook: kill this worker for real, once, at a chosen phase/rank/step (never set in normal runs)."""
+    """Test hook: kill this worker for real, once, at a chosen phase/rank/step (never set in normal runs).
+
+    Ray Train's controller takes a report in at its next poll of the workers, seconds after `report`
+    returns; a kill before that loses the report, and resume falls back to the checkpoint before. So the
+    hook first waits until every report of this worker is registered (and the run's snapshot written):
+    a resume then starts from the last checkpoint reported before the kill."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    want_phase, want_rank, want_step, marker, *delay = spec.split(":")
-    if (phase, rank, step) == (want_phase, int(want_rank), int(want_step)) and not os.path.exists(marker):
-        # Ray Train registers reports at its health check (every 2 s): a kill sooner than that loses
-        # the last report, and resume falls back to the one before. DELAY_S makes the point testable.
-        time.sleep(float(delay[0]) if delay else 0.0)
-        Path(marker).write_text(f"killed {phase} rank {rank} step {step}\n")
-        os.kill(os.getpid(), signal.SIGKILL)
+    want_phase, want_rank, want_step, marker = spec.split(":")
+    if (phase, rank, step) != (want_phase, int(want_rank), int(want_step)) or os.path.exists(marker):
+        return
+    import ray.train
+
+    t0 = time.monotonic()
+    ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=FAULT_WAIT_S)
+    if time.monotonic() - t0 >= FAULT_WAIT_S:  # it returns at the deadline without saying so
+        raise RuntimeError(f"{FAULT_ENV}: Ray Train did not register this worker's reports in {FAULT_WAIT_S:g} s")
+    Path(marker).write_text(f"killed {phase} rank {rank} step {step}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
