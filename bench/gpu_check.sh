@@ -18,6 +18,9 @@
 #            q/k 15 wide for B/L) and how fast, as they are and with q/k/v zero-padded to multiples of
 #            16: whether padding the heads would let a fused kernel in (it did not pay on CPU).
 #   zero     if deepspeed imports: our DeepSpeed engine at ZeRO stage 0, 2 and 3 (bf16), one GPU.
+#   compile  `engine.compile: true` (torch.compile of the training forward) on the DDP engine, for the
+#            first preset (--compile-presets): the first step (compiling) and the steady step, its MFU
+#            and its speed-up over the eager engine. Skipped on the CPU dry run unless --compile.
 # MFU = FLOPs of a step (hiir.models.summary.model_flops(model, shape, backward=True), counted on
 # the meta device) / step time / the GPU's dense bf16 peak (table below, or --peak-tflops).
 # Synthetic data on the device (the Parquet reader needs pyarrow; its cost is measured on CPU in
@@ -28,7 +31,7 @@
 # .venv/lib/python3*/site-packages/einops):
 #   bash bench/gpu_wheels.sh                    # here, once: the wheels the lent GPU image lacks
 #   bash bench/gpu_check.sh                     # there, carrying bench/wheels; about 3-5 minutes on an H100/H200
-#   bash bench/gpu_check.sh --presets b_x2_conv3 --no-zero
+#   bash bench/gpu_check.sh --presets b_x2_conv3 --no-zero --no-compile   # the quickest
 #   bash bench/gpu_check.sh --cpu-dry-run       # the whole Python path on CPU with a tiny preset
 # Results: $OUT/gpu_check.{json,md} (or bench/out/ when $OUT is unset). No GPU: one line
 # "no CUDA GPU available: ..." and exit status 2.
@@ -132,6 +135,9 @@ ap.add_argument("--no-zero", action="store_true", help="skip the DeepSpeed ZeRO 
 ap.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak table")
 ap.add_argument("--budget-s", type=float, default=330.0, help="start no new case after this many seconds")
 ap.add_argument("--cpu-dry-run", action="store_true", help="run every code path on CPU with a tiny preset")
+ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                help="time engine.compile (default: on a GPU; off on the CPU dry run, where compiling takes minutes)")
+ap.add_argument("--compile-presets", default=None, help="comma-separated (default: the first preset)")
 args = ap.parse_args()
 
 dry = args.cpu_dry_run
@@ -140,6 +146,8 @@ batch0 = args.batch or (2 if dry else 16)
 patch = args.patch or (16 if dry else 64)
 warmup = args.warmup if args.warmup is not None else (1 if dry else 3)
 steps = args.steps or (2 if dry else 10)
+do_compile = args.compile if args.compile is not None else not dry
+compile_presets = (args.compile_presets or presets[0]).split(",")
 out_dir = os.environ.get("HIIR_GPU_CHECK_OUT", "bench/out")
 T0 = time.time()
 
@@ -199,10 +207,10 @@ def is_oom(exc):
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def train_config(preset, batch, kind, stage=0):
+def train_config(preset, batch, kind, stage=0, compile=False):
     return load_config({"model": {"preset": preset}, "data": {"batch_size": batch, "lq_patch": patch},
                         "optim": {"lr": 2e-4, "max_steps": 1000, "warmup_steps": 10},
-                        "engine": {"kind": kind, "zero_stage": stage, "precision": "bf16"},
+                        "engine": {"kind": kind, "zero_stage": stage, "precision": "bf16", "compile": compile},
                         "scaling": {"num_workers": 1, "use_gpu": device.type == "cuda"}})
 
 
@@ -233,9 +241,10 @@ def timed_steps(step_fn, n_warm, n):
     return (time.perf_counter() - t) / n
 
 
-def engine_case(preset, batch, kind, stage=0):
-    """Our engine driven like the worker drives it (EMA timed apart)."""
-    cfg = train_config(preset, batch, kind, stage)
+def engine_case(preset, batch, kind, stage=0, compile=False):
+    """Our engine driven like the worker drives it (EMA timed apart). With `compile`, the first step
+    (which compiles) is timed on its own as `first_step_s`."""
+    cfg = train_config(preset, batch, kind, stage, compile)
     mcfg = cfg.model_config()
     torch.manual_seed(0)
     reset_mem()
@@ -251,8 +260,9 @@ def engine_case(preset, batch, kind, stage=0):
             engine.step()
         loss.item()
 
+    first = timed_steps(step, 0, 1) if compile else None
     t = timed_steps(step, warmup, steps)
-    res = {"step_s": t, "peak_mem_gib": peak_mem_gib()}
+    res = {"step_s": t, "peak_mem_gib": peak_mem_gib(), "first_step_s": first}
     return res, engine, mcfg
 
 
@@ -389,6 +399,30 @@ for preset in presets:
     print("  " + json.dumps(row), flush=True)
     reset_mem()
 
+# ---------------------------------------------------------------- torch.compile (engine.compile)
+compile_rows = []
+for preset in (compile_presets if do_compile else []):
+    crow = {"preset": preset}
+    eager = next((r for r in rows if r["preset"] == preset and "error" not in r), None)
+    if time.time() - T0 > args.budget_s:
+        crow["error"] = f"skipped (time budget {args.budget_s:.0f} s spent)"
+    else:
+        try:
+            batch = eager["batch"] if eager else batch0
+            eng, engine, mcfg = engine_case(preset, batch, "ddp", compile=True)
+            del engine
+            flops = flops_per_step(mcfg, batch)
+            crow.update(batch=batch, first_step_s=eng["first_step_s"], step_s=eng["step_s"],
+                        peak_mem_gib=eng["peak_mem_gib"], mfu=mfu(flops, eng["step_s"]),
+                        speedup=eager["engine_step_s"] / eng["step_s"] if eager else None)
+        except Exception as exc:  # noqa: BLE001
+            crow["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    compile_rows.append(crow)
+    print("  compile " + json.dumps(crow), flush=True)
+    reset_mem()
+compile_status = ("on" if do_compile else
+                  "skipped: CPU dry run (--compile runs it)" if dry else "skipped: --no-compile")
+
 # ---------------------------------------------------------------- DeepSpeed ZeRO (optional)
 zero_status = "skipped: --no-zero"
 if not args.no_zero:
@@ -436,6 +470,7 @@ result = {"device": gpu_name, "cpu_dry_run": dry, "torch": torch.__version__, "c
           "bf16_peak_tflops": peak, "batch_requested": batch0, "lq_patch": patch, "warmup": warmup, "steps": steps,
           "flops_source": "hiir.models.summary.model_flops(backward=True)" if HAVE_FLOPS else "unavailable",
           "rows": rows, "zero": zero_status, "zero_rows": zero_rows, "notes": notes,
+          "compile": compile_status, "compile_rows": compile_rows,
           "wall_s": round(time.time() - T0, 1), "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
@@ -468,6 +503,16 @@ md += [f"| {r['preset']} | {a['q']} | {a['v']} | {a['layout']} | "
        + " | ".join(f(a[b], '.2e') if isinstance(a[b], float) else 'refused'
                     for b in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")) + " |"
        for r in rows for a in r.get("sdpa", [])]
+md += ["", f"engine.compile (torch.compile of the training forward, DDP engine, bf16): {compile_status}", ""]
+if compile_rows:
+    md += ["| preset | batch | first step s (compiling) | step s | MFU | eager step / this step | peak GiB |",
+           "|---|---|---|---|---|---|---|"]
+    for r in compile_rows:
+        if "error" in r:
+            md.append(f"| {r['preset']} | error: {r['error']} ||||||")
+        else:
+            md.append(f"| {r['preset']} | {r['batch']} | {r['first_step_s']:.1f} | {r['step_s']:.4f} | "
+                      f"{f(r['mfu'], '.1%')} | {f(r['speedup'], '.2f')} | {r['peak_mem_gib']:.2f} |")
 md += ["", f"ZeRO (DeepSpeed, bf16, one device): {zero_status}", ""]
 if zero_rows:
     md += ["| preset | stage | batch | step s | MFU | peak GiB |", "|---|---|---|---|---|---|"]

@@ -6,8 +6,15 @@ Stages are plain functions, one module each: scan (find, pair, split, load) -> d
 validation. No torch here: the manifest and the shard format are the contract.
 """
 from hiir.data_prep.build import build_dataset
-from hiir.data_prep.degrade import (add_gaussian_noise, degrade_image, gaussian_blur, jpeg, mod_crop, motion_blur,
-                                    to_uint8)
+from hiir.data_prep.degrade import (
+                                    add_gaussian_noise,
+                                    degrade_image,
+                                    gaussian_blur,
+                                    jpeg,
+                                    mod_crop,
+                                    motion_blur,
+                                    to_uint8,
+)
 from hiir.data_prep.demo import build_demo
 from hiir.data_prep.errors import DatasetError
 from hiir.data_prep.imresize import imresize

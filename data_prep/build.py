@@ -20,11 +20,19 @@ import pyarrow.fs as pafs
 
 from hiir.data_prep.degrade import SYNTHETIC, TASKS, degrade_image, mod_crop
 from hiir.data_prep.errors import DatasetError
-from hiir.data_prep.manifest import MANIFEST, SCHEMA_VERSION, SHARD_NAME, Manifest, ShardInfo, SkippedImage, dataset_state, write_manifest
 from hiir.data_prep.files import TMP_PREFIX, filesystem
+from hiir.data_prep.manifest import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    SHARD_NAME,
+    Manifest,
+    ShardInfo,
+    SkippedImage,
+    dataset_state,
+    write_manifest,
+)
 from hiir.data_prep.scan import MAX_PIXELS, SourceImage, load_image, scan_source
 from hiir.data_prep.shards import image_rows, write_shard
-
 
 log = logging.getLogger("hiir.data")
 

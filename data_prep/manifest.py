@@ -64,7 +64,7 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: dict) -> Manifest:
         d = dict(d)
         d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
         d["skipped"] = [SkippedImage(**s) for s in d.get("skipped", [])]

@@ -17,6 +17,7 @@ Attention = Literal["dot", "cosine"]
 StageConv = Literal["conv1", "conv3", "linear"]
 Norm = Literal["post", "pre"]
 MixerL2 = Literal["permute", "none", "shift", "grid", "random"]
+Parametrization = Literal["standard", "mup"]
 PerStage = int | tuple[int, ...]
 
 PER_STAGE = ("layers_per_stage", "heads", "window", "patch", "patch2")
@@ -24,6 +25,7 @@ _CHOICES = {
     "arch": get_args(Arch), "layout": get_args(Layout), "attention": get_args(Attention),
     "stage_conv": get_args(StageConv), "norm": get_args(Norm), "mixer_l2": get_args(MixerL2),
     "scale": (1, 2, 3, 4), "in_channels": (1, 3), "tree_depth": (2, 3, 4),
+    "parametrization": get_args(Parametrization),
 }
 
 
@@ -50,6 +52,9 @@ class HiIRConfig:
     norm: Norm = "post"              # post: x + LN(f(x)) (res-post-norm); pre: x + f(LN(x))
     stage_conv: StageConv = "conv1"  # stage-end op: conv1 (3x3), conv3 (3x3-1x1-3x3 at C/4), linear
     drop_path: float = 0.0           # stochastic depth, rising linearly to this value over the layers
+    # how init, Adam learning rates and attention logits follow the width C (models/mup.py)
+    parametrization: Parametrization = "standard"  # standard, or mup: μP, whose best LR transfers across widths
+    mup_base_dim: int = 32           # mup: the width C whose LRs and init are the standard ones; set it where you tuned
     # details the paper leaves open
     cpb_hidden: int = 512            # hidden width of the continuous position bias MLP (Swin-V2: 512)
     qkv_bias: bool = True            # bias on the qkv projection
@@ -64,8 +69,9 @@ class HiIRConfig:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
         if self.arch == "unet" and self.stages != 4:
             raise ValueError(f"stages={self.stages} must be 4 for arch='unet' (a 4-level encoder/decoder)")
-        if self.stages < 1 or self.dim < 1:
-            raise ValueError(f"stages={self.stages} and dim={self.dim} must be positive")
+        if self.stages < 1 or self.dim < 1 or self.mup_base_dim < 1:
+            raise ValueError(f"stages={self.stages}, dim={self.dim} and mup_base_dim={self.mup_base_dim} "
+                             "must be positive")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"drop_path={self.drop_path} must be in [0, 1)")
         if self.ffn_ratio <= 0:
@@ -113,7 +119,7 @@ class HiIRConfig:
         return (self.arch == "unet" or self.tree_depth > 2 or self.stage_conv != "linear"
                 or self.mixer_l2 in ("shift", "grid", "random"))
 
-    def replace(self, **overrides) -> "HiIRConfig":
+    def replace(self, **overrides) -> HiIRConfig:
         """`dataclasses.replace`, with an unknown field named in a ValueError."""
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - fields)

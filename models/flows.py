@@ -14,6 +14,7 @@ the L2 slot instead (none, shift, grid, random) live in `MIXERS`.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -59,19 +60,60 @@ def undisperse(x: torch.Tensor, batch: int, height: int, width: int, window: int
 
 
 def to_nchw(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, C) -> (B, C, H, W), for a convolution."""
+    """(B, H, W, C) -> (B, C, H, W), for a convolution: a view, channels-last in memory."""
     return x.permute(0, 3, 1, 2)
 
 
 def to_nhwc(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H, W, C), back to tokens."""
-    return x.permute(0, 2, 3, 1)
+    """(B, C, H, W) -> (B, H, W, C), back to tokens, contiguous: free for a channels-last conv output
+    (the usual case); a copy otherwise (a conv on the NCHW image), without which the whole residual
+    stream would stay strided and every linear layer, norm and add on it would pay."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+           scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v in every group: q, k (N, h, L, dq), v (N, h, L, dv) -> (N, h, L, dv).
+
+    `bias` is (G, h, L, L) for the G groups of one image (G = 1: one bias for every group), the same
+    for each of the N / G images. Runs `scaled_dot_product_attention`, except on the CPU where SDPA
+    would take its math path anyway (no fused CPU kernel takes a bias that needs a gradient, or q/k
+    narrower than v): there it is written out, without SDPA's checks for fully masked rows, which a
+    finite additive bias never has, and without repeating a per-window bias over the images.
+    """
+    G = bias.shape[0]
+    needs_math = q.shape[-1] != v.shape[-1] or (bias.requires_grad and torch.is_grad_enabled())
+    if q.device.type != "cpu" or not needs_math:
+        mask = bias.repeat(q.shape[0] // G, 1, 1, 1) if G > 1 else bias
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn = (q * scale).unflatten(0, (-1, G)) @ k.unflatten(0, (-1, G)).transpose(-2, -1)  # B, G, h, L, L
+    attn = attn.add_(bias).softmax(dim=-1)
+    return (attn @ v.unflatten(0, (-1, G))).flatten(0, 1)
+
+
+@functools.lru_cache(maxsize=4)
+def shift_mask(height: int, width: int, window: int, shift: int, device: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+    """SwinIR's attention mask after a cyclic shift, (H/p * W/p, L, L): 0 within a region of the
+    rolled image, -100 across regions. One cache for every layer, bounded: the masks of the four
+    image sizes used last (a 1024^2 image's takes 256 MB)."""
+    p, s = window, shift
+    with torch.inference_mode(False):  # a plain tensor, which training may use after an eval filled the cache
+        img = torch.zeros(1, height, width, 1, device=device)
+        cuts = (slice(0, -p), slice(-p, -s), slice(-s, None))
+        for i, (hs, ws) in enumerate((hs, ws) for hs in cuts for ws in cuts):
+            img[:, hs, ws, :] = i
+        ids = window_partition(img, p).flatten(1)  # (nW, L)
+        diff = ids.unsqueeze(1) - ids.unsqueeze(2)
+        return torch.zeros_like(diff, dtype=dtype).masked_fill(diff != 0, -100.0)
 
 
 # ---------------------------------------------------------------------------------------------
 # partitions: the L1 window and every variant that can fill the L2 slot (`mixer_l2`)
 # Each is a parameter-free module: split(t, heads) -> (groups (N, h, L, d), ctx), merge(o, ctx),
-# `grid` (the group is a grid x grid square, for the position bias), attn_bias(bias, ctx).
+# `grid` (the group is a grid x grid square, for the position bias), attn_bias(bias, ctx) -> the
+# additive bias of one image's groups, (G, h, L, L) with G = 1 when every group has the same.
 
 
 class Window(nn.Module):
@@ -88,7 +130,7 @@ class Window(nn.Module):
     def merge(self, o, ctx):
         return window_merge(o, *ctx)
 
-    def attn_bias(self, bias, ctx):  # (h, L, L) -> broadcastable to (N, h, L, L)
+    def attn_bias(self, bias, ctx):  # (h, L, L) -> (1, h, L, L)
         return bias.unsqueeze(0)
 
 
@@ -118,7 +160,6 @@ class ShiftedWindow(Window):
     def __init__(self, window: int, patch: int | None = None, seed: int = 0):
         super().__init__(window)
         self.shift = window // 2
-        self._masks: dict = {}
 
     def split(self, t, heads):
         t = torch.roll(t, shifts=(-self.shift, -self.shift), dims=(1, 2))
@@ -127,24 +168,13 @@ class ShiftedWindow(Window):
     def merge(self, o, ctx):
         return torch.roll(super().merge(o, ctx), shifts=(self.shift, self.shift), dims=(1, 2))
 
-    def attn_bias(self, bias, ctx):  # (h, L, L) + mask (nW, L, L) -> (B * nW, h, L, L)
+    def attn_bias(self, bias, ctx):  # (h, L, L) + mask (nW, L, L) -> (nW, h, L, L)
         B, H, W = ctx
-        mask = self.mask(H, W, bias.device, bias.dtype)
-        return (mask.unsqueeze(1) + bias.unsqueeze(0)).repeat(B, 1, 1, 1)
+        return self.mask(H, W, bias.device, bias.dtype).unsqueeze(1) + bias.unsqueeze(0)
 
     def mask(self, H: int, W: int, device, dtype) -> torch.Tensor:
-        """SwinIR's attention mask, (nW, L, L): 0 within a region, -100 across regions."""
-        key = (H, W, device, dtype)
-        if key not in self._masks:
-            p, s = self.window, self.shift
-            img = torch.zeros(1, H, W, 1, device=device)
-            cuts = (slice(0, -p), slice(-p, -s), slice(-s, None))
-            for i, (hs, ws) in enumerate((hs, ws) for hs in cuts for ws in cuts):
-                img[:, hs, ws, :] = i
-            ids = window_partition(img, p).flatten(1)  # (nW, L)
-            diff = ids.unsqueeze(1) - ids.unsqueeze(2)
-            self._masks[key] = torch.zeros_like(diff, dtype=dtype).masked_fill(diff != 0, -100.0)
-        return self._masks[key]
+        """SwinIR's attention mask, (nW, L, L), from the cache that all layers share."""
+        return shift_mask(H, W, self.window, self.shift, torch.device(device), dtype)
 
 
 class Grid(nn.Module):
@@ -216,7 +246,9 @@ def make_mixer(name: str, window: int, patch: int, seed: int = 0) -> nn.Module:
 
 class ContinuousPositionBias(nn.Module):
     """Swin-V2 continuous position bias over a grid x grid group: a 2-layer MLP over
-    log-spaced relative coordinates, 16 * sigmoid. Returns (heads, grid^2, grid^2)."""
+    log-spaced relative coordinates, 16 * sigmoid. Returns (heads, grid^2, grid^2).
+    In eval without grad it depends on the weights alone: computed once, and again only when
+    they change (in place or replaced) or after `train()`."""
 
     def __init__(self, grid: int, heads: int, hidden: int = 512):
         super().__init__()
@@ -228,21 +260,38 @@ class ContinuousPositionBias(nn.Module):
         rel = (pos[:, :, None] - pos[:, None, :]).permute(1, 2, 0) + (grid - 1)  # L, L, 2
         self.register_buffer("coords_table", table.reshape(-1, 2), persistent=False)
         self.register_buffer("index", rel[..., 0] * (2 * grid - 1) + rel[..., 1], persistent=False)
+        self._cached: tuple | None = None  # eval only: (key of the weights, bias)
 
     def forward(self) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.compute()
+        device = self.coords_table.device.type
+        key = (tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters()), device,
+               torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.compute())
+        return self._cached[1]
+
+    def compute(self) -> torch.Tensor:
         # DeepSpeed's bf16 casts parameters but not buffers: follow the MLP's dtype.
         table = self.mlp(self.coords_table.to(self.mlp[0].weight.dtype))  # ((2g-1)^2, h)
-        return 16 * torch.sigmoid(table[self.index].permute(2, 0, 1))  # h, L, L
+        return (16 * torch.sigmoid(table)).t()[:, self.index]  # h, L, L: gathered after the sigmoid
+
+    def train(self, mode: bool = True):
+        self._cached = None
+        return super().train(mode)
 
 
 class DotSimilarity(nn.Module):
-    """q.k scaled by d^-0.5 (SDPA's default)."""
+    """q.k scaled by d^-0.5 (SDPA's default), or by 1/d under μP (`per_dim`, set by models/mup.py)."""
+
+    per_dim = False  # μP: q.k / d, which stays O(1) as the head width d grows (q and k correlate in training)
 
     def __init__(self, heads: int):
         super().__init__()
 
     def forward(self, q, k):
-        return q, k, None
+        return q, k, (1.0 / q.shape[-1] if self.per_dim else None)
 
 
 class CosineSimilarity(nn.Module):
@@ -287,8 +336,8 @@ class FlowAttention(nn.Module):
         groups, ctx = self.partition.split(self.qkv(x), self.heads)  # N, h, L, 2dq+dv
         q, k, v = groups.split([self.dq, self.dq, groups.shape[-1] - 2 * self.dq], dim=-1)
         q, k, scale = self.sim(q, k)
-        bias = self.partition.attn_bias(self.cpb().to(q.dtype), ctx)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)  # N, h, L, dv
+        bias = self.partition.attn_bias(self.cpb().to(q.dtype), ctx)  # G, h, L, L
+        out = attend(q, k, v, bias, scale)  # N, h, L, dv
         return self.proj(self.partition.merge(out, ctx))
 
 

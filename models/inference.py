@@ -4,7 +4,7 @@ Both take float images (B, C, h, w) in [0, 1] and return (B, C, h*scale, w*scale
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

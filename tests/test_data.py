@@ -91,7 +91,7 @@ def test_degradations_are_seeded_and_shaped():
 def test_load_image_converts_every_mode_to_rgb8(tmp_path, mode):
     base = Image.fromarray((np.arange(12 * 10 * 3) % 251).astype(np.uint8).reshape(12, 10, 3))
     if mode == "I;16":
-        im = Image.fromarray((np.arange(120, dtype=np.uint16).reshape(12, 10) * 500))
+        im = Image.fromarray(np.arange(120, dtype=np.uint16).reshape(12, 10) * 500)
     else:
         im = base.convert(mode)
     path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")

@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from hiir.models import PRESETS, DispersedAttention, HiIRConfig, WindowAttention, build, checkpoint_filter_fn
-from hiir.models.flows import (MIXERS, Disperse, FlowAttention, disperse, make_mixer, undisperse,
-                               window_merge, window_partition)
+from hiir.models.flows import (
+    MIXERS,
+    Disperse,
+    FlowAttention,
+    disperse,
+    make_mixer,
+    undisperse,
+    window_merge,
+    window_partition,
+)
 from hiir.models.layer import LayerSpec, UnifiedLayer
 
 # ---------------------------------------------------------------------------------------------

@@ -188,8 +188,8 @@ def test_validate_pipeline_normalises_to_ranges():
 
 
 def test_resolve_datasets_builds_demo_levels_and_checks_online_sets(tmp_path):
-    from hiir.platform.train.checks import resolve_datasets, synthetic_val_sets
     from hiir.platform.errors import HiirError
+    from hiir.platform.train.checks import resolve_datasets, synthetic_val_sets
 
     cfg = load_config({"data": {"mixture": [
         {"task": "denoise", "dataset": "demo:hr", "degrade": [{"kind": "noise", "sigma": 25}], "val": ["demo:denoise_s15"]},

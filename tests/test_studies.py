@@ -46,7 +46,7 @@ def spec_names() -> list[str]:
                   if p.relative_to(STUDIES).parts[0] != "train")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spec(name: str, scale: str):
     return load_spec(STUDIES / f"{name}.yaml", scale=scale)
 
@@ -98,7 +98,9 @@ def test_smoke_scale_fits_two_cpu_cores(name):
         assert all(t.startswith("demo:") for t in train) and all(v.startswith("demo:") for v in cfg.data.val)
         assert not cfg.scaling.use_gpu
         assert cfg.scaling.num_workers * cfg.scaling.cpus_per_worker <= 2
-        assert cfg.optim.max_steps <= 120 and cfg.optim.max_steps % cfg.eval.every == 0
+        # the smoke scales of the paper's tables are plumbing (minutes); the demo is a measured mini study
+        # (its wall time on 2 cores is in bench/RESULTS.md, "the demo's sizes")
+        assert cfg.optim.max_steps <= (2500 if name == "smoke" else 120) and cfg.optim.max_steps % cfg.eval.every == 0
         assert 1 <= cfg.eval.max_images <= 3 and cfg.data.lq_patch <= 32
         assert cfg.model_config().dim <= 64, f"{point}: a full-size preset survived the smoke scale"
         if cfg.data.mixture:  # restoration tasks: x1 data, x1 model

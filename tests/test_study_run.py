@@ -93,8 +93,10 @@ def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_p
 
     report = report_study(str(done.directory), workdir=workdir)
     text = report.read_text()
-    header = next(line for line in text.splitlines() if line.startswith("| ") and "status" in line)
-    assert "optim.lr" in header and "model.preset" in header and "stopped early" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and ("lr=" in line or "baseline" in line)]
+    assert rows[0].startswith("| baseline: bicubic"), rows  # the control comes first
+    assert sum("preset=tiny_x2" in r for r in rows) == 2 and sum("preset=small_x2" in r for r in rows) == 2, rows
+    assert sum("stopped early" in r for r in rows) == len(stopped), rows
     for png in ("psnr_vs_params.png", "training_curves.png"):
         assert (done.directory / png).stat().st_size > 1000
 

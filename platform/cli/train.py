@@ -5,8 +5,13 @@ from pathlib import Path
 
 import click
 
-from hiir.platform.cli.options import (address_option, device_option, resolve_workdir, tracking_uri_option,
-                                       workdir_option)
+from hiir.platform.cli.options import (
+    address_option,
+    device_option,
+    resolve_workdir,
+    tracking_uri_option,
+    workdir_option,
+)
 
 
 @click.command()

@@ -18,9 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
+from tqdm import tqdm
 
+from hiir.data_prep import imresize, iter_val, load_manifest
+from hiir.models import HiIRConfig, build, checkpoint_filter_fn
+from hiir.models.inference import self_ensemble as ensemble
+from hiir.models.inference import tiled_forward
 from hiir.platform.errors import HiirError
+from hiir.platform.evaluation.metrics import shave_y_metrics, sr_convention, to_uint8
+from hiir.platform.evaluation.strips import plot_strip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,8 +51,6 @@ def resolve_device(name: str) -> torch.device:
 def restore_array(model: nn.Module, lq: np.ndarray, *, tile: int = 0, overlap: int = 16,
                   self_ensemble: bool = False) -> np.ndarray:
     """uint8 HxWxC -> restored float HxWxC in [0, 1] (padding inside the model; tiles above `tile`)."""
-    from hiir.models.inference import self_ensemble as ensemble, tiled_forward
-
     device = next(model.parameters()).device
     x = torch.from_numpy(np.array(lq, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float().div_(255)
     if tile and max(x.shape[-2:]) > tile:
@@ -93,8 +100,6 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
 def baseline_scores(dataset_dirs: list[str], *, max_images: int = 0, channels: int = 3) -> Scores:
     """The trivial restoration of the same images, scored the same way: MATLAB bicubic upsampling of the LQ
     image for SR sets (scale > 1), the LQ image itself (identity) for restoration sets."""
-    from hiir.data_prep import imresize
-
     def restore(lq: np.ndarray, scale: int) -> dict[str, np.ndarray]:
         return {"": imresize(lq, scale) / 255.0 if scale > 1 else lq / 255.0}
 
@@ -108,12 +113,6 @@ def baseline_name(scale: int) -> str:
 def _score(restore: Callable[[np.ndarray, int], dict[str, np.ndarray]], channels: int, dataset_dirs: list[str], *,
            max_images: int = 0, samples: int = 0, tasks: dict[str, str] | None = None, progress: bool = False,
            shard: tuple[int, int] = (0, 1)) -> Scores:
-    from tqdm import tqdm
-
-    from hiir.data_prep import iter_val, load_manifest
-    from hiir.platform.evaluation.metrics import shave_y_metrics, sr_convention, to_uint8
-    from hiir.platform.evaluation.strips import plot_strip
-
     rank, world = shard
     results: dict[str, float] = {}
     per_image: dict[str, dict[str, float]] = {}
@@ -175,11 +174,6 @@ def dataset_name(directory: str) -> str:
 
 def load_exported(path: str | Path) -> nn.Module:
     """Rebuild a model from exported weights: `model.safetensors` + `model.json` (never a pickle)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from hiir.models import HiIRConfig, build, checkpoint_filter_fn
-
     path = Path(path)
     weights = path / "model.safetensors" if path.is_dir() else path
     config = weights.with_name("model.json")

@@ -23,7 +23,15 @@ import numpy as np
 
 from hiir.platform import tracking
 from hiir.platform.evaluation.metrics import sr_convention
-from hiir.platform.study.noise import AxisEffect, CellStats, SeedNoise, TrialScores, axis_effects, cell_stats, seed_noise
+from hiir.platform.study.noise import (
+    AxisEffect,
+    CellStats,
+    SeedNoise,
+    TrialScores,
+    axis_effects,
+    cell_stats,
+    seed_noise,
+)
 from hiir.platform.study.scaling import HeldOut, PowerLawFit, fit_power_law, held_out
 from hiir.platform.study.spec import size_classes
 

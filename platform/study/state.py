@@ -12,6 +12,7 @@ from hiir.platform import tracking
 from hiir.platform.errors import ConfigError, HiirError
 from hiir.platform.study.spec import load_spec, parse_spec, studies_root
 
+
 def study_dir(workdir: Path, name: str) -> Path:
     return Path(workdir).resolve() / "studies" / name
 

@@ -10,8 +10,8 @@ all ranks enter it) before rank 0 reads them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable
 
 import torch
 from torch import nn

@@ -52,7 +52,7 @@ class Engine:
 
 
 def make_engine(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: int) -> Engine:
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
                                   betas=cfg.optim.betas)
     from hiir.platform.train.schedule import lr_factor
 
@@ -63,7 +63,13 @@ def make_engine(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: 
     return engines[cfg.engine.kind](cfg, model, optimizer, scheduler, device, rank, bf16)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def _param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
+    """Decayed and not decayed; under μP also split by learning-rate multiplier (`hiir.models.mup`), each
+    group with its own `lr`, which the LR schedule scales (LambdaLR scales every group's initial lr)."""
+    if getattr(getattr(model, "config", None), "parametrization", "standard") == "mup":
+        from hiir.models.mup import param_groups
+
+        return param_groups(model, lr, weight_decay)
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -121,7 +127,7 @@ class DeepSpeedEngine(Engine):
         self.scheduler.step()
 
     def lr(self):
-        return float(self.scheduler.get_last_lr()[0])
+        return base_lr(self.scheduler)
 
     def save(self, directory, client_state):
         self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state=client_state)
@@ -171,7 +177,7 @@ class DDPEngine(Engine):
         self.scheduler.step()
 
     def lr(self):
-        return float(self.scheduler.get_last_lr()[0])
+        return base_lr(self.scheduler)
 
     def save(self, directory, client_state):
         if not self.is_rank0:
@@ -193,6 +199,11 @@ class DDPEngine(Engine):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         return json.loads((directory / "client_state.json").read_text())
+
+
+def base_lr(scheduler) -> float:
+    """The schedule's current `optim.lr` value: the first group's LR over its μP multiplier (1 if none)."""
+    return float(scheduler.get_last_lr()[0]) / scheduler.optimizer.param_groups[0].get("lr_scale", 1.0)
 
 
 def all_ranks_finite(loss: torch.Tensor) -> bool:

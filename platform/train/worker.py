@@ -6,37 +6,41 @@ log → eval/checkpoint/report), and return the final metrics.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import warnings
 import resource
 import signal
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+import ray.train
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
-from hiir.platform.config import TrainConfig, load_config
+from hiir.data_prep.online import make_train_reader
+from hiir.models import build
 from hiir.platform import tracking
+from hiir.platform.config import TrainConfig, load_config, val_tasks
 from hiir.platform.errors import HiirError
+from hiir.platform.evaluation.evaluate import evaluate_datasets
+from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, WORKER_NODES_TAG, RunLogger
+from hiir.platform.train.checkpoint import candidates, verify, write_integrity
+from hiir.platform.train.ema import EMA
+from hiir.platform.train.engine import all_ranks_finite, make_engine
 
 FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE" sends SIGKILL once (tests/test_train.py)
 FAULT_WAIT_S = 120.0  # how long the hook waits for Ray Train to register this worker's reports before it kills
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    import ray.train
-    from hiir.data_prep.online import make_train_reader
-    from hiir.models import build
-    from hiir.platform.train.ema import EMA
-    from hiir.platform.train.checkpoint import write_integrity
-    from hiir.platform.train.engine import all_ranks_finite, make_engine
-    from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, WORKER_NODES_TAG, RunLogger
-
     # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates: noise, not a problem of ours.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
@@ -190,9 +194,6 @@ class _Window:
 def _worker_nodes(world: int) -> str:
     """Where the ranks run, "rank0=<Ray node id>,rank1=<id>,...", gathered from every rank once at start-up.
     (MLflow keeps tag values up to 8,000 characters: ~120 ranks.)"""
-    import ray
-    import torch.distributed as dist
-
     nodes = [ray.get_runtime_context().get_node_id()] * world
     if world > 1:
         dist.all_gather_object(nodes, nodes[0])
@@ -216,10 +217,6 @@ def _eval_weights(cfg, ema, engine) -> dict[str, torch.Tensor] | None:
 def _eval_model(model_cfg, weights: dict[str, torch.Tensor] | None, device: torch.device, world: int):
     """A fresh fp32 copy on the training device (a GPU run validates on its GPUs). Rank 0 holds the
     weights (the EMA); it broadcasts them, so that every rank can score its share of the val images."""
-    import torch.distributed as dist
-
-    from hiir.models import build
-
     with torch.random.fork_rng(devices=[]):  # its throwaway init must not shift the training's random stream
         model = build(model_cfg)
     if weights is not None:
@@ -233,9 +230,6 @@ def _eval_model(model_cfg, weights: dict[str, torch.Tensor] | None, device: torc
 
 
 def _validate(cfg, model, logger, *, final: bool, shard: tuple[int, int]) -> dict[str, float]:
-    from hiir.platform.config import val_tasks
-    from hiir.platform.evaluation.evaluate import evaluate_datasets
-
     scores = evaluate_datasets(model, cfg.data.val, tasks=val_tasks(cfg.data), max_images=cfg.eval.max_images,
                                tile=cfg.eval.tile, overlap=cfg.eval.tile_overlap,
                                self_ensemble=cfg.eval.self_ensemble and final,
@@ -249,10 +243,6 @@ def _validate(cfg, model, logger, *, final: bool, shard: tuple[int, int]) -> dic
 
 def _write_rank0_files(tmp: Path, cfg, model_cfg, model, ema, step: int) -> None:
     """The weights and config travel in every checkpoint; the final one doubles as the export."""
-    import dataclasses
-
-    from safetensors.torch import save_file
-
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     if ema.keep:
         save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
@@ -263,8 +253,6 @@ def _write_rank0_files(tmp: Path, cfg, model_cfg, model, ema, step: int) -> None
 
 def _restore_latest_good(checkpoint, engine, ema) -> tuple[int, dict[str, Any], list[str]]:
     """Load the newest checkpoint that verifies whole; every rank reaches the same verdict."""
-    from hiir.platform.train.checkpoint import candidates, verify
-
     skipped = []
     for ckpt in candidates(checkpoint):
         with ckpt.as_directory() as d:
@@ -276,8 +264,6 @@ def _restore_latest_good(checkpoint, engine, ema) -> tuple[int, dict[str, Any], 
                 continue
             state = engine.load(Path(d))
             if ema.keep and (Path(d) / "ema.safetensors").exists():
-                from safetensors.torch import load_file
-
                 ema.load_state_dict(load_file(str(Path(d) / "ema.safetensors")))
             return int(state["step"]), state, skipped
     raise HiirError(f"no usable checkpoint among {', '.join(skipped)}; start a new run name or repair storage")
@@ -296,7 +282,6 @@ def _maybe_fault(phase: str, rank: int, step: int) -> None:
     want_phase, want_rank, want_step, marker = spec.split(":")
     if (phase, rank, step) != (want_phase, int(want_rank), int(want_step)) or os.path.exists(marker):
         return
-    import ray.train
 
     t0 = time.monotonic()
     ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=FAULT_WAIT_S)
