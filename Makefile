@@ -23,7 +23,7 @@ demo: venv
 
 test: venv
 	# pytest exits 5 when it collects no tests; that is not a failure.
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest tests --durations=25 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 clean:
 	rm -rf hiir-work .cache

@@ -84,7 +84,8 @@ def bench_storage(ds: Path) -> dict:
     for tab in tabs:
         for i in range(tab.num_rows):
             for k, h, w in (("gt", "gt_h", "gt_w"), ("lq", "lq_h", "lq_w")):
-                a = np.frombuffer(tab.column(k)[i].as_py(), np.uint8).reshape(tab.column(h)[i].as_py(), tab.column(w)[i].as_py(), 3)
+                a = np.frombuffer(tab.column(k)[i].as_py(), np.uint8).reshape(tab.column(h)[i].as_py(),
+                                                                              tab.column(w)[i].as_py(), 3)
                 buf = io.BytesIO()
                 Image.fromarray(a).save(buf, format="PNG", compress_level=1)
                 pngs.append(buf.getvalue())

@@ -77,7 +77,8 @@ def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
     our files (manifest first, so a crash mid-way leaves a leftover, never a stale dataset)."""
     state = dataset_state(out_dir)
     fs, root = filesystem(out_dir)
-    what = {"dataset": "already holds a dataset", "leftover": "holds the leftover of an interrupted build (shards, no manifest.json)",
+    what = {"dataset": "already holds a dataset",
+            "leftover": "holds the leftover of an interrupted build (shards, no manifest.json)",
             "other": "is not empty"}.get(state)
     if what and not overwrite:
         raise DatasetError(f"output directory {root} {what}; pass overwrite (--overwrite) to replace it")
@@ -101,14 +102,16 @@ def process_image(img: SourceImage, p: dict):
             raise
         return None, str(exc)
     if img.split == "train" and min(gt.shape[:2]) < p["sub_size"]:
-        return None, f"image {img.path} is {gt.shape[1]}x{gt.shape[0]}, smaller than the {p['sub_size']} px sub-image size"
+        return None, (f"image {img.path} is {gt.shape[1]}x{gt.shape[0]}, "
+                      f"smaller than the {p['sub_size']} px sub-image size")
     if lq is None and p["task"] == "online":
         lq = np.zeros((0, 0, gt.shape[2]), np.uint8)  # GT only: no LQ bytes stored
     elif lq is None:
-        lq = degrade_image(gt, p["task"], scale=p["scale"], sigma=p["sigma"], quality=p["quality"], seed=p["seed"], name=img.name)
+        lq = degrade_image(gt, p["task"], scale=p["scale"], sigma=p["sigma"], quality=p["quality"], seed=p["seed"],
+                           name=img.name)
     elif lq.shape[:2] != (gt.shape[0] // p["scale"], gt.shape[1] // p["scale"]):
-        raise DatasetError(f"paired images disagree in size: GT {img.path} is {gt.shape[1]}x{gt.shape[0]} (mod-cropped to x{p['scale']}) "
-                           f"but LQ {img.lq_path} is {lq.shape[1]}x{lq.shape[0]}")
+        raise DatasetError(f"paired images disagree in size: GT {img.path} is {gt.shape[1]}x{gt.shape[0]} "
+                           f"(mod-cropped to x{p['scale']}) but LQ {img.lq_path} is {lq.shape[1]}x{lq.shape[0]}")
     return image_rows(gt, lq, name=img.name, source=Path(img.path).name, split=img.split, scale=p["scale"],
                       sub_size=p["sub_size"], step=p["step"]), None
 
@@ -137,7 +140,8 @@ def chunk_images(images: list[SourceImage], images_per_shard: int) -> list[dict]
     for split in ("train", "val"):
         group = [asdict(i) for i in images if i.split == split]
         for k in range(0, len(group), images_per_shard):
-            items.append({"split": split, "index": k // images_per_shard, "images": json.dumps(group[k : k + images_per_shard])})
+            items.append({"split": split, "index": k // images_per_shard,
+                          "images": json.dumps(group[k : k + images_per_shard])})
     return items
 
 
@@ -225,8 +229,10 @@ def build_dataset(source, out_dir, task: str, *, scale: int | None = None, sigma
     for sp in {i.split for i in images}:
         if not any(s.split == sp for s in shards):
             prepare_out_dir(str(out_dir), overwrite=True)
-            raise DatasetError(f"no usable {sp} image in {source} ({len(skipped)} skipped; first: {skipped[0].reason if skipped else '-'})")
+            raise DatasetError(f"no usable {sp} image in {source} "
+                               f"({len(skipped)} skipped; first: {skipped[0].reason if skipped else '-'})")
     manifest = Manifest(SCHEMA_VERSION, task, scale, degradation, seed, os.path.abspath(source),
-                        os.path.abspath(lq_source) if lq_source is not None else None, sub_size, step, shards=shards, skipped=skipped)
+                        os.path.abspath(lq_source) if lq_source is not None else None, sub_size, step,
+                        shards=shards, skipped=skipped)
     write_manifest(str(out_dir), manifest)
     return manifest

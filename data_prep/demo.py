@@ -5,8 +5,9 @@ saved as PNG under `root/demo_photos`, and built like any image folder: x2/x3/x4
 sigma-25 denoising, with train sub-images (DEMO_SUB px every DEMO_STEP px) and a held-out
 val split of whole images. Greyscale photos become 3-channel RGB on load.
 
-DEGRADATION_SETS (for on-the-fly degradation and task mixtures) are built on first use (`demo:<key>` in a config), in-process, in a few
-seconds: `hr` (HR-only train shards for on-the-fly degradation), fixed val sets per level
+DEGRADATION_SETS (for on-the-fly degradation and task mixtures) are built on first use
+(`demo:<key>` in a config), in-process, in a few seconds: `hr` (HR-only train shards for
+on-the-fly degradation), fixed val sets per level
 (denoise_s15/s50, jpeg_q10..q40; denoise_s25 is a DEMO_SETS entry) and synthetic stand-ins for the
 all-in-one tasks (`*_synth`, train + val, labelled `synthetic_stand_in` in their manifests).
 """
@@ -86,7 +87,8 @@ def build_demo(root: Path, progress: bool = True, keys=None) -> dict[str, Path]:
 
     unknown = [k for k in (keys or ()) if k not in DEMO_SETS and k not in DEGRADATION_SETS]
     if unknown:
-        raise DatasetError(f"unknown demo dataset {unknown[0]!r}; available: {', '.join([*DEMO_SETS, *DEGRADATION_SETS])}")
+        raise DatasetError(f"unknown demo dataset {unknown[0]!r}; "
+                           f"available: {', '.join([*DEMO_SETS, *DEGRADATION_SETS])}")
     root, dirs = Path(root), demo_dirs(root, keys)
     todo = []
     for key, d in dirs.items():

@@ -95,7 +95,8 @@ def dataset_state(dataset_dir: str) -> str:
 def _check_shard_name(root: str, fs: pafs.FileSystem, name: str) -> None:
     """A shard name must be a plain `train|val-NNNNN.parquet` file that stays inside the directory."""
     if not SHARD_NAME.match(name):
-        raise DatasetError(f"manifest in {root} lists shard {name!r}, which is not a plain train-/val-NNNNN.parquet name")
+        raise DatasetError(f"manifest in {root} lists shard {name!r}, "
+                           "which is not a plain train-/val-NNNNN.parquet name")
     if isinstance(fs, pafs.LocalFileSystem):
         real, base = os.path.realpath(os.path.join(root, name)), os.path.realpath(root)
         if os.path.commonpath([real, base]) != base:
@@ -122,7 +123,8 @@ def load_manifest(dataset_dir, verify: bool = True) -> Manifest:
     fs, root = filesystem(dataset_dir)
     state = dataset_state(dataset_dir)
     if state == "leftover":
-        raise DatasetError(f"{root} holds shards but no manifest.json: the leftover of an interrupted build; rebuild it with overwrite")
+        raise DatasetError(f"{root} holds shards but no manifest.json: the leftover of an interrupted build; "
+                           "rebuild it with overwrite")
     if state != "dataset":
         raise DatasetError(f"{root} is not a dataset: it has no manifest.json (build one with `hiir data build`)")
     try:
@@ -132,7 +134,8 @@ def load_manifest(dataset_dir, verify: bool = True) -> Manifest:
         raise DatasetError(f"{root}/{MANIFEST} is not valid JSON: {exc}") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
-        raise DatasetError(f"{root}/{MANIFEST} has schema_version {version!r}; this hiir reads version {SCHEMA_VERSION}: rebuild the dataset")
+        raise DatasetError(f"{root}/{MANIFEST} has schema_version {version!r}; "
+                           f"this hiir reads version {SCHEMA_VERSION}: rebuild the dataset")
     try:
         manifest = Manifest.from_dict(raw)
     except TypeError as exc:
@@ -145,5 +148,6 @@ def load_manifest(dataset_dir, verify: bool = True) -> Manifest:
         for shard in manifest.shards:
             buf = read_shard_bytes(dataset_dir, shard.name)
             if sha256_of(buf) != shard.sha256:
-                raise DatasetError(f"shard {root}/{shard.name} does not match its sha256 in manifest.json (corrupt or modified)")
+                raise DatasetError(f"shard {root}/{shard.name} does not match its sha256 in manifest.json "
+                                   "(corrupt or modified)")
     return manifest

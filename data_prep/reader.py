@@ -34,8 +34,10 @@ class _Rows:
             for batch in table.to_batches():
                 cols = {k: batch.column(k) for k in ("gt", "lq")}
                 dims = {k: batch.column(k).to_numpy() for k in ("gt_h", "gt_w", "lq_h", "lq_w", "c")}
-                bufs = {k: (np.frombuffer(a.buffers()[2], np.uint8) if a.buffers()[2] is not None else np.zeros(0, np.uint8),
-                            np.frombuffer(a.buffers()[1], np.int32)[a.offset : a.offset + len(a) + 1]) for k, a in cols.items()}
+                bufs = {k: (np.frombuffer(a.buffers()[2], np.uint8) if a.buffers()[2] is not None
+                            else np.zeros(0, np.uint8),
+                            np.frombuffer(a.buffers()[1], np.int32)[a.offset : a.offset + len(a) + 1])
+                        for k, a in cols.items()}
                 self.parts.append((bufs, dims))
                 rows = np.arange(start, start + batch.num_rows)
                 kept = rows if keep is None else rows[keep(rows)]
@@ -105,10 +107,11 @@ class TrainReader:
         if self.from_gt:
             need = lq_patch * degrade.scale
             if self.rows.min_gt_size() < need:
-                raise DatasetError(f"lq_patch {lq_patch} x scale {degrade.scale} = {need} px is larger than the smallest "
-                                   f"GT sub-image ({self.rows.min_gt_size()} px) of {dataset_dir}")
+                raise DatasetError(f"lq_patch {lq_patch} x scale {degrade.scale} = {need} px is larger than the "
+                                   f"smallest GT sub-image ({self.rows.min_gt_size()} px) of {dataset_dir}")
         elif self.rows.min_lq_size() < lq_patch:
-            raise DatasetError(f"lq_patch {lq_patch} is larger than the smallest LQ sub-image ({self.rows.min_lq_size()} px) of {dataset_dir}")
+            raise DatasetError(f"lq_patch {lq_patch} is larger than the smallest LQ sub-image "
+                               f"({self.rows.min_lq_size()} px) of {dataset_dir}")
         self.scale = degrade.scale if self.from_gt else self.manifest.scale
         self.rank, self.batch_size, self.lq_patch = rank, batch_size, lq_patch
         self.seed, self.augment, self.degrade = seed, augment, degrade

@@ -107,7 +107,8 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise DatasetError(f"image {path} is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit (decompression bomb?)")
+                    raise DatasetError(f"image {path} is {w}x{h} = {w * h} pixels, "
+                                       f"over the {max_pixels}-pixel limit (decompression bomb?)")
                 im.load()
                 return _to_rgb8(im)
     except DatasetError:

@@ -13,6 +13,8 @@ Public API
                                 a size family plus a parameter count ("30M") gives a config
     FAMILIES                    dict name -> Family (base config + shape rule): b, tiny
     parse_size("0.05M") -> 50000; count_params(cfg) -> int (exact, analytic, nothing built)
+    mup.param_groups(model, lr, wd), mup.ROLES/RULES   μP (`parametrization="mup"`): per-group LRs, the role table
+    coord_check.coord_check(family, widths) -> slopes of mean |activation| vs width (`hiir models --coord-check`)
     network: forward((B,C,h,w) in [0,1]) -> (B,C,h*s,w*s); .config, .num_params(),
              .no_weight_decay(), .set_grad_checkpointing(), .pad_multiple
 
@@ -39,10 +41,14 @@ Choices the paper leaves open (each one is a knob; default in brackets)
     - position bias: Swin-V2 continuous MLP (hidden 512), per flow; attention `dot`.
     - stage ends conv1 for B/L, conv3 for B x2 and XL (the only choice that lands on 14.68M and
       110.90M); the body-end conv is the same type as the stage ends (SwinIR).
-    - tree depth 2 = no L3: plain MLP of ratio 2 (what the 11.87M count needs); depth 4 on v1:
-      odd layers run L2 then a second dispersed level L2b (tokens with the same offset in
-      P1 x P1 blocks, grouped in P2 x P2 patches; P2 = 2P by default) with its own qkv/proj:
-      -2.0% against 17.19M. Depth presets use P = 32, P2 = 64.
+    - tree depth counts the levels of information flow (config.TREE_DEPTHS, where the reading and
+      its arithmetic are written down): depth 2 = L1 + L2, no L3, so the conv FFN becomes a plain
+      MLP at `mlp_ratio` 2 (the 2.48M the paper's depth-2 row removes is ~2.1 C^2 a layer: the
+      whole conv FFN of ratio 3 against an MLP of ratio 2, not just its 3x3). On any preset,
+      `tree_depth=2` is that model. Depth 4 on v1: odd layers run L2 then a second dispersed
+      level L2b (tokens with the same offset in P1 x P1 blocks, grouped in P2 x P2 patches;
+      P2 = 2P by default) with its own qkv/proj: -2.0% against 17.19M. Depth presets use
+      P = 32, P2 = 64.
     - mixers in the L2 slot: `grid` uses groups of (P/p)^2 tokens spread image-wide (spacing
       H/g), so it costs the same as L2; `random` shuffles all positions then uses p x p windows,
       new permutation per forward in training (global torch RNG), fixed seed in eval;

@@ -29,9 +29,15 @@ from .presets import build
 KINDS: tuple[tuple[str, str], ...] = (
     ("qkv", r"\.qkv$"), ("proj", r"\.proj$"), ("fc1", r"\.fc1$"), ("dwconv", r"\.dwconv$"), ("fc2", r"\.fc2$"),
     ("norm", r"(^|\.)norm(_\w+)?$"), ("layer", r"^stages\.\d+\.layers\.\d+$"), ("stage_conv", r"stage_conv$"),
-    ("input", r"^conv_first$"), ("readout", r"^head\.conv_before\.0$"), ("upsampler", r"^head\.(upsample\.\d+|conv_last)$"),
+    ("input", r"^conv_first$"), ("readout", r"^head\.conv_before\.0$"),
+    ("upsampler", r"^head\.(upsample\.\d+|conv_last)$"),
     ("output", r"^$"),
 )
+
+
+# What the verdict calls flat and growing: |slope| per width doubling of the mean |activation| (log2 / log2).
+FLAT = 0.5     # every kind within this under μP (0 is flat; at 10 steps the readout still sits near -0.3)
+GROWS = 0.5    # the median kind above this under standard (a width-proportional coordinate is 1)
 
 
 def kind_of(name: str) -> str | None:
@@ -71,54 +77,69 @@ def _activations(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     return out, y
 
 
-def coord_check(family: str = "tiny", widths: list[int] | None = None, *, steps: int = 4, lr: float = 3e-3,
+def coord_check(family: str = "tiny", widths: list[int] | None = None, *, steps: int = 10, lr: float = 3e-3,
                 seeds: int = 2, batch: int = 4, patch: int = 16, base_dim: int | None = None) -> dict:
     """Train `steps` AdamW steps at each width under standard and mup; return, per parametrization, the mean
     |activation| per layer, width and step (averaged over seeds) and the slope of log2 of it against log2 width
-    at the last step, per layer and per kind. `base_dim` (mup_base_dim) defaults to the family's anchor width."""
+    at the last step, per layer and per kind. `base_dim` (mup_base_dim) defaults to the family's anchor width.
+    Ten steps, not fewer: μP's readout starts at 1/m of its standard scale and needs a few updates to reach
+    its O(1) level (after 4 steps its slope is still ~-0.6, after 10 ~-0.3, after 16 ~-0.1)."""
     widths = sorted(widths or widths_for(family))
     if len(widths) < 2:
         raise ValueError("the coordinate check needs at least 2 widths (4 or more to see a trend)")
     base_dim = base_dim or get_family(family).base.dim
     result = {"family": family, "widths": widths, "steps": steps, "lr": lr, "seeds": seeds, "batch": batch,
               "patch": patch, "mup_base_dim": base_dim, "parametrizations": {}}
-    for parametrization in ("standard", "mup"):
-        values: dict[str, dict[int, list[list[float]]]] = defaultdict(lambda: defaultdict(list))  # name -> w -> [seed][t]
-        for width in widths:
-            cfg = _config(family, width, parametrization, base_dim)
-            for seed in range(seeds):
-                torch.manual_seed(seed)
-                model = build(cfg)
-                groups = param_groups(model, lr, 0.0) if parametrization == "mup" else model.parameters()
-                optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-                g = torch.Generator().manual_seed(1000 + seed)
-                x = torch.rand(batch, cfg.in_channels, patch, patch, generator=g)
-                target = F.interpolate(x, scale_factor=cfg.scale, mode="bicubic", align_corners=False) if cfg.scale > 1 else x
-                per_step = defaultdict(list)
-                for _ in range(steps):
-                    acts, y = _activations(model, x)
-                    for name, v in acts.items():
-                        per_step[name].append(v)
-                    F.l1_loss(y, target).backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                for name, series in per_step.items():
-                    values[name][width].append(series)
-        layers = {}
-        for name, by_width in values.items():
-            mean = [[sum(s[t] for s in by_width[w]) / len(by_width[w]) for t in range(steps)] for w in widths]
-            layers[name or "output"] = {"kind": kind_of(name), "mean_abs": mean,
-                                        "slope": slope(widths, [m[-1] for m in mean])}
-        kinds = {}
-        for kind in dict.fromkeys(v["kind"] for v in layers.values()):
-            members = [v for v in layers.values() if v["kind"] == kind]
-            # per width and step: the geometric mean over the kind's layers
-            curve = [[math.exp(sum(math.log(max(v["mean_abs"][i][t], 1e-30)) for v in members) / len(members))
-                      for t in range(steps)] for i in range(len(widths))]
-            kinds[kind] = {"layers": len(members), "mean_abs": curve, "slope": slope(widths, [c[-1] for c in curve])}
-        result["parametrizations"][parametrization] = {"layers": layers, "kinds": kinds}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers on shared cores: 2 threads spend their time in OpenMP barriers (10x)
+    try:
+        for parametrization in ("standard", "mup"):
+            result["parametrizations"][parametrization] = _train_and_measure(
+                family, widths, parametrization, base_dim, steps=steps, lr=lr, seeds=seeds, batch=batch, patch=patch)
+    finally:
+        torch.set_num_threads(threads)
     result["summary"] = summary(result)
     return result
+
+
+def _train_and_measure(family: str, widths: list[int], parametrization: str, base_dim: int, *, steps: int,
+                       lr: float, seeds: int, batch: int, patch: int) -> dict:
+    """One parametrization of `coord_check`: {"layers": name -> curve and slope, "kinds": kind -> the same}."""
+    values: dict[str, dict[int, list[list[float]]]] = defaultdict(lambda: defaultdict(list))  # name -> w -> [seed][t]
+    for width in widths:
+        cfg = _config(family, width, parametrization, base_dim)
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            model = build(cfg)
+            groups = param_groups(model, lr, 0.0) if parametrization == "mup" else model.parameters()
+            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
+            g = torch.Generator().manual_seed(1000 + seed)
+            x = torch.rand(batch, cfg.in_channels, patch, patch, generator=g)
+            target = (F.interpolate(x, scale_factor=cfg.scale, mode="bicubic", align_corners=False)
+                      if cfg.scale > 1 else x)
+            per_step = defaultdict(list)
+            for _ in range(steps):
+                acts, y = _activations(model, x)
+                for name, v in acts.items():
+                    per_step[name].append(v)
+                F.l1_loss(y, target).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for name, series in per_step.items():
+                values[name][width].append(series)
+    layers = {}
+    for name, by_width in values.items():
+        mean = [[sum(s[t] for s in by_width[w]) / len(by_width[w]) for t in range(steps)] for w in widths]
+        layers[name or "output"] = {"kind": kind_of(name), "mean_abs": mean,
+                                    "slope": slope(widths, [m[-1] for m in mean])}
+    kinds = {}
+    for kind in dict.fromkeys(v["kind"] for v in layers.values()):
+        members = [v for v in layers.values() if v["kind"] == kind]
+        # per width and step: the geometric mean over the kind's layers
+        curve = [[math.exp(sum(math.log(max(v["mean_abs"][i][t], 1e-30)) for v in members) / len(members))
+                  for t in range(steps)] for i in range(len(widths))]
+        kinds[kind] = {"layers": len(members), "mean_abs": curve, "slope": slope(widths, [c[-1] for c in curve])}
+    return {"layers": layers, "kinds": kinds}
 
 
 def slope(widths: list[int], values: list[float]) -> float:
@@ -139,3 +160,14 @@ def summary(result: dict) -> dict:
         out[parametrization] = {"max_abs_slope": abs(kinds[worst]["slope"]), "worst_kind": worst,
                                 "median_slope": ordered[len(ordered) // 2]}
     return out
+
+
+def verdict(summary: dict) -> str:
+    """One sentence: is every kind flat under μP (|slope| <= FLAT), and does standard grow (median >= GROWS)?"""
+    mup, std = summary["mup"], summary["standard"]
+    flat = mup["max_abs_slope"] <= FLAT
+    grows = std["median_slope"] >= GROWS
+    return (f"μP {'flat' if flat else 'NOT flat'}: largest |slope| {mup['max_abs_slope']:.2f} ({mup['worst_kind']}), "
+            f"{'within' if flat else 'beyond'} {FLAT}; standard {'grows' if grows else 'does NOT grow'}: median slope "
+            f"{std['median_slope']:.2f} ({'at least' if grows else 'under'} {GROWS}); slope = log2 change of the mean "
+            "|activation| per doubling of width")

@@ -68,7 +68,7 @@ from functools import cache
 
 import torch
 
-from .config import HiIRConfig
+from .config import TREE_DEPTHS, HiIRConfig
 from .presets import PRESETS, build
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +105,6 @@ _STAGE_CONVS = {
     "conv3": lambda c: _conv(c, c // 4, 3) + _conv(c // 4, c // 4, 1) + _conv(c // 4, c, 3),
     "linear": lambda c: _linear(c, c),
 }
-_LEVELS = {2: 2, 3: 2, 4: 3}  # attention levels of the tree (l1, l2, l2b)
 
 
 def _flow(cfg: HiIRConfig, c: int, heads: int, qk: int, proj: bool) -> int:
@@ -115,14 +114,16 @@ def _flow(cfg: HiIRConfig, c: int, heads: int, qk: int, proj: bool) -> int:
 
 
 def _layer(cfg: HiIRConfig, c: int, heads: int, index: int) -> int:
-    """One layer (layer.py): its attention flows, norms and FFN (L3 with a depthwise 3x3 from depth 3)."""
-    levels, norm, hidden = _LEVELS[cfg.tree_depth], 2 * c, int(c * cfg.ffn_ratio)
+    """One layer (layer.py): its attention flows, norms and FFN (`TREE_DEPTHS`: L3's conv FFN, with its
+    depthwise 3x3, at ffn_ratio; at depth 2 a plain MLP at mlp_ratio)."""
+    tree = TREE_DEPTHS[cfg.tree_depth]
+    levels, norm, hidden = len(tree.attention), 2 * c, int(c * getattr(cfg, tree.ratio))
     if cfg.layout == "v3":
         attn = levels * _flow(cfg, c, heads, c // 2, proj=False) + _linear(c, c) + norm
     else:  # v2: every level in every layer; v1: l1 on even layers, the dispersed levels on odd ones
         n = levels if cfg.layout == "v2" else 1 if index % 2 == 0 else levels - 1
         attn = n * (_flow(cfg, c, heads, c, proj=True) + norm)
-    ffn = _linear(c, hidden) + _linear(hidden, c) + _conv(hidden, hidden, 3, groups=hidden) * (cfg.tree_depth > 2)
+    ffn = _linear(c, hidden) + _linear(hidden, c) + _conv(hidden, hidden, 3, groups=hidden) * (tree.ffn == "conv")
     return attn + ffn + norm
 
 

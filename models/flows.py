@@ -379,9 +379,9 @@ class ConvFFN(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Plain MLP (tree depth 2, no L3): Linear, GELU, Linear."""
+    """Plain MLP (tree depth 2, no L3): Linear, GELU, Linear. No spatial reach: each token alone."""
 
-    def __init__(self, dim: int, ratio: float = 3.0):
+    def __init__(self, dim: int, ratio: float = 2.0):
         super().__init__()
         hidden = int(dim * ratio)
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
@@ -390,7 +390,7 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-FFNS: dict[int, type[nn.Module]] = {2: Mlp, 3: ConvFFN, 4: ConvFFN}
+FFNS: dict[str, type[nn.Module]] = {"conv": ConvFFN, "mlp": Mlp}  # by `TreeDepth.ffn` (config.TREE_DEPTHS)
 
 
 class DropPath(nn.Module):

@@ -5,7 +5,8 @@
     v3 unified      L1 -> L2 (-> L2b) in one flow: q and k C/2 wide, v C wide, no projection
                     between the levels, one output projection, one residual (the paper's choice)
 
-Every layout ends with the FFN (L3 at tree depth 3/4, a plain MLP at depth 2). Residual
+Every layout ends with the FFN (L3's conv FFN at tree depth 3/4, a plain MLP at depth 2;
+`config.TREE_DEPTHS` says what each depth builds). Residual
 branches are res-post-norm `x + LN(f(x))` or pre-norm `x + f(LN(x))` (`NORMS`).
 Tokens are (B, H, W, C) in and out.
 """
@@ -16,13 +17,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import TREE_DEPTHS
 from .flows import FFNS, Disperse, DropPath, FlowAttention, Window, make_mixer
 
 NORMS = {
     "post": lambda x, f, norm, drop: x + drop(norm(f(x))),
     "pre": lambda x, f, norm, drop: x + drop(f(norm(x))),
 }
-LEVELS = {2: ("l1", "l2"), 3: ("l1", "l2"), 4: ("l1", "l2", "l2b")}  # attention levels of the tree
+LEVELS = {depth: tree.attention for depth, tree in TREE_DEPTHS.items()}  # attention levels of the tree
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class LayerSpec:
     mixer_l2: str = "permute"
     attention: str = "dot"
     ffn_ratio: float = 3.0
+    mlp_ratio: float = 2.0
     norm: str = "post"
     drop_path: float = 0.0
     cpb_hidden: int = 512
@@ -55,6 +58,12 @@ def make_partition(level: str, spec: LayerSpec) -> nn.Module:
     return partitions[level]()
 
 
+def make_ffn(spec: LayerSpec) -> nn.Module:
+    """The layer's FFN: L3's conv FFN at `ffn_ratio`, or at tree depth 2 a plain MLP at `mlp_ratio`."""
+    tree = TREE_DEPTHS[spec.tree_depth]
+    return FFNS[tree.ffn](spec.dim, getattr(spec, tree.ratio))
+
+
 def make_flow(level: str, spec: LayerSpec, **kwargs) -> FlowAttention:
     return FlowAttention(spec.dim, spec.heads, make_partition(level, spec), spec.attention,
                          cpb_hidden=spec.cpb_hidden, qkv_bias=spec.qkv_bias, **kwargs)
@@ -70,7 +79,7 @@ class SequentialLayer(nn.Module):
         for level in levels:
             setattr(self, level, make_flow(level, spec))
             setattr(self, f"norm_{level}", nn.LayerNorm(spec.dim))
-        self.ffn = FFNS[spec.tree_depth](spec.dim, spec.ffn_ratio)
+        self.ffn = make_ffn(spec)
         self.norm_ffn = nn.LayerNorm(spec.dim)
         self.drop_path = DropPath(spec.drop_path)
         self.residual = NORMS[spec.norm]
@@ -91,7 +100,7 @@ class UnifiedLayer(nn.Module):
             setattr(self, level, make_flow(level, spec, qk_dim=spec.dim // 2, proj=False))
         self.proj = nn.Linear(spec.dim, spec.dim)
         self.norm_attn = nn.LayerNorm(spec.dim)
-        self.ffn = FFNS[spec.tree_depth](spec.dim, spec.ffn_ratio)
+        self.ffn = make_ffn(spec)
         self.norm_ffn = nn.LayerNorm(spec.dim)
         self.drop_path = DropPath(spec.drop_path)
         self.residual = NORMS[spec.norm]

@@ -148,7 +148,8 @@ def _specs(cfg: HiIRConfig, plan: list[tuple[int, int]]) -> list[list[LayerSpec]
     for level, n in plan:
         common = dict(dim=cfg.stage_dims()[level], **{k: v[level] for k, v in knobs.items()},
                       tree_depth=cfg.tree_depth, mixer_l2=cfg.mixer_l2, attention=cfg.attention,
-                      ffn_ratio=cfg.ffn_ratio, norm=cfg.norm, cpb_hidden=cfg.cpb_hidden, qkv_bias=cfg.qkv_bias)
+                      ffn_ratio=cfg.ffn_ratio, mlp_ratio=cfg.mlp_ratio, norm=cfg.norm, cpb_hidden=cfg.cpb_hidden,
+                      qkv_bias=cfg.qkv_bias)
         out.append([LayerSpec(**common, drop_path=rates[seen + i], seed=cfg.random_seed + seen + i) for i in range(n)])
         seen += n
     return out

@@ -1,7 +1,8 @@
 """Presets: plain data. Names spell out the knobs; the comment is the paper's parameter count.
 
-Sizes (the configuration that reproduces every count the paper gives within 0.4%): B = C 180, 6 stages x 6 layers; L = C 180, 12 x 12;
-XL = C 256, 12 x 12 (conv3 stage ends, the only stage op that lands at 110.90M).
+Sizes (the configuration that reproduces every count the paper gives within 0.4%): B = C 180,
+6 stages x 6 layers; L = C 180, 12 x 12; XL = C 256, 12 x 12 (conv3 stage ends, the only stage op
+that lands at 110.90M).
 Heads: 6 at C 180, 8 at C 256. Window p = 8 and patch P = 64, so an L2 group has
 (P/p)^2 = 64 tokens, as many as an L1 window (the paper does not state p or P).
 """
@@ -45,11 +46,12 @@ PRESETS: dict[str, HiIRConfig] = {
     "v1_x4": _B.replace(scale=4, layout="v1", paper_params=14.5),  # ~14.5M
     "v2_x4": _B.replace(scale=4, layout="v2", paper_params=19.37),  # ~19.37M
     "v3_x4": _B.replace(scale=4, layout="v3", paper_params=15.84),  # ~15.84M
-    # tree depth 2/3/4, on v1 (depth table); depth 2 = no L3, a plain MLP of ratio 2
-    "depth2_x2": _DEPTH.replace(scale=2, tree_depth=2, ffn_ratio=2.0, paper_params=11.87),  # 11.87M
+    # tree depth 2/3/4, on v1 (depth table); they differ in tree_depth alone (depth 2: no L3, a plain MLP
+    # at mlp_ratio 2 where L3's conv FFN was; config.TREE_DEPTHS)
+    "depth2_x2": _DEPTH.replace(scale=2, tree_depth=2, paper_params=11.87),  # 11.87M
     "depth3_x2": _DEPTH.replace(scale=2, tree_depth=3, paper_params=14.35),  # 14.35M
     "depth4_x2": _DEPTH.replace(scale=2, tree_depth=4, paper_params=17.19),  # 17.19M
-    "depth2_x4": _DEPTH.replace(scale=4, tree_depth=2, ffn_ratio=2.0, paper_params=12.02),  # 12.02M
+    "depth2_x4": _DEPTH.replace(scale=4, tree_depth=2, paper_params=12.02),  # 12.02M
     "depth3_x4": _DEPTH.replace(scale=4, tree_depth=3, paper_params=14.50),  # 14.50M
     "depth4_x4": _DEPTH.replace(scale=4, tree_depth=4, paper_params=17.34),  # 17.34M
     # U-shape (ShuffleFormer comparison on GoPro/HIDE)

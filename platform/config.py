@@ -174,7 +174,8 @@ class BudgetConfig:
 class TrainConfig:
     name: str = "run"                    # run name; a re-run with the same name resumes
     seed: Int = 0                        # model init, data order and augmentation
-    model: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_MODEL))  # a preset, or family + params; + HiIRConfig overrides
+    # a preset, or family + params; + HiIRConfig overrides
+    model: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_MODEL))
     data: DataConfig = Field(default_factory=DataConfig)  # datasets and batches
     optim: OptimConfig = Field(default_factory=OptimConfig)  # optimizer, schedule, loss, EMA
     engine: EngineConfig = Field(default_factory=EngineConfig)  # DeepSpeed or DDP

@@ -48,7 +48,8 @@ def test_cosine_logits_are_bounded_by_the_clamped_scale():
     attn = FlowAttention(8, 2, Window(4), attention="cosine", cpb_hidden=16).double()
     with torch.no_grad():
         attn.sim.logit_scale.fill_(math.log(1e6))
-    q, k, _ = attn.sim(torch.randn(3, 2, 16, 4, dtype=torch.float64) * 50, torch.randn(3, 2, 16, 4, dtype=torch.float64))
+    q, k, _ = attn.sim(torch.randn(3, 2, 16, 4, dtype=torch.float64) * 50,
+                       torch.randn(3, 2, 16, 4, dtype=torch.float64))
     assert (q @ k.transpose(-1, -2)).abs().max() <= 100.0 + 1e-9
 
 

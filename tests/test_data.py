@@ -127,13 +127,15 @@ def photos(folder: Path, n: int = 4, size=(72, 60), seed: int = 0) -> Path:
 
 @pytest.fixture
 def local_build(monkeypatch):
-    monkeypatch.setattr(build_mod, "run_on_ray", lambda items, p, progress: [build_mod.process_chunk(i, p) for i in items])
+    monkeypatch.setattr(build_mod, "run_on_ray",
+                        lambda items, p, progress: [build_mod.process_chunk(i, p) for i in items])
     return dp.build_dataset
 
 
 def test_round_trip_gives_the_directly_degraded_pixels(tmp_path, local_build):
     src = photos(tmp_path / "src", n=3, size=(71, 62))
-    m = local_build(src, tmp_path / "ds", "sr", scale=2, split="both", val_names=["img2"], sub_size=32, step=16, images_per_shard=1)
+    m = local_build(src, tmp_path / "ds", "sr", scale=2, split="both", val_names=["img2"], sub_size=32, step=16,
+                    images_per_shard=1)
     assert m.scale == 2 and m.rows("val") == 1 and m.rows("train") == 2 * 3 * 4 and not m.skipped
     gt0 = dp.mod_crop(dp.load_image(src / "img0.png"), 2)
     lq0 = np.clip(np.round(imresize(gt0, 0.5)), 0, 255).astype(np.uint8)
@@ -181,22 +183,26 @@ def test_batches_are_pure_functions_of_step_and_crops_match(tmp_path, local_buil
     for b in range(6):  # each (lq, gt) pair is one crop at matching positions under one flip/rotation
         hits = [(i, t) for i in range(len(r)) for t in dihedral
                 if (pos := _find(t(lq[b]), r.rows.get(i)[0])) is not None
-                and np.array_equal(r.rows.get(i)[1][2 * pos[0] : 2 * pos[0] + 8, 2 * pos[1] : 2 * pos[1] + 8], t(gt[b]))]
+                and np.array_equal(r.rows.get(i)[1][2 * pos[0] : 2 * pos[0] + 8, 2 * pos[1] : 2 * pos[1] + 8],
+                                   t(gt[b]))]
         assert hits, f"patch {b} matches no row crop"
 
 
 def test_ranks_read_disjoint_parts(tmp_path, local_build):
-    local_build(photos(tmp_path / "src", n=3, size=(32, 32)), tmp_path / "ds", "sr", scale=2, sub_size=16, step=8, images_per_shard=1)
+    local_build(photos(tmp_path / "src", n=3, size=(32, 32)), tmp_path / "ds", "sr", scale=2, sub_size=16, step=8,
+                images_per_shard=1)
     one_shard = tmp_path / "one"
     local_build(photos(tmp_path / "src"), one_shard, "sr", scale=2, sub_size=16, step=8, images_per_shard=8)
     for ds, ws in ((tmp_path / "ds", 2), (tmp_path / "ds", 3), (one_shard, 2), (one_shard, 3)):
-        parts = [set(dp.TrainReader(ds, rank=k, world_size=ws, batch_size=1, lq_patch=4, seed=0).row_names) for k in range(ws)]
+        parts = [set(dp.TrainReader(ds, rank=k, world_size=ws, batch_size=1, lq_patch=4, seed=0).row_names)
+                 for k in range(ws)]
         total = dp.load_manifest(ds).rows("train")
         assert sum(map(len, parts)) == total == len(set().union(*parts)), (ds, ws)
 
 
 def test_manifest_detects_flipped_byte_missing_and_truncated_shards(tmp_path, local_build):
-    m = local_build(photos(tmp_path / "src", n=2), tmp_path / "ds", "sr", scale=2, sub_size=32, step=32, images_per_shard=1)
+    m = local_build(photos(tmp_path / "src", n=2), tmp_path / "ds", "sr", scale=2, sub_size=32, step=32,
+                    images_per_shard=1)
     shard = tmp_path / "ds" / m.shards[0].name
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -293,7 +299,8 @@ def test_existing_dir_and_leftovers_are_refused_unless_overwrite(tmp_path, local
 def test_bad_task_parameters_are_dataset_errors(tmp_path):
     src = photos(tmp_path / "src", n=1)
     for kw, match in [(dict(task="sr", scale=5), "scale 2, 3 or 4"), (dict(task="denoise"), "sigma"),
-                      (dict(task="jpeg", quality=0), "quality"), (dict(task="paired"), "--lq"), (dict(task="blur"), "task must be")]:
+                      (dict(task="jpeg", quality=0), "quality"), (dict(task="paired"), "--lq"),
+                      (dict(task="blur"), "task must be")]:
         with pytest.raises(DatasetError, match=match):
             dp.build_dataset(src, tmp_path / "ds", **kw)
     with pytest.raises(DatasetError, match="not a dataset"):

@@ -23,9 +23,9 @@ def test_platform_has_no_init():
 def test_no_top_level_package_shadows_an_installed_or_stdlib_module():
     """models/ and data_prep/ are regular packages (they export the public API), so their names
     must be unique: nothing in the stdlib or site-packages may be importable by the same name."""
-    probe = ("import importlib.util, json, sys; names = %r; "
+    probe = (f"import importlib.util, json, sys; names = {TOP_LEVEL!r}; "
              "print(json.dumps({n: (n in sys.stdlib_module_names) or "
-             "importlib.util.find_spec(n) is not None for n in names}))" % (TOP_LEVEL,))
+             "importlib.util.find_spec(n) is not None for n in names}))")
     out = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, check=True)
     import json
 

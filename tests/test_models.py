@@ -9,11 +9,21 @@ import dataclasses
 import pytest
 import torch
 
-from hiir.models import PRESETS, DispersedAttention, HiIRConfig, WindowAttention, build, checkpoint_filter_fn
+from hiir.models import (
+    PRESETS,
+    DispersedAttention,
+    HiIRConfig,
+    WindowAttention,
+    build,
+    checkpoint_filter_fn,
+    count_params,
+)
+from hiir.models.config import TREE_DEPTHS
 from hiir.models.flows import (
     MIXERS,
     Disperse,
     FlowAttention,
+    Mlp,
     disperse,
     make_mixer,
     undisperse,
@@ -263,6 +273,86 @@ def test_checkpoint_filter_fn_unwraps_prefixes():
     with torch.no_grad():
         assert torch.equal(src.eval()(x), dst.eval()(x))
     assert set(checkpoint_filter_fn({"state_dict": src.state_dict()})) == set(src.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# tree depth: one knob, one model (config.TREE_DEPTHS)
+
+
+def _meta_state(cfg: HiIRConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in build(cfg).state_dict().items()}
+
+
+def test_tree_depth_counts_the_levels_of_information_flow():
+    assert {d: TREE_DEPTHS[d].levels for d in TREE_DEPTHS} == {
+        2: ("l1", "l2"), 3: ("l1", "l2", "l3"), 4: ("l1", "l2", "l2b", "l3")}
+    assert all(len(tree.levels) == depth for depth, tree in TREE_DEPTHS.items())
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_tree_depth_knob_on_b_builds_the_depth2_preset(scale):
+    """`tree_depth: 2` on B (on v1, the depth table's layout) is the depth2 preset: the same parameters,
+    name by name and shape by shape; the depth presets differ in tree_depth alone."""
+    preset = PRESETS[f"depth2_x{scale}"]
+    knob = PRESETS["b_x4_conv1"].replace(scale=scale, layout="v1", tree_depth=2)
+    assert _meta_state(knob) == _meta_state(preset)
+    assert count_params(knob) == count_params(preset)
+    assert preset == PRESETS[f"depth3_x{scale}"].replace(tree_depth=2, paper_params=preset.paper_params)
+
+
+def test_depth2_removes_the_conv_ffn_as_the_paper_counts():
+    """The paper's depth-2 row is 2.48M under depth 3. Replacing the ratio-3 conv FFN by a ratio-2 MLP
+    removes ~2.1 C^2 a layer (2.53M here); dropping only the depthwise 3x3 would remove ~0.2M."""
+    removed = count_params(PRESETS["depth3_x2"]) - count_params(PRESETS["depth2_x2"])
+    assert abs(removed / 2.48e6 - 1) < 0.05, removed
+    only_dwconv = count_params(PRESETS["depth3_x2"]) - count_params(PRESETS["depth3_x2"].replace(tree_depth=2,
+                                                                                                  mlp_ratio=3.0))
+    assert only_dwconv < 0.25e6
+
+
+def test_depth2_ffn_is_a_plain_mlp_at_mlp_ratio():
+    for ratio in (2.0, 3.0):
+        model = build("tiny_x2", tree_depth=2, mlp_ratio=ratio, ffn_ratio=5.0)  # ffn_ratio: L3's, unused here
+        ffns = [layer.ffn for stage in model.stages for layer in stage.layers]
+        assert ffns and all(isinstance(f, Mlp) and f.fc1.out_features == int(32 * ratio) for f in ffns)
+        assert not any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in model.modules())
+        assert not any("dwconv" in name for name in model.state_dict())
+    deep = build("tiny_x2", tree_depth=3, mlp_ratio=5.0)  # and the conv FFN ignores mlp_ratio
+    assert all(layer.ffn.fc1.out_features == int(32 * 2.0) and layer.ffn.dwconv.groups == 64
+               for stage in deep.stages for layer in stage.layers)
+
+
+def _input_reach(cfg: HiIRConfig, size: int = 32, at: int = 11) -> set[tuple[int, int]]:
+    """The input pixels that the output at LR position (at, at) depends on (non-zero gradient)."""
+    torch.manual_seed(0)
+    model = build(cfg).double().eval()
+    x = torch.rand(1, cfg.in_channels, size, size, dtype=torch.float64, requires_grad=True)
+    model(x)[0, :, at * cfg.scale, at * cfg.scale].sum().backward()
+    return {tuple(t) for t in (x.grad[0].abs().sum(0) > 0).nonzero().tolist()}
+
+
+@pytest.mark.parametrize("preset,overrides,crosses", [
+    ("tiny_x2", dict(tree_depth=2, stage_conv="linear"), False),
+    ("tiny_denoise", dict(tree_depth=2, stage_conv="linear"), False),
+    ("tiny_x2", dict(tree_depth=2, stage_conv="linear", layout="v1", mixer_l2="none"), False),
+    ("tiny_x2", dict(tree_depth=3, stage_conv="linear"), True),
+    ("tiny_x2", dict(tree_depth=4, stage_conv="linear"), True),
+    ("tiny_x2", dict(tree_depth=2, stage_conv="conv1"), True),
+    ("tiny_x2", dict(tree_depth=2, stage_conv="linear", mixer_l2="shift"), True),
+    ("tiny_x2", dict(tree_depth=2, stage_conv="linear", mixer_l2="grid"), True),
+    ("tiny_x2", dict(tree_depth=2, stage_conv="linear", mixer_l2="random"), True),
+])
+def test_crosses_patches_matches_a_gradient_probe(preset, overrides, crosses):
+    """An output pixel inside the P x P patch rows/cols 8..15 (P = 8): without a path across patch
+    borders it depends on its own patch and the 1-px border of the shallow 3x3 conv, nothing else."""
+    cfg = PRESETS[preset].replace(**overrides)
+    reach = _input_reach(cfg)
+    patch = {(a, b) for a in range(7, 17) for b in range(7, 17)}  # rows/cols 8..15, plus 1 px
+    assert cfg.crosses_patches == crosses
+    assert (not reach <= patch) == crosses, sorted(reach - patch)[:5]
+    if overrides.get("mixer_l2", "permute") == "permute" and not crosses:  # L1 + L2 span the whole patch
+        assert reach == patch
 
 
 # ---------------------------------------------------------------------------------------------

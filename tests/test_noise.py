@@ -166,3 +166,26 @@ def test_levels_against_a_chosen_reference_and_repeats_merged():
     with pytest.raises(ValueError, match="not among its levels"):
         axis_effects(trials, reference={"lr": "3e-4"})
     json.dumps([asdict(e) for e in effects.values()])
+
+
+def _sizes(shifts, *, seed, seeds=2):
+    """A 4-level size axis with `seeds` seeds each; per-set PSNR = 30 + shift + trial noise (SD)."""
+    rng = np.random.default_rng(seed)
+    return [TrialScores({"size": name, "seed": s}, per_set={"val": 30.0 + shift + float(rng.normal(0.0, SD))})
+            for name, shift in shifts.items() for s in range(seeds)]
+
+
+def test_two_seeds_per_size_judge_every_level_on_the_axis_pooled_noise():
+    """With 2 seeds a level alone has 1 degree of freedom; the axis's 3 levels pool 3. A 6 SD step is then
+    found nearly always (alone, t(1) = 12.7 would miss it half the time), and no effect is called real at
+    about the interval's 5% per level (binomial sd 0.9% over 600 level verdicts, so [2%, 9%])."""
+    flat = {"0.05M": 0.0, "0.1M": 0.0, "0.2M": 0.0, "0.4M": 0.0}
+    step = {"0.05M": 0.0, "0.1M": 0.0, "0.2M": 6 * SD, "0.4M": 6 * SD}
+    false = [e.verdict == REAL for s in range(200) for e in axis_effects(_sizes(flat, seed=s))]
+    found = [e.verdict == REAL for s in range(200) for e in axis_effects(_sizes(step, seed=s)) if e.level != "0.1M"]
+    assert 0.02 <= np.mean(false) <= 0.09, np.mean(false)
+    assert np.mean(found) >= 0.9, np.mean(found)
+    effect = axis_effects(_sizes(step, seed=0))[1]
+    assert (effect.level, effect.n_pairs) == ("0.2M", 2)
+    half = (effect.ci_db[1] - effect.ci_db[0]) / 2  # t(3) * pooled sd / sqrt(2): a 3-dof width, not a 1-dof one
+    assert half < stats.t.ppf(0.975, 1) * math.sqrt(2) * SD / math.sqrt(2) / 2

@@ -119,7 +119,8 @@ def test_bicubic_step_is_matlab_imresize_and_sets_the_scale(demo):
     gt = (np.random.default_rng(0).random((2, 32, 32, 3)) * 255).astype(np.uint8)
     lq, _ = hook(None, gt, np.random.default_rng(0))
     np.testing.assert_array_equal(lq[1], to_uint8(imresize(gt[1], 1 / 4)))
-    lq, gt = reader(demo, steps=[{"kind": "bicubic", "scale": 2}, {"kind": "noise", "sigma": 10}], patch=16).get_batch(0)
+    lq, gt = reader(demo, steps=[{"kind": "bicubic", "scale": 2}, {"kind": "noise", "sigma": 10}],
+                    patch=16).get_batch(0)
     assert lq.shape == (8, 16, 16, 3) and gt.shape == (8, 32, 32, 3)
 
 
@@ -153,12 +154,15 @@ def test_config_mixture_is_validated_and_round_trips():
     raw = {"data": {"mixture": [
         {"task": "denoise", "dataset": "demo:hr", "weight": 2, "degrade": [{"kind": "noise", "sigma": [15, 75]}],
          "val": ["demo:denoise_s15", "demo:denoise_s50"]},
-        {"task": "jpeg", "dataset": "demo:hr", "degrade": [{"kind": "jpeg", "quality": [10, 90]}], "val": ["demo:jpeg_q10"]}]}}
+        {"task": "jpeg", "dataset": "demo:hr", "degrade": [{"kind": "jpeg", "quality": [10, 90]}],
+         "val": ["demo:jpeg_q10"]}]}}
     cfg = load_config(raw)
     assert cfg.data.train == "mixture"
     assert cfg.data.val == ["demo:denoise_s15", "demo:denoise_s50", "demo:jpeg_q10"]  # no default sr set sneaks in
-    assert cfg.data.mixture[1]["weight"] == 1.0 and cfg.data.mixture[1]["degrade"] == [{"kind": "jpeg", "quality": [10, 90]}]
-    assert val_tasks(cfg.data) == {"demo:denoise_s15": "denoise", "demo:denoise_s50": "denoise", "demo:jpeg_q10": "jpeg"}
+    assert cfg.data.mixture[1]["weight"] == 1.0
+    assert cfg.data.mixture[1]["degrade"] == [{"kind": "jpeg", "quality": [10, 90]}]
+    assert val_tasks(cfg.data) == {"demo:denoise_s15": "denoise", "demo:denoise_s50": "denoise",
+                                   "demo:jpeg_q10": "jpeg"}
     assert load_config(cfg.to_dict()) == cfg
     assert load_config({"data": {"train": "demo:sr_x2"}}).data.mixture == []  # single-set configs unchanged
 
@@ -166,14 +170,16 @@ def test_config_mixture_is_validated_and_round_trips():
 @pytest.mark.parametrize("data, words", [
     ({"degrade": [{"kind": "nois", "sigma": 5}]}, ["data.degrade[0].kind='nois'", "noise"]),
     ({"degrade": [{"kind": "jpeg", "quality": [10, 190]}]}, ["data.degrade[0].quality", "<= 100"]),
-    ({"degrade": [{"kind": "noise", "sigma": [15, 75]}, {"kind": "bicubic", "scale": 2}]}, ["data.degrade[1]", "first"]),
+    ({"degrade": [{"kind": "noise", "sigma": [15, 75]}, {"kind": "bicubic", "scale": 2}]},
+     ["data.degrade[1]", "first"]),
     ({"degrade": [{"kind": "noise", "sigma": 5, "q": 1}]}, ["data.degrade[0].q"]),
     ({"train": "demo:sr_x2", "mixture": [{"task": "a", "dataset": "x"}]}, ["data.train='demo:sr_x2'", "data.mixture"]),
     ({"mixture": [{"task": "a"}]}, ["data.mixture[0].dataset is missing"]),
     ({"mixture": [{"task": "a", "dataset": "x", "weight": 0}]}, ["data.mixture[0].weight"]),
     ({"mixture": [{"task": "a", "dataset": "x", "wieght": 1}]}, ["data.mixture[0].wieght"]),
     ({"mixture": [{"task": "a", "dataset": "x"}, {"task": "a", "dataset": "y"}]}, ["data.mixture[1].task", "unique"]),
-    ({"mixture": [{"task": "a", "dataset": "x", "degrade": [{"kind": "jpeg"}]}]}, ["data.mixture[0].degrade[0].quality is missing"]),
+    ({"mixture": [{"task": "a", "dataset": "x", "degrade": [{"kind": "jpeg"}]}]},
+     ["data.mixture[0].degrade[0].quality is missing"]),
 ])
 def test_bad_data_sections_fail_naming_the_field(data, words):
     with pytest.raises(ConfigError) as info:
@@ -192,7 +198,8 @@ def test_resolve_datasets_builds_demo_levels_and_checks_online_sets(tmp_path):
     from hiir.platform.train.checks import resolve_datasets, synthetic_val_sets
 
     cfg = load_config({"data": {"mixture": [
-        {"task": "denoise", "dataset": "demo:hr", "degrade": [{"kind": "noise", "sigma": 25}], "val": ["demo:denoise_s15"]},
+        {"task": "denoise", "dataset": "demo:hr", "degrade": [{"kind": "noise", "sigma": 25}],
+         "val": ["demo:denoise_s15"]},
         {"task": "derain", "dataset": "demo:derain_synth", "val": ["demo:derain_synth"]}]}})
     out = resolve_datasets(cfg, tmp_path)
     assert out.data.mixture[0]["dataset"].endswith("demo_hr") and out.data.val[1].endswith("demo_derain_synth")
@@ -219,9 +226,11 @@ def test_per_task_means_and_set_metrics(demo):
     res = evaluate_datasets(build("tiny_unet").eval(), sets, max_images=1, tasks=tasks).metrics
     for name in ("demo_denoise_s15", "demo_denoise_s50", "demo_derain_synth"):
         assert f"val/{name}/psnr" in res and f"val/{name}/ssim" in res
-    assert res["val_task/denoise/psnr"] == pytest.approx((res["val/demo_denoise_s15/psnr"] + res["val/demo_denoise_s50/psnr"]) / 2)
+    assert res["val_task/denoise/psnr"] == pytest.approx((res["val/demo_denoise_s15/psnr"]
+                                                          + res["val/demo_denoise_s50/psnr"]) / 2)
     assert res["val_task/derain/psnr"] == pytest.approx(res["val/demo_derain_synth/psnr"])
-    assert res["val/demo_denoise_s15/psnr"] > res["val/demo_denoise_s50/psnr"]  # an untrained net: lighter noise, higher PSNR
+    # an untrained net: lighter noise, higher PSNR
+    assert res["val/demo_denoise_s15/psnr"] > res["val/demo_denoise_s50/psnr"]
 
 
 def test_report_marks_synthetic_sets_and_shows_task_means():
@@ -237,7 +246,8 @@ def test_report_marks_synthetic_sets_and_shows_task_means():
                "val/demo_denoise_s25/psnr": 28.0, "val_task/derain/psnr": 20.0,
                "val_task/denoise/psnr": 28.0, "val_psnr": 24.0}, ([], []), synthetic=("demo_derain_synth",))
     spec = SimpleNamespace(name="s", question="q", expected={
-        "table": "all-in-one", "note": "", "rows": [{"match": {"model.preset": "unet_deblur"}, "values": {"SOTS": 31.42}}],
+        "table": "all-in-one", "note": "",
+        "rows": [{"match": {"model.preset": "unet_deblur"}, "values": {"SOTS": 31.42}}],
         "baselines": [{"method": "AirNet", "params_M": 9, "SOTS": 21.04}]})
     analysis = analyse([t], parent_metrics={}, parent_tags={})
     row = results_table(spec, analysis)[0]

@@ -20,6 +20,7 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 # (smoke.yaml is itself the demo-scale study).
 TRIAL_COUNTS = {
     "smoke": (8, 8),
+    "transfer_smoke": (40, 40),              # 4 widths x 5 LRs x standard/mup (kind: transfer)
     "paper/table3_scaling": (12, 8),         # x3: B/L x warmup no/yes x conv1/linear/conv3
     "paper/table3_scaling_x4": (12, 8),
     "paper/table5_attention": (4, 4),        # x3: B/L x dot/cosine
@@ -39,6 +40,7 @@ PAPER = sorted(n for n in TRIAL_COUNTS if n.startswith("paper/") and n not in MI
 ALL_IN_ONE_SETS = ("SOTS", "Rain100L", "BSD68_s25", "GoPro", "LOL")
 TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100", "Manga109")
 SMOKE_MAX_TRIALS = 8
+DEMOS = {"smoke": 8, "transfer_smoke": 40}  # measured mini studies (bench/RESULTS.md): their own trial counts
 
 
 def spec_names() -> list[str]:
@@ -83,7 +85,7 @@ def test_spec_validates_and_expands(name):
         assert "smoke" not in s.scales
         return
     small = spec(name, "smoke")
-    assert small.trial_count == smoke <= SMOKE_MAX_TRIALS
+    assert small.trial_count == smoke <= DEMOS.get(name, SMOKE_MAX_TRIALS)
     for point in all_points(small):
         small.trial_config(point)
 
@@ -91,7 +93,7 @@ def test_spec_validates_and_expands(name):
 @pytest.mark.parametrize("name", sorted(TRIAL_COUNTS))
 def test_smoke_scale_fits_two_cpu_cores(name):
     s = spec(name, "full" if TRIAL_COUNTS[name][1] is None else "smoke")
-    assert s.trial_count <= SMOKE_MAX_TRIALS
+    assert s.trial_count <= DEMOS.get(name, SMOKE_MAX_TRIALS)
     for point in all_points(s):
         cfg = s.trial_config(point)
         train = [e["dataset"] for e in cfg.data.mixture] or [cfg.data.train]
@@ -100,9 +102,10 @@ def test_smoke_scale_fits_two_cpu_cores(name):
         assert cfg.scaling.num_workers * cfg.scaling.cpus_per_worker <= 2
         # the smoke scales of the paper's tables are plumbing (minutes); the demo is a measured mini study
         # (its wall time on 2 cores is in bench/RESULTS.md, "the demo's sizes")
-        assert cfg.optim.max_steps <= (2500 if name == "smoke" else 120) and cfg.optim.max_steps % cfg.eval.every == 0
+        assert cfg.optim.max_steps <= (2500 if name in DEMOS else 120) and cfg.optim.max_steps % cfg.eval.every == 0
         assert 1 <= cfg.eval.max_images <= 3 and cfg.data.lq_patch <= 32
-        assert cfg.model_config().dim <= 64, f"{point}: a full-size preset survived the smoke scale"
+        widest = 128 if name == "transfer_smoke" else 64  # the coordinate check's widths, 16 to 128
+        assert cfg.model_config().dim <= widest, f"{point}: a full-size preset survived the smoke scale"
         if cfg.data.mixture:  # restoration tasks: x1 data, x1 model
             assert cfg.model_config().scale == 1 and not any("sr_x" in t for t in train + cfg.data.val)
             continue
@@ -141,7 +144,8 @@ def test_mixture_studies_full_scale_and_smoke(name):
     assert cfg.data.train == "mixture" and len(cfg.data.mixture) == (2 if name.endswith("generalization") else 5)
     assert all(e["val"] for e in cfg.data.mixture)
     small = spec(name, "smoke").trial_config(spec(name, "smoke").grid_points()[0])
-    assert small.model["preset"] == "tiny_unet" and [e["task"] for e in small.data.mixture] == [e["task"] for e in cfg.data.mixture]
+    assert small.model["preset"] == "tiny_unet"
+    assert [e["task"] for e in small.data.mixture] == [e["task"] for e in cfg.data.mixture]
     refs = {r[len("demo:"):] for e in small.data.mixture for r in (e["dataset"], *e["val"])}
     assert refs <= set(DEMO_SETS) | set(DEGRADATION_SETS)
     if name.endswith("generalization"):
@@ -152,7 +156,8 @@ def test_mixture_studies_full_scale_and_smoke(name):
         assert not any(r.endswith("_synth") for r in refs)
     else:
         assert [Path(v).name for v in cfg.data.val] == list(ALL_IN_ONE_SETS)
-        assert {r for r in refs if r.endswith("_synth")} == {"dehaze_synth", "derain_synth", "deblur_synth", "lowlight_synth"}
+        assert {r for r in refs if r.endswith("_synth")} == {"dehaze_synth", "derain_synth", "deblur_synth",
+                                                             "lowlight_synth"}
         assert "SYNTHETIC STAND-INS" in (STUDIES / f"{name}.yaml").read_text()
 
 

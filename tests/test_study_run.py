@@ -93,7 +93,8 @@ def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_p
 
     report = report_study(str(done.directory), workdir=workdir)
     text = report.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| ") and ("lr=" in line or "baseline" in line)]
+    results = text.split("## Results")[1].split("\n## ")[0]
+    rows = [line for line in results.splitlines() if line.startswith(("| baseline", "| lr="))]
     assert rows[0].startswith("| baseline: bicubic"), rows  # the control comes first
     assert sum("preset=tiny_x2" in r for r in rows) == 2 and sum("preset=small_x2" in r for r in rows) == 2, rows
     assert sum("stopped early" in r for r in rows) == len(stopped), rows

@@ -143,7 +143,8 @@ def test_exported_weights_evaluate_and_restore(reference, workdir, tmp_path):
     # The run's last validation split the 3 val images over its 2 ranks; one process scoring the
     # exported weights on all of them gets the same numbers.
     for key in ("val/demo_sr_x2/psnr", "val/demo_sr_x2/ssim", "val/demo_sr_x2/psnr_y", "val/demo_sr_x2/ssim_y"):
-        assert math.isclose(reference.metrics[key], scores[key], abs_tol=1e-3), (key, reference.metrics[key], scores[key])
+        assert math.isclose(reference.metrics[key], scores[key], abs_tol=1e-3), \
+            (key, reference.metrics[key], scores[key])
 
     image = tmp_path / "in.png"
     Image.new("RGB", (21, 17), (120, 30, 200)).save(image)

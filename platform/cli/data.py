@@ -15,13 +15,16 @@ def data() -> None:
 
 @data.command()
 @click.argument("source")
-@click.option("--task", type=click.Choice(["sr", "denoise", "jpeg", "paired", "online", "derain", "dehaze", "deblur", "lowlight"]),
+@click.option("--task",
+              type=click.Choice(["sr", "denoise", "jpeg", "paired", "online",
+                                 "derain", "dehaze", "deblur", "lowlight"]),
               help="Degradation (not for demo). online: HR-only shards, degraded on the fly in training; "
                    "derain/dehaze/deblur/lowlight: synthetic stand-ins, labelled so in the manifest.")
 @click.option("--scale", type=click.IntRange(1, 8), default=None, help="SR factor: 2, 3 or 4 (task sr; paired SR).")
 @click.option("--sigma", type=float, default=None, help="Gaussian noise sigma in 8-bit levels (task denoise).")
 @click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG quality (task jpeg).")
-@click.option("--lq", "lq_source", type=click.Path(file_okay=False), default=None, help="LQ folder, matched by file name (task paired).")
+@click.option("--lq", "lq_source", type=click.Path(file_okay=False), default=None,
+              help="LQ folder, matched by file name (task paired).")
 @click.option("--degrade", "pipeline", default=None,
               help="task online: default on-the-fly pipeline, YAML, e.g. '[{kind: noise, sigma: [15, 75]}]'.")
 @click.option("--split", type=click.Choice(["train", "val", "both"]), default="train", show_default=True)
@@ -30,9 +33,11 @@ def data() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset in --out.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Dataset directory (default <workdir>/data/<name>).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Dataset directory (default <workdir>/data/<name>).")
 @workdir_option
-def build(source, task, scale, sigma, quality, lq_source, pipeline, split, sub_size, step, seed, strict, overwrite, out, workdir):
+def build(source, task, scale, sigma, quality, lq_source, pipeline, split, sub_size, step, seed, strict, overwrite, out,
+          workdir):
     """Build a dataset from an image folder, or the demo datasets with SOURCE=demo.
 
     \b

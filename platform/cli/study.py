@@ -23,21 +23,26 @@ def study() -> None:
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
               help="Trials at once. Default: as many as the cluster holds now (no cap if none fits yet); "
                    "on an autoscaling cluster give what its largest size holds.")
+@click.option("--transfer-from", metavar="SMALL_STUDY", default=None,
+              help="A finished study (name run in this workdir, or its directory): its best trial's values, except "
+                   "size and seed, join the base (before --set), tagged hiir.transfer.* on the study run.")
 @workdir_option
 @tracking_uri_option
 @address_option
 def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_report: bool, max_concurrent: int | None,
-        workdir: Path, tracking_uri: str | None, address: str | None) -> None:
+        transfer_from: str | None, workdir: Path, tracking_uri: str | None, address: str | None) -> None:
     """Run a study (a path, or a name under studies/ such as `smoke` or `paper/tree_depth`).
 
     \b
     Example:
       hiir study run paper/table5_attention --scale smoke
+      hiir study run big_sweep.yaml --transfer-from transfer_smoke
     """
     from hiir.platform.study.run import run_study
 
     done = run_study(spec, workdir=resolve_workdir(workdir), scale=scale, overrides=overrides,
-                     tracking_uri=tracking_uri, search=search, address=address, concurrent=max_concurrent)
+                     tracking_uri=tracking_uri, search=search, address=address, concurrent=max_concurrent,
+                     transfer_from=transfer_from)
     _summarize(done, no_report)
 
 

@@ -44,7 +44,8 @@ def train(config_file: Path, overrides: tuple[str, ...], workdir: Path, tracking
 @click.argument("weights", type=click.Path(exists=True, path_type=Path))
 @click.argument("datasets", nargs=-1, required=True)
 @click.option("--self-ensemble", is_flag=True, help="Also report the x8 self-ensemble ('+') numbers.")
-@click.option("--tile", type=int, default=0, show_default=True, help="Tile side (LQ px) above which to tile; 0 = whole image.")
+@click.option("--tile", type=int, default=0, show_default=True,
+              help="Tile side (LQ px) above which to tile; 0 = whole image.")
 @click.option("--overlap", type=int, default=16, show_default=True, help="Tile overlap in LQ px.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @device_option
@@ -75,7 +76,8 @@ def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: i
 @click.argument("weights", type=click.Path(exists=True, path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("restored"), show_default=True)
-@click.option("--tile", type=int, default=0, show_default=True, help="Tile side (LQ px) above which to tile; 0 = whole image.")
+@click.option("--tile", type=int, default=0, show_default=True,
+              help="Tile side (LQ px) above which to tile; 0 = whole image.")
 @click.option("--overlap", type=int, default=16, show_default=True)
 @click.option("--self-ensemble", is_flag=True)
 @device_option

@@ -7,7 +7,8 @@
     report   the answer: tables with the paper's numbers, scaling-law fits, plots (from MLflow)
     scaling  the saturating power-law fit L(N) = a N^-alpha + c with bootstrap intervals
     noise    seed noise: mean ± sd per cell over seeds, and each axis's effect paired by seed and val image
-    plots    PNG plots of a metric against size or compute, and training curves
+    transfer `kind: transfer`: the best LR per width and its drift per width doubling; `--transfer-from`
+    plots    PNG plots of a metric against size or compute, training curves, grids of panels
 
 Call graph: `cli study run -> run.run_study -> Tune -> run.run_trial -> train.fit.fit_run`;
 `report <- MLflow`.

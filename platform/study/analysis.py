@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from hiir.platform import tracking
 from hiir.platform.evaluation.metrics import sr_convention
@@ -71,10 +72,9 @@ class Trial:
 
     @property
     def crosses_patches(self) -> bool:
-        """False for a model with no path across its P x P patch borders (tree depth 2, linear stage ends)."""
-        get = self.params.get
-        return not (get("resolved_model.tree_depth") == "2" and get("resolved_model.stage_conv") == "linear"
-                    and get("resolved_model.mixer_l2") in ("permute", "none") and get("resolved_model.arch") != "unet")
+        """False for a model with no path across its P x P patch borders (tree depth 2, linear stage ends), as
+        `HiIRConfig.crosses_patches` decided it when the run started."""
+        return self.params.get("resolved_model.crosses_patches", "True") != "False"
 
     @property
     def headline_key(self) -> str:
@@ -99,8 +99,41 @@ class SizeLaw:
     sizes: list[dict[str, Any]]  # {target, params, psnr, sd, seeds}, smallest first
     fit: PowerLawFit | None
     held_out: HeldOut | None
-    rises: bool                  # PSNR grows with every step up in size
+    trend: Trend | None          # dB per doubling of size, over every trial; None below 3 trials
     note: str = ""               # why no fit or no held-out prediction
+
+    @property
+    def monotonic(self) -> bool:
+        """The mean PSNR grows at every step up in size."""
+        return all(b["psnr"] > a["psnr"] for a, b in zip(self.sizes, self.sizes[1:]))
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The least-squares slope of every trial's PSNR against log2 of its parameter count, in dB per doubling,
+    with a Student t interval on n - 2 degrees of freedom: seed noise and any curvature both widen it."""
+
+    per_doubling: float
+    ci: tuple[float, float]
+    n_trials: int
+
+    @property
+    def direction(self) -> str:
+        """rises or falls when the interval excludes 0, else flat (no trend beyond the trials' scatter)."""
+        lo, hi = self.ci
+        return "rises" if lo > 0 else "falls" if hi < 0 else "flat"
+
+
+def size_trend(params: list[float], psnrs: list[float], ci: float = 0.95) -> Trend | None:
+    """dB per doubling of parameters (see `Trend`); None with fewer than 3 trials or a single size."""
+    x, y = np.log2(np.asarray(params, dtype=np.float64)), np.asarray(psnrs, dtype=np.float64)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    if x.size < 3 or sxx == 0.0:
+        return None
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+    residual = y - y.mean() - slope * (x - x.mean())
+    half = float(stats.t.ppf(0.5 + ci / 2, x.size - 2)) * math.sqrt(float((residual**2).sum()) / (x.size - 2) / sxx)
+    return Trend(slope, (slope - half, slope + half), int(x.size))
 
 
 @dataclass
@@ -133,7 +166,8 @@ class Analysis:
 
 
 def analyse(trials: list[Trial], *, parent_metrics: dict[str, float], parent_tags: dict[str, str],
-            mode: str = "max") -> Analysis:
+            mode: str = "max", laws: bool = True) -> Analysis:
+    """`laws=False` skips the size laws: a transfer study's widths serve its LR sweep, not a law per LR."""
     done = [t for t in trials if t.done]
     baseline = {k[len(tracking.BASELINE_PREFIX):]: v for k, v in parent_metrics.items()
                 if k.startswith(tracking.BASELINE_PREFIX)}
@@ -146,7 +180,7 @@ def analyse(trials: list[Trial], *, parent_metrics: dict[str, float], parent_tag
         trials=trials, mode=mode, baseline_name=parent_tags.get(tracking.BASELINE_TAG, "baseline"), baseline=baseline,
         best=best, below_baseline=below, cells=cell_stats(scores) if replicated else [],
         noise=seed_noise(scores) if replicated else None, effects=axis_effects(scores) if done else [],
-        laws=size_laws(done), budgets=budget_table(done), stops=early_stops(trials),
+        laws=size_laws(done) if laws else [], budgets=budget_table(done), stops=early_stops(trials),
         isolated=[t for t in trials if not t.crosses_patches])
 
 
@@ -167,12 +201,13 @@ def _size_law(context: dict[str, str], trials: list[Trial]) -> SizeLaw:
     sizes = []
     for n in sorted(by_size):
         psnrs = [t.metrics["val_psnr"] for t in by_size[n]]
-        sizes.append({"target": by_size[n][0].axes[SIZE_AXIS], "params": float(np.mean([t.n_params for t in by_size[n]])),
+        sizes.append({"target": by_size[n][0].axes[SIZE_AXIS],
+                      "params": float(np.mean([t.n_params for t in by_size[n]])),
                       "psnr": float(np.mean(psnrs)), "sd": float(np.std(psnrs, ddof=1)) if len(psnrs) > 1 else math.nan,
                       "seeds": len(psnrs)})
-    rises = all(b["psnr"] > a["psnr"] for a, b in zip(sizes, sizes[1:]))
+    trend = size_trend([t.n_params for t in trials], [t.metrics["val_psnr"] for t in trials])
     points = [(t.n_params, t.metrics["val_mse"]) for t in trials if t.metrics.get("val_mse")]
-    law = SizeLaw(context, sizes, None, None, rises)
+    law = SizeLaw(context, sizes, None, None, trend)
     if len(sizes) < 3:
         law.note = f"{len(sizes)} size(s): the law L(N) = a·N^-alpha + c needs at least 3"
         return law
@@ -228,6 +263,8 @@ def headline_metrics(analysis: Analysis) -> dict[str, float]:
     fitted = [law for law in analysis.laws if law.fit is not None]
     if len(fitted) == 1:  # one law: its numbers are the study's; several contexts: see the report
         law = fitted[0]
+        if law.trend is not None:
+            out["psnr_per_doubling_db"] = law.trend.per_doubling
         out["scaling_alpha"] = law.fit.alpha
         out.update({f"scaling_alpha_ci_{e}": v for e, v in zip(("lo", "hi"), law.fit.alpha_ci) if math.isfinite(v)})
         if law.held_out is not None:

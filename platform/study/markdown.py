@@ -19,10 +19,13 @@ BELOW = "✗ at or below baseline"
 ISOLATED = "†"  # no path across patch borders
 
 
-def render_markdown(spec, analysis: Analysis, plots: list[Path]) -> str:
+def render_markdown(spec, analysis: Analysis, plots: list[Path], *, more_answer: list[str] = (),
+                    more_sections: list[str] = ()) -> str:
+    """The report; `more_answer` joins the answer's lines and `more_sections` (markdown lines) follows the
+    results table (a study kind's own analysis, e.g. `transfer`)."""
     trials = analysis.trials
     lines = [f"# Study `{spec.name}`", "", spec.question or "", "", "## The answer", ""]
-    lines += [f"- {s}" for s in answer(analysis)] + [""]
+    lines += [f"- {s}" for s in [*more_answer, *answer(analysis)]] + [""]
     lines += [_counts(trials), ""]
     lines += ["## Results", "", markdown_table(results_table(spec, analysis)), ""]
     if analysis.isolated:
@@ -32,6 +35,7 @@ def render_markdown(spec, analysis: Analysis, plots: list[Path]) -> str:
     if synthetic:
         lines += [f"\\* synthetic stand-in (not the real benchmark; numbers are not comparable with the paper's): "
                   f"{', '.join(synthetic)}. See each dataset's manifest.json (degradation.synthetic_stand_in).", ""]
+    lines += list(more_sections)
     lines += _noise_section(analysis) + _law_section(analysis) + _budget_section(analysis) + _stop_section(analysis)
     if spec.expected:
         lines += [f"## The paper's numbers ({spec.expected.get('table', 'expected')})", "",
@@ -53,7 +57,8 @@ def answer(a: Analysis) -> list[str]:
     out = []
     base = a.baseline.get("val_psnr")
     if a.best is not None:
-        line = f"Best trial: `{label(a.best)}`, {a.best.metrics['val_psnr']:.2f} dB (mean headline PSNR over the val sets)"
+        line = (f"Best trial: `{label(a.best)}`, {a.best.metrics['val_psnr']:.2f} dB "
+                "(mean headline PSNR over the val sets)")
         if base is not None:
             line += f", {a.best.metrics['val_psnr'] - base:+.2f} dB against {a.baseline_name} ({base:.2f} dB)"
         out.append(line + ".")
@@ -93,8 +98,7 @@ def answer(a: Analysis) -> list[str]:
 def _law_sentence(law: SizeLaw) -> str:
     where = f" ({_context(law.context)})" if law.context else ""
     sizes = ", ".join(f"{format_size(s['params'])} {s['psnr']:.2f}" for s in law.sizes)
-    trend = "PSNR rises with size" if law.rises else "**PSNR does not rise with size at this scale**"
-    text = f"Size{where}: {trend} ({sizes} dB)."
+    text = f"Size{where}: {_trend_words(law)}. Mean PSNR per size: {sizes} dB."
     if law.fit is not None:
         lo, hi = law.fit.alpha_ci
         ci = f" [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else " (no interval: too few points)"
@@ -109,6 +113,21 @@ def _law_sentence(law: SizeLaw) -> str:
     elif law.note:
         text += f" ({law.note}.)"
     return text
+
+
+def _trend_words(law: SizeLaw) -> str:
+    """The size trend in words: its slope per doubling with the interval, and any step where PSNR fell."""
+    t = law.trend
+    if t is None:
+        return "PSNR rises with size" if law.monotonic else "**PSNR does not rise with size at this scale**"
+    slope = f"{t.per_doubling:+.2f} dB per doubling [{t.ci[0]:+.2f}, {t.ci[1]:+.2f}] over {t.n_trials} trials"
+    if t.direction == "flat":
+        return f"**PSNR does not rise with size beyond the trials' scatter at this scale**: {slope}"
+    if t.direction == "falls":
+        return f"**PSNR falls with size**: {slope}"
+    dips = [f"{format_size(b['params'])} below {format_size(a['params'])}"
+            for a, b in zip(law.sizes, law.sizes[1:]) if b["psnr"] <= a["psnr"]]
+    return f"PSNR rises with size, {slope}" + (f", though not at every step ({', '.join(dips)})" if dips else "")
 
 
 def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
@@ -160,7 +179,8 @@ def _noise_section(a: Analysis) -> list[str]:
     if a.effects:
         lines += ["Each axis level against the first, paired by seed and val image (95% t interval over the pairs); "
                   "an effect is real only when its interval excludes 0:", "",
-                  markdown_table([{"axis": e.axis, "level": e.level, "vs": e.reference, "effect (dB)": f"{e.mean_db:+.3f}",
+                  markdown_table([{"axis": e.axis, "level": e.level, "vs": e.reference,
+                                   "effect (dB)": f"{e.mean_db:+.3f}",
                                    "95% interval": _interval(e.ci_db), "pairs": e.n_pairs, "seeds": e.n_seeds,
                                    "verdict": e.verdict} for e in a.effects]), ""]
     return lines

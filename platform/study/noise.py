@@ -15,7 +15,10 @@ Conventions:
   either lacks per-image data, counted in ``per_set_pairs``). Pairing removes what the two
   trials share: how hard each image is, and any offset a seed gives both levels (its data
   order, its val crops); what remains is the noise of a difference, ``sd_db``.
-* The pooled differences get a Student t interval: ``mean ± t(n-1) sd / sqrt(n)``. The verdict
+* A level's ``n`` differences get a Student t interval, ``mean ± t(dof) s / sqrt(n)``, where ``s^2``
+  pools the variance of the differences over all levels of the axis (``sum (n_l - 1) s_l^2``, ``dof =
+  sum (n_l - 1)``), the error term of a design blocked by seed: with 2 seeds a level alone has 1 degree of
+  freedom (t = 12.7), which no size difference at demo scale could pass; pooled, 4 sizes have 3. The verdict
   is ``real`` when the interval excludes 0, ``within seed noise`` when it does not, and ``no
   replicates`` with fewer than 2 pairs or fewer than 2 seeds among them: one seed says nothing
   about seed noise, whatever the number of contexts, so nothing is called real without seeds.
@@ -153,9 +156,20 @@ def axis_effects(
         ref = (reference or {}).get(axis, levels[0])
         if ref not in levels:
             raise ValueError(f"reference level {ref!r} of axis {axis!r} is not among its levels {levels}")
-        for level in (v for v in levels if v != ref):
-            effects.append(_effect(axis, level, ref, _pairs(merged, axis, level, ref), ci))
+        by_level = {level: _pairs(merged, axis, level, ref) for level in levels if level != ref}
+        pooled = _pooled_variance([np.array([p[2] for p in pairs]) for pairs in by_level.values()])
+        effects += [_effect(axis, level, ref, pairs, ci, pooled) for level, pairs in by_level.items()]
     return effects
+
+
+def _pooled_variance(differences: list[np.ndarray]) -> tuple[float, int]:
+    """The variance of a paired difference pooled over an axis's levels, and its degrees of freedom:
+    ``sum (n_l - 1) s_l^2 / sum (n_l - 1)``, as a blocked design's error term (seeds are the blocks)."""
+    used = [d for d in differences if d.size > 1]
+    dof = sum(d.size - 1 for d in used)
+    if dof == 0:
+        return math.nan, 0
+    return sum((d.size - 1) * float(d.var(ddof=1)) for d in used) / dof, dof
 
 
 def _by_cell_and_seed(trials: Iterable[TrialScores]) -> dict[tuple[Key, Any], TrialScores]:
@@ -248,15 +262,17 @@ def _paired_difference(t: TrialScores, ref: TrialScores) -> tuple[float, bool] |
     return (float(np.mean(diffs)), on_means) if diffs else None
 
 
-def _effect(axis: str, level: Any, ref: Any, pairs: list[tuple[Key, Any, float, bool]], ci: float) -> AxisEffect:
-    """The pooled paired differences' mean, t interval, sd and verdict."""
+def _effect(axis: str, level: Any, ref: Any, pairs: list[tuple[Key, Any, float, bool]], ci: float,
+            pooled: tuple[float, int]) -> AxisEffect:
+    """The paired differences' mean, sd and verdict, with a t interval on the axis's pooled variance."""
     d = np.array([p[2] for p in pairs], dtype=np.float64)
     n, n_seeds = d.size, len({p[1] for p in pairs})
     mean = float(d.mean()) if n else math.nan
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    variance, dof = pooled
     lo = hi = math.nan
-    if n > 1:
-        half = float(stats.t.ppf(0.5 + ci / 2.0, n - 1)) * sd / math.sqrt(n)
+    if n > 1 and dof > 0:
+        half = float(stats.t.ppf(0.5 + ci / 2.0, dof)) * math.sqrt(variance / n)
         lo, hi = mean - half, mean + half
     if n < 2 or n_seeds < 2:
         verdict = NO_REPLICATES

@@ -1,4 +1,5 @@
-"""Report plots (PNG) for studies: a metric against size or compute, and training curves.
+"""Report plots (PNG) for studies: a metric against size or compute, training curves, effects, and
+grids of panels (a transfer study's loss against learning rate, the μP coordinate check).
 
 Conventions:
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from hiir.platform.study.scaling import PowerLawFit
 
-__all__ = ["plot_curves", "plot_effects", "plot_scaling"]
+__all__ = ["plot_curves", "plot_effects", "plot_panels", "plot_scaling"]
 
 #: Resolution of every report PNG; a figure of size (w, h) inches is exactly (w*DPI, h*DPI) pixels
 #: (constrained layout, no tight bounding box, so sizes are predictable).
@@ -222,7 +223,7 @@ def plot_effects(effects: Sequence[tuple[str, float, float, float, bool]], path:
     height = max(2.2, 0.45 * len(effects) + 1.2)
     fig, ax = plt.subplots(figsize=(SCALING_FIGSIZE[0], height), layout="constrained")
     try:
-        for row, (label, mean, lo, hi, real) in enumerate(reversed(effects)):
+        for row, (_label, mean, lo, hi, real) in enumerate(reversed(effects)):
             finite = all(math.isfinite(v) for v in (lo, hi))
             if finite:
                 ax.plot([lo, hi], [row, row], color="black", lw=1.4)
@@ -232,6 +233,58 @@ def plot_effects(effects: Sequence[tuple[str, float, float, float, bool]], path:
         ax.set_xlabel(f"effect ({unit}); filled: beyond seed noise, hollow: within it")
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
+        return _save_figure(fig, path)
+    except BaseException:
+        plt.close(fig)
+        raise
+
+
+def plot_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+                path: str | os.PathLike[str], *, xlabel: str, ylabel: str | Mapping[str, str], title: str,
+                ncols: int | None = None, logx: bool = True, logy: bool = False, sharey: bool = False,
+                xticks: Sequence[float] | None = None,
+                marks: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> Path:
+    """A grid of panels, ``panels[panel][series] = (xs, ys)``, one line per series; a series keeps its colour
+    in every panel, and one legend names them. ``marks[panel][series] = (x, y)`` draws a star there (e.g. a
+    fitted optimum). ``ylabel`` is one label, or one per panel; ``sharey`` puts all panels on one y scale;
+    ``xticks`` labels those x values plainly (widths). Non-finite or (on a log axis) non-positive points are
+    left out."""
+    plt = _pyplot()
+    names = list(panels)
+    ncols = ncols or max(1, len(names))
+    nrows = max(1, math.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols + 1.4, 3.3 * nrows), layout="constrained",
+                             squeeze=False, sharey=sharey)
+    series_names = list(dict.fromkeys(s for p in panels.values() for s in p))
+    cmap = plt.get_cmap("tab10" if len(series_names) <= 10 else "tab20")
+    colours = {s: cmap(i % cmap.N) for i, s in enumerate(series_names)}
+    try:
+        for ax, name in zip(axes.flat, names):
+            for series, (xs, ys) in panels[name].items():
+                pts = [(x, y) for x, y in zip(xs, ys) if _finite_number(x) is not None and _finite_number(y) is not None
+                       and (not logx or x > 0) and (not logy or y > 0)]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=3.5, lw=1.2, color=colours[series], label=series)
+            for series, (x, y) in ((marks or {}).get(name) or {}).items():
+                if _finite_number(x) is not None and _finite_number(y) is not None:
+                    ax.plot([x], [y], marker="*", ms=11, color=colours.get(series, "black"), mec="black", zorder=4)
+            if logx:
+                ax.set_xscale("log")
+            if logy:
+                ax.set_yscale("log")
+            if xticks is not None:
+                ax.set_xticks(list(xticks), [f"{v:g}" for v in xticks])
+                ax.xaxis.set_minor_formatter(plt.NullFormatter())
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel if isinstance(ylabel, str) else ylabel.get(name, ""))
+            ax.grid(True, which="both", alpha=0.3)
+        for ax in list(axes.flat)[len(names):]:
+            ax.set_visible(False)
+        handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+        if handles:
+            fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=7)
+        fig.suptitle(title, fontsize=10)
         return _save_figure(fig, path)
     except BaseException:
         plt.close(fig)

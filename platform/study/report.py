@@ -1,7 +1,8 @@
 """`hiir study report`: the study's answer, read back from MLflow (the source of truth).
 
 `collect_trials` reads every trial run under the study's run (params, metrics, loss curve, tags and the
-per-image scores of its last validation); `analysis.analyse` computes the answer; `markdown` words it.
+per-image scores of its last validation); `analysis.analyse` computes the answer; `markdown` words it; a
+transfer study (`kind: transfer`) adds the best learning rate per width and its drift (`transfer`).
 `write_report` writes `report.md`, `results.json` and the plots into the study directory, logs them to the
 study's run, and sets the study run's headline metrics (best PSNR, the baseline, the fitted exponent, the
 held-out error), so the MLflow runs table shows the answer beside the trials.
@@ -41,11 +42,22 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
     if not trials:
         raise HiirError(f"study {spec.name!r} has no trial runs under MLflow run {parent_run_id}")
     parent = store.get_run(parent_run_id)
-    analysis = analyse(trials, parent_metrics=parent.data.metrics, parent_tags=parent.data.tags, mode=spec.mode)
+    transfer_kind = getattr(spec, "kind", "sweep") == "transfer"
+    analysis = analyse(trials, parent_metrics=parent.data.metrics, parent_tags=parent.data.tags, mode=spec.mode,
+                       laws=not transfer_kind)
     directory.mkdir(parents=True, exist_ok=True)
     plots = draw_plots(spec.name, analysis, directory)
+    more: dict = {}
+    if transfer_kind:  # the best LR per width and its drift (transfer.py)
+        from hiir.platform.study import transfer
+
+        drifts = transfer.analyse_transfer(trials)
+        more = {"more_answer": transfer.answer_lines(drifts), "more_sections": transfer.section(drifts)}
+        if drifts:
+            plots.insert(0, transfer.plot(drifts, directory, spec.name))
+        store.log_metrics(parent_run_id, transfer.headline(drifts), 0, int(time.time() * 1000))
     report = directory / "report.md"
-    write_atomic(report, render_markdown(spec, analysis, plots))
+    write_atomic(report, render_markdown(spec, analysis, plots, **more))
     write_atomic(directory / "results.json", json.dumps(
         [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
           "n_params": t.n_params, "compute": t.compute} for t in trials], indent=1))

@@ -25,6 +25,7 @@ from hiir.platform.train.runtime import init_ray, storage_root
 
 TRIAL_ACTOR_CPU = 0.01  # the trial function only drives its TorchTrainer; Tune refuses 0
 
+
 def param_space(spec: StudySpec, searcher: str = "basic") -> dict[str, Any]:
     from ray import tune
 
@@ -37,6 +38,7 @@ def param_space(spec: StudySpec, searcher: str = "basic") -> dict[str, Any]:
         else:
             space[axis.key] = getattr(tune, axis.kind)(*axis.values)
     return space
+
 
 def max_concurrent(per_trial: TrainConfig, total: dict[str, float] | None = None) -> int | None:
     """How many trials fit at once in the cluster's resources now (each one beyond would start its
@@ -53,6 +55,7 @@ def max_concurrent(per_trial: TrainConfig, total: dict[str, float] | None = None
         have = total.get("CPU", 0)
     return int(have // need) or None
 
+
 def run_trial(params: dict[str, Any], *, study: dict[str, Any]) -> dict[str, Any]:
     """One Tune trial: a TorchTrainer fit under the study's parent run."""
     from ray import tune
@@ -67,6 +70,7 @@ def run_trial(params: dict[str, Any], *, study: dict[str, Any]) -> dict[str, Any
                      storage=study["trial_storage"], parent_run_id=study["parent_run_id"], tags=tags, in_tune=True)
     return {**result.metrics, "mlflow_run_id": result.run_id}
 
+
 @dataclass
 class StudyRun:
     name: str
@@ -77,14 +81,15 @@ class StudyRun:
 
 def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides: tuple[str, ...] = (),
               tracking_uri: str | None = None, search: str = "basic", address: str | None = None,
-              concurrent: int | None = None) -> StudyRun:
-    """Validate the spec, create the parent run, run the trials with Ray Tune."""
+              concurrent: int | None = None, transfer_from: str | None = None) -> StudyRun:
+    """Validate the spec, create the parent run, run the trials with Ray Tune. `transfer_from` names a finished
+    small study whose best values join the base (`transfer.from_study`), tagged on the study run."""
     import yaml
 
     path = find_spec(ref)
     raw = yaml.safe_load(path.read_text())
-    spec = load_spec(path, scale=scale, overrides=overrides)
     workdir = Path(workdir).resolve()
+    spec, overrides, transferred = load_for_run(path, scale, overrides, transfer_from, workdir)
     directory = study_dir(workdir, spec.name)
     check_storage(str(directory))
     tune_root = storage_root(workdir) + "/studies"  # Tune and trial checkpoints: shared storage on a cluster
@@ -104,18 +109,36 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
         store.experiment(experiment, workdir), spec.name, scale=scale, question=spec.question,
         params={"study.trials": spec.trial_count, "study.scale": scale, "study.search": search,
                 "study.spec": str(path)})
+    if transferred is not None:
+        store.set_tags(parent_run_id, transferred.tags())
     log_baseline(store, parent_run_id, resolved)
     state = {"name": spec.name, "base": spec.base,  # what a trial needs: the base, validated here, once
              "raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),
              "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_run_id,
              "trial_storage": f"{tune_root}/{spec.name}/trials", "tune_path": f"{tune_root}/{spec.name}",
-             "search": search, "spec_path": str(path), "max_concurrent": concurrent}
+             "search": search, "spec_path": str(path), "max_concurrent": concurrent, "transfer_from": transfer_from}
     directory.mkdir(parents=True, exist_ok=True)
     write_state(directory, state)
     if state["tune_path"] != str(directory):  # beside Tune's state, so a lost head loses no study
         write_state(state["tune_path"], state)
     results = _tuner(spec, state).fit()
     return _finish(spec.name, directory, state, results)
+
+
+def load_for_run(path: Path, scale: str, overrides: tuple[str, ...], transfer_from: str | None,
+                 workdir: Path) -> tuple[StudySpec, tuple[str, ...], Any]:
+    """The spec with a small study's best values (`--transfer-from`) set before `--set`'s, so `--set` wins;
+    the overrides as applied (saved in study.json, so a resume keeps them); the Transferred, or None."""
+    if not transfer_from:
+        return load_spec(path, scale=scale, overrides=overrides), overrides, None
+    from hiir.platform.study.transfer import check_transfer, from_study
+
+    transferred = from_study(transfer_from, workdir)
+    overrides = (*transferred.overrides(), *overrides)
+    spec = load_spec(path, scale=scale, overrides=overrides)
+    check_transfer(transferred, spec)
+    return spec, overrides, transferred
+
 
 def resume_study(directory: Path | str, *, address: str | None = None) -> StudyRun:
     """Continue an interrupted study: finished trials are kept, unfinished ones resume from checkpoints.
@@ -138,6 +161,7 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
                                resume_errored=True, param_space=param_space(spec, state["search"]))
     return _finish(spec.name, directory, state, tuner.fit())
 
+
 def log_baseline(store: tracking.Store, run_id: str, cfg: TrainConfig) -> dict[str, float]:
     """Score the trivial restoration (bicubic for SR, the degraded input otherwise) on the study's val
     images, with the trials' metric, and log it on the study run: the bar every model must clear."""
@@ -157,6 +181,7 @@ def _trainable(state: dict[str, Any]):
     from ray import tune
 
     return tune.with_resources(tune.with_parameters(run_trial, study=state), {"cpu": TRIAL_ACTOR_CPU})
+
 
 def _tuner(spec: StudySpec, state: dict[str, Any]):
     from ray import tune
@@ -209,6 +234,7 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
         run_config=tune.RunConfig(name=spec.name, storage_path=state["tune_path"].rsplit("/", 1)[0],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
+
 
 def _finish(name: str, directory: Path, state: dict[str, Any], results) -> StudyRun:
     """Close the MLflow runs as Tune saw the trials: finished, stopped early by the scheduler, or failed."""

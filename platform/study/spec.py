@@ -96,6 +96,9 @@ class Spec(_Block):
     mode: Literal["max", "min"] = "max"  # whether more of metric is better
     expected: dict[str, Any] | None = None  # the paper's numbers: {table, rows: [{match, values}], baselines}
     scale: dict[str, Scale] = {}         # name -> a smaller version of the study (`--scale smoke`)
+    # transfer: a learning-rate sweep crossed with widths of one family (and parametrizations); the report
+    # adds the best LR per width and its drift per width doubling (platform/study/transfer.py)
+    kind: Literal["sweep", "transfer"] = "sweep"
 
     @field_validator("scale", mode="before")
     @classmethod
@@ -113,6 +116,7 @@ class Axis:
     kind: str                # one of DISTRIBUTIONS
     values: list[Any]        # grid/choice values, or [low, high]
 
+
 @dataclass
 class StudySpec:
     name: str
@@ -127,6 +131,7 @@ class StudySpec:
     seeds: int = 1
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
+    kind: str = "sweep"
 
     @property
     def trial_count(self) -> int:
@@ -151,6 +156,7 @@ class StudySpec:
         """The validated config of one trial: the base with the trial's values set as they are."""
         return load_config(self.base, values=params)
 
+
 def find_spec(ref: str | Path) -> Path:
     """A path, or a name under studies/ (`smoke`, `paper/table3_scaling`)."""
     path = Path(ref)
@@ -163,10 +169,12 @@ def find_spec(ref: str | Path) -> Path:
     names = [str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")]
     raise HiirError(f"study {ref!r} not found{did_you_mean(ref, names, otherwise='; see `hiir study list`')}")
 
+
 def studies_root() -> Path:
     import hiir.studies
 
     return Path(list(hiir.studies.__path__)[0])
+
 
 def load_spec(ref: str | Path, *, scale: str = "full", overrides: tuple[str, ...] = ()) -> StudySpec:
     import yaml
@@ -180,6 +188,7 @@ def load_spec(ref: str | Path, *, scale: str = "full", overrides: tuple[str, ...
         return parse_spec(raw, scale=scale, overrides=overrides, path=path)
     except ConfigError as exc:
         raise ConfigError(f"{path.name}: {exc}") from None
+
 
 def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str, ...] = (),
                path: Path | None = None) -> StudySpec:
@@ -216,12 +225,16 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
     spec = StudySpec(
         name=doc.name, question=doc.question, base=base, axes=axes, num_samples=num_samples, scheduler=scheduler,
         metric=doc.metric, mode=doc.mode, expected=doc.expected, seeds=seeds,
-        scales={k: b.model_dump(exclude_unset=True) for k, b in doc.scale.items()}, path=path)
+        scales={k: b.model_dump(exclude_unset=True) for k, b in doc.scale.items()}, path=path, kind=doc.kind)
     if spec.trial_count < 1:
         raise ConfigError("the search space is empty: every grid axis needs at least one value")
     if seeds > 1 and scheduler.kind == "asha":
         raise ConfigError("scheduler.kind=asha with seeds > 1 would stop some replicates of a cell and not others, "
                           "which biases its mean and its seed noise; use scheduler: {kind: none} with seeds")
+    if spec.kind == "transfer":
+        from hiir.platform.study.transfer import check_spec
+
+        check_spec(spec)
     _check_trials(spec)
     return spec
 
@@ -276,6 +289,7 @@ def _unknown_key(name: str, loc: tuple) -> str:
         return f"{name} is not a scale field ({', '.join(SCALE_KEYS)}){did_you_mean(loc[-1], SCALE_KEYS, n=1)}"
     return f"{name} is not a study field{did_you_mean(name, SPEC_KEYS, n=2)}"
 
+
 def _check_presets(scales: dict[str, Scale]) -> None:
     from hiir.models import PRESETS
 
@@ -283,6 +297,7 @@ def _check_presets(scales: dict[str, Scale]) -> None:
         for name in (n for pair in block.presets.items() for n in pair):
             if name not in PRESETS:
                 raise ConfigError(f"scale.{scale}.presets: {name!r} is not a known preset; see `hiir models`")
+
 
 def _apply_scale(base: dict, search: dict, block: Scale) -> dict:
     """Shrink a study: `set` overrides base keys; `presets` swaps big presets for small ones."""
@@ -298,8 +313,10 @@ def _apply_scale(base: dict, search: dict, block: Scale) -> dict:
                 search[name] = {kind: list(dict.fromkeys(block.presets.get(v, v) for v in values))}
     return {**search, **block.search}
 
+
 def _axis_key(name: str) -> str:
     return AXIS_ALIASES.get(name, name)
+
 
 def _axis_kind(name: str, value: Any) -> tuple[str, list]:
     if isinstance(value, list):
@@ -313,6 +330,7 @@ def _axis_kind(name: str, value: Any) -> tuple[str, list]:
         raise ConfigError(f"search.{name}.{kind} must be a list")
     return kind, values
 
+
 def _parse_axis(name: str, value: Any) -> Axis:
     key = _axis_key(name)
     if key not in config_keys():
@@ -324,6 +342,7 @@ def _parse_axis(name: str, value: Any) -> Axis:
     if kind in ("uniform", "loguniform", "randint") and len(values) != 2:
         raise ConfigError(f"search.{name}.{kind} needs [low, high]")
     return Axis(key, kind, list(values))
+
 
 def study_schema() -> dict[str, Any]:
     """The JSON Schema of a study spec (`hiir schema study`; studies/schema/study.schema.json): the Spec

@@ -17,7 +17,6 @@ def study_dir(workdir: Path, name: str) -> Path:
     return Path(workdir).resolve() / "studies" / name
 
 
-
 def write_state(where: str | Path, state: dict) -> None:
     """study.json in a study's directory, or under its Tune path on (possibly remote) shared storage."""
     write_atomic(f"{where}/study.json", json.dumps(state, indent=1, default=str))
@@ -49,6 +48,7 @@ def report_study(ref: str, *, workdir: Path) -> Path:
     return write_report(directory, spec=spec, tracking_uri=state["tracking_uri"],
                         parent_run_id=state["parent_run_id"])
 
+
 def list_studies(workdir: Path) -> list[dict[str, Any]]:
     """Every spec under studies/, with its trial count and the MLflow status of its latest run here."""
     import yaml
@@ -70,6 +70,7 @@ def list_studies(workdir: Path) -> list[dict[str, Any]]:
             trials, status = 0, f"invalid: {exc}"
         rows.append({"name": name, "trials": trials, "status": status})
     return rows
+
 
 def _parent_status(state: dict[str, Any]) -> str:
     try:

@@ -34,7 +34,8 @@ def verify(directory: Path) -> None:
     directory = Path(directory)
     records = sorted((directory / INTEGRITY_DIR).glob("rank*.json"))
     if not records:
-        raise HiirError(f"checkpoint {directory.name} has no integrity record (written by an older or interrupted save)")
+        raise HiirError(f"checkpoint {directory.name} has no integrity record "
+                        "(written by an older or interrupted save)")
     loaded = [json.loads(r.read_text()) for r in records]
     writers = loaded[0]["writers"]
     if len(loaded) != writers:

@@ -18,6 +18,7 @@ from hiir.platform.train.runtime import worker_resources
 
 DEMO_PREFIX = "demo:"
 
+
 def resolve_datasets(cfg: TrainConfig, workdir: Path, *, verify: bool = True) -> TrainConfig:
     """`demo:<name>` -> the built-in demo dataset (built on first use); every set verified up front,
     mixture entries included (an online set without a pipeline, or tasks of different scales, fail here).
@@ -56,6 +57,7 @@ def resolve_datasets(cfg: TrainConfig, workdir: Path, *, verify: bool = True) ->
     val = [resolve(v) for v in cfg.data.val]
     return cfg.with_values({"data.train": train, "data.val": val, "data.mixture": mixture})
 
+
 def _train_scale(dataset: str, steps, where: str) -> int:
     """The SR factor a train set is made with (its pipeline's, else its manifest's); an HR-only set with no
     pipeline anywhere fails here, naming `where`."""
@@ -77,6 +79,7 @@ def synthetic_val_sets(cfg: TrainConfig) -> list[str]:
     return [dataset_name(v) for v in cfg.data.val
             if load_manifest(v, verify=False).degradation.get("synthetic_stand_in")]
 
+
 def check_storage(storage: str, need_bytes: int = 0) -> None:
     """An unwritable or full storage path fails now, with its name, not in a worker's first save."""
     if "://" in storage:
@@ -95,6 +98,7 @@ def check_storage(storage: str, need_bytes: int = 0) -> None:
         raise HiirError(f"storage path {path} has {free / 2**20:.1f} MiB free; the checkpoints this run keeps "
                         f"need about {need_bytes / 2**20:.1f} MiB")
 
+
 def workers_leave_this_node(cfg: TrainConfig, nodes: list[dict], here: str) -> bool:
     """Whether Ray may place this run's workers off the driver's node: the cluster has other nodes, or
     this one cannot hold them (an autoscaling head with `--num-cpus=0`, or no GPU when they need one)."""
@@ -103,6 +107,7 @@ def workers_leave_this_node(cfg: TrainConfig, nodes: list[dict], here: str) -> b
         return True
     local = next((n.get("Resources", {}) for n in alive if n["NodeID"] == here), {})
     return any(local.get(k, 0) < v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items())
+
 
 def check_fits_locally(cfg: TrainConfig, address: str | None, *, extra_cpu: float = 0.0,
                        total: dict[str, float] | None = None) -> None:
@@ -123,6 +128,7 @@ def check_fits_locally(cfg: TrainConfig, address: str | None, *, extra_cpu: floa
                else "lower scaling.num_workers or scaling.cpus_per_worker")
         raise HiirError(f"scaling.num_workers={sc.num_workers} x scaling.cpus_per_worker={sc.cpus_per_worker:g}"
                         f"{' with a GPU each' if sc.use_gpu else ''} needs {', '.join(short)} of the local Ray; {fix}")
+
 
 def check_cluster_paths(cfg: TrainConfig, address: str | None, storage: list[str], tracking_uri: str, *,
                         nodes: list[dict] | None = None, here: str | None = None) -> None:
@@ -147,10 +153,12 @@ def check_cluster_paths(cfg: TrainConfig, address: str | None, storage: list[str
                         "logs from workers on other nodes; run an MLflow server and pass --tracking-uri "
                         "http://HOST:5000 (or set MLFLOW_TRACKING_URI)")
 
+
 def checkpoint_bytes(cfg: TrainConfig, num_params: int) -> int:
     """Disk the kept checkpoints need: fp32 weights, two Adam moments, EMA and export (~5 copies)
     per checkpoint, `keep` of them plus the one being written."""
     return 5 * 4 * num_params * (cfg.checkpoint.keep + 1)
+
 
 def model_stats(cfg: TrainConfig) -> dict[str, float]:
     """Parameter count and training FLOPs per step (forward + backward ~ 3x forward, all workers)."""
@@ -176,8 +184,9 @@ def apply_budget(cfg: TrainConfig, flops_per_step: float) -> TrainConfig:
         return cfg
     steps = round(budget / flops_per_step)
     if steps < 1 or cfg.optim.warmup_steps >= steps:
+        too_few = "not one" if steps < 1 else f"not more than optim.warmup_steps={cfg.optim.warmup_steps}"
         raise HiirError(f"budget.flops={budget:.3g} buys {steps} steps of this model ({flops_per_step:.3g} FLOPs a "
-                        f"step), {'not one' if steps < 1 else f'not more than optim.warmup_steps={cfg.optim.warmup_steps}'}; "
+                        f"step), {too_few}; "
                         "raise the budget, or lower data.batch_size or data.lq_patch")
     return cfg.with_values({"optim.max_steps": steps})
 
@@ -189,7 +198,7 @@ def check_patch(cfg: TrainConfig) -> None:
     model = cfg.model_config()
     multiple, patch = model.pad_multiple, cfg.data.lq_patch
     if patch < multiple:
-        largest = "patch2" if model.tree_depth == 4 else "patch"
+        largest = model.tree.pad  # the per-stage size it pads to: patch, or patch2 at tree depth 4
         raise ConfigError(f"data.lq_patch={patch} is smaller than the model's pad multiple {multiple} (its largest "
                           f"group, model.{largest}): every training patch would be reflect-padded to {multiple} px, "
                           f"{(multiple / patch) ** 2:.0f}x its area, with mirror images in the groups; use "

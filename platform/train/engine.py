@@ -184,7 +184,8 @@ class DDPEngine(Engine):
             return  # DDP replicas are identical: rank 0 writes, the others report no checkpoint
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in self.module.state_dict().items()}, str(directory / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in self.module.state_dict().items()},
+                  str(directory / "model.safetensors"))
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                    directory / "optim.pt")
         (directory / "client_state.json").write_text(json.dumps(client_state))

@@ -37,12 +37,14 @@ from hiir.platform.train.runtime import init_ray, run_storage, worker_env, worke
 
 log = logging.getLogger("hiir.train")
 
+
 @dataclass
 class RunResult:
     name: str
     run_id: str | None
     metrics: dict[str, Any]
     export_dir: Path | None
+
 
 def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None, storage: str | None = None,
             parent_run_id: str | None = None, tags: dict[str, str] | None = None,
@@ -79,6 +81,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     _finish_mlflow_run(uri, run_id, workdir, export)
     return RunResult(cfg.name, run_id, metrics, export)
 
+
 def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workdir: Path, in_tune: bool):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -104,6 +107,7 @@ def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workd
             worker_runtime_env={"env_vars": worker_env()}, callbacks=callbacks),
     )
 
+
 def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: str | None,
                       tags: dict[str, str], stats: dict[str, float]) -> str:
     store = tracking.Store(uri)
@@ -112,7 +116,8 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
         tags = {**tags, tracking.PARENT_TAG: parent_run_id}
     run_id, resumed = store.find_or_create_run(exp_id, cfg.name, tags)
     if not resumed:
-        model = dataclasses.asdict(cfg.model_config())
+        model_cfg = cfg.model_config()
+        model = {**dataclasses.asdict(model_cfg), "crosses_patches": model_cfg.crosses_patches}
         store.log_params(run_id, {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()},
                                   **stats})
         with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +125,7 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
             path.write_text(json.dumps(cfg.to_dict(), indent=1))
             store.log_artifact(run_id, path)
     return run_id
+
 
 def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None) -> None:
     spool = tracking.RunLogger(uri, run_id, workdir / "spool")
@@ -135,12 +141,14 @@ def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None
     if not left_clean:
         log.warning("MLflow records of run %s could not all be sent; they are kept in %s", run_id, spool.spool)
 
+
 def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
     """Mark a run ended unless something already closed it."""
     try:
         tracking.Store(uri).end_if_running(run_id, status)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
+
 
 @contextlib.contextmanager
 def _progress(uri: str, run_id: str, total: int, *, enabled: bool, every_s: float = 3.0):
@@ -174,6 +182,7 @@ def _progress(uri: str, run_id: str, total: int, *, enabled: bool, every_s: floa
         stop.set()
         thread.join(timeout=every_s + 5)
 
+
 def _export(result, target: Path) -> Path | None:
     """Copy the final weights out of the last checkpoint, atomically, into <workdir>/runs/<name>/.
     Only these files are read, not the whole checkpoint (whose ZeRO shards may be GBs on S3)."""
@@ -195,6 +204,7 @@ def _export(result, target: Path) -> Path | None:
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
+
 
 def _root_cause(exc: BaseException) -> str:
     """The innermost user-facing message of a Ray failure chain."""

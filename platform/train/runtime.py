@@ -22,12 +22,14 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**35), "MALLOC_TRIM_THRESHOLD_": st
 LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_prestart_worker_first_driver": "0",
                  "RAY_enable_worker_prestart": "0"}
 
+
 def worker_env() -> dict[str, str]:
     """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, allocator settings):
     the driver's value where it has one, else the default."""
     defaults = {"TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "hiir" / "torch_extensions"), **MALLOC_ENV}
     passed = ("DS_ACCELERATOR", "HIIR_FAULT", "MLFLOW_TRACKING_URI", *defaults)
     return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}}
+
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Connect to the cluster at `address` (the CLI's --address, RAY_ADDRESS), or start an embedded local
@@ -53,6 +55,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING,
                  log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
+
 
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     """What one Ray Train worker of this run asks Ray for."""

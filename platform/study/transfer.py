@@ -1,0 +1,375 @@
+"""Transfer studies (`kind: transfer`): does the best learning rate stay put as the model widens?
+
+A transfer study sweeps `optim.lr` (a grid, log-spaced) across widths of one size family (`size: {params,
+family}`, or `model.dim`), usually under both `model.parametrization`s. Per parametrization and width:
+
+- **final loss**: a trial's mean training loss over the last quarter of its logged loss curve (`TAIL`), the
+  quantity μP's transfer is stated for; averaged over seeds per (width, lr) cell;
+- **optimum**: the grid's argmin, refined by the parabola in log2(lr) through it and its two neighbours
+  (kept within them); an argmin on the grid's edge stays there and is flagged: the true optimum may lie beyond;
+- **drift**: the least-squares slope of log2(optimum) against log2(width): how many doublings the best LR
+  moves per doubling of width (0 = it transfers; standard Adam's hidden layers predict about -1);
+- **interval**: 95% percentile bootstrap. With seeds, the seeds of each width are resampled (one draw for all
+  its learning rates: a seed is the same init and batches at every LR); with one seed the only noise left is
+  the final loss's own, so each trial's last loss windows are resampled instead: a lower bound on the noise
+  (a seed's init and data order are not in it), which the report says. μP is called steadier only when its
+  |drift| is smaller in 95% of the draws, by at least MATERIAL, and no width's best LR under μP sits on the
+  grid's edge (its drift would be a bound).
+
+The report gains a section (`section`) and lines of its answer (`answer_lines`); `from_study` gives the best
+values of a finished small study to `hiir study run --transfer-from`.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hiir.platform import tracking
+from hiir.platform.errors import ConfigError, HiirError
+from hiir.platform.study.analysis import Trial
+
+LR_AXIS = "optim.lr"
+WIDTH_AXES = ("model.params", "model.dim")  # a family's size by count, or the width itself
+PARAM_AXIS = "model.parametrization"
+SEED_AXIS = "seed"
+TAIL = 0.25        # the final loss: the mean over the last quarter of the logged loss curve
+N_BOOT = 1000
+MATERIAL = 0.25    # log2(LR) per width doubling: a smaller difference of drifts is not called a difference
+SIZE_KEYS = ("model.preset", "model.params", "model.dim", "budget.flops", "seed")  # never transferred
+
+
+def check_spec(spec) -> None:
+    """A transfer spec sweeps 3+ learning rates on a grid across 2+ widths, every trial to its end."""
+    axes = {a.key: a for a in spec.axes}
+    lr = axes.get(LR_AXIS)
+    if lr is None or lr.kind != "grid" or len(lr.values) < 3:
+        raise ConfigError("kind=transfer needs search.lr (optim.lr) as a list of 3+ learning rates (log-spaced); "
+                          f"got {'none' if lr is None else f'{lr.kind} {lr.values}'}")
+    width = [axes[k] for k in WIDTH_AXES if k in axes]
+    if len(width) != 1 or width[0].kind != "grid" or len(width[0].values) < 2:
+        raise ConfigError("kind=transfer needs one width axis with 2+ values: search.size: {params: [...], family: "
+                          "F} (a family grows by width) or search.model.dim: [...]")
+    if spec.scheduler.kind != "none":
+        raise ConfigError(f"kind=transfer needs scheduler.kind=none (got {spec.scheduler.kind}): a trial stopped "
+                          "early has no final loss, and the curve of loss against LR would lose its weak side")
+
+
+# ------------------------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class Optimum:
+    width: int
+    lr: float                       # refined
+    loss: float                     # the parabola's value there (the grid's value on an edge)
+    interval: tuple[float, float]   # of lr, from the bootstrap
+    at_edge: bool                   # the grid's argmin is its first or last LR
+
+
+@dataclass
+class Drift:
+    """One parametrization in one context (the axes other than lr, width, parametrization and seed)."""
+
+    parametrization: str
+    context: dict[str, str]
+    widths: list[int]
+    lrs: list[float]
+    loss: dict[int, dict[float, float]]   # width -> lr -> seed-mean final loss
+    psnr: dict[int, dict[float, float]]   # width -> lr -> seed-mean val PSNR
+    optima: list[Optimum]
+    psnr_optima: dict[int, float]         # width -> refined lr by val PSNR (its maximum)
+    slope: float                          # log2(optimum lr) per doubling of width
+    interval: tuple[float, float]
+    psnr_slope: float
+    seeds: int
+    noise: str                            # what the interval resamples
+    boot: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+
+def final_loss(t: Trial) -> float | None:
+    """Mean of the loss curve over its last TAIL of steps (at least its last point)."""
+    tail = _tail(t)
+    return float(np.mean(tail)) if tail else None
+
+
+def _tail(t: Trial) -> list[float]:
+    steps, values = t.curve
+    pts = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+    if not pts:
+        return []
+    cut = pts[-1][0] * (1 - TAIL)
+    return [v for s, v in pts if s > cut] or [pts[-1][1]]
+
+
+def refine(xs: list[float], ys: list[float]) -> tuple[float, float, bool]:
+    """(x, y, at_edge) of the minimum: the argmin, moved to the vertex of the parabola through it and its two
+    neighbours when it is inside the grid (the vertex kept between them)."""
+    i = int(np.argmin(ys))
+    if i == 0 or i == len(xs) - 1:
+        return xs[i], ys[i], True
+    (x0, x1, x2), (y0, y1, y2) = xs[i - 1:i + 2], ys[i - 1:i + 2]
+    a, b, c = np.polyfit([x0, x1, x2], [y0, y1, y2], 2)
+    if a <= 0:
+        return x1, y1, False
+    x = float(np.clip(-b / (2 * a), x0, x2))
+    return x, float(a * x * x + b * x + c), False
+
+
+def _slope(widths: list[int], log2_lrs: list[float]) -> float:
+    return float(np.polyfit(np.log2(widths), log2_lrs, 1)[0]) if len(widths) > 1 else math.nan
+
+
+def _optima(widths: list[int], lrs: list[float], loss: dict[int, dict[float, float]]) -> list[tuple]:
+    """Per width, refine() over the LRs with a finite value, in log2(lr); (nan, nan, True) with fewer than 3."""
+    out = []
+    for w in widths:
+        have = [lr for lr in lrs if lr in loss[w] and math.isfinite(loss[w][lr])]
+        out.append(refine([math.log2(lr) for lr in have], [loss[w][lr] for lr in have]) if len(have) >= 3
+                   else (math.nan, math.nan, True))
+    return out
+
+
+def analyse_transfer(trials: list[Trial], *, n_boot: int = N_BOOT, seed: int = 0) -> list[Drift]:
+    """One Drift per (context, parametrization) with 2+ widths, each with 3+ LRs finished."""
+    cells: dict[tuple, dict[tuple[int, float], list[Trial]]] = defaultdict(lambda: defaultdict(list))
+    for t in trials:
+        if not (t.status == "FINISHED" and LR_AXIS in t.axes and t.params.get("resolved_model.dim")
+                and final_loss(t) is not None):
+            continue
+        context = tuple(sorted((k, v) for k, v in t.axes.items()
+                               if k not in (LR_AXIS, PARAM_AXIS, SEED_AXIS, *WIDTH_AXES)))
+        parametrization = t.params.get("resolved_model.parametrization", t.axes.get(PARAM_AXIS, "standard"))
+        cells[(context, parametrization)][(int(t.params["resolved_model.dim"]), float(t.axes[LR_AXIS]))].append(t)
+    rng = np.random.default_rng(seed)
+    drifts = []
+    for (context, parametrization), group in cells.items():
+        widths = sorted({w for w, _ in group if sum(1 for ww, _ in group if ww == w) >= 3})
+        if len(widths) >= 2:
+            drifts.append(_drift(parametrization, dict(context), widths, group, rng, n_boot))
+    return sorted(drifts, key=lambda d: (sorted(d.context.items()), d.parametrization != "standard"))
+
+
+def _drift(parametrization: str, context: dict[str, str], widths: list[int],
+           group: dict[tuple[int, float], list[Trial]], rng: np.random.Generator, n_boot: int) -> Drift:
+    lrs = sorted({lr for w, lr in group if w in widths})
+    cells = {key: sorted(ts, key=lambda t: int(t.axes.get(SEED_AXIS, 0)))
+             for key, ts in group.items() if key[0] in widths}
+    finals = {key: np.asarray([final_loss(t) for t in ts]) for key, ts in cells.items()}  # by seed
+    tails = {key: np.asarray(_tail(ts[0])) for key, ts in cells.items()}
+    loss = {w: {lr: float(finals[(w, lr)].mean()) for lr in lrs if (w, lr) in cells} for w in widths}
+    psnr = {w: {lr: float(np.mean([t.metrics.get("val_psnr", math.nan) for t in cells[(w, lr)]]))
+                for lr in lrs if (w, lr) in cells} for w in widths}
+    found = _optima(widths, lrs, loss)
+    seeds = max(len(ts) for ts in cells.values())
+    # The bootstrap: the seeds of a width drawn with replacement, one draw for all of its LRs (a seed is the
+    # same init and batches at every LR); with one seed, each trial's tail windows.
+    boot_opt = []
+    for _ in range(n_boot):
+        sample: dict[int, dict[float, float]] = {w: {} for w in widths}
+        for w in widths:
+            pick = rng.integers(0, seeds, size=seeds)
+            for lr in loss[w]:
+                f = finals[(w, lr)]
+                sample[w][lr] = (float(f[pick % len(f)].mean()) if seeds > 1
+                                 else float(rng.choice(tails[(w, lr)], size=len(tails[(w, lr)])).mean()))
+        boot_opt.append([x for x, _, _ in _optima(widths, lrs, sample)])
+    boot_opt_arr = np.asarray(boot_opt)
+    boot = np.asarray([_slope(widths, list(row)) for row in boot_opt_arr])
+    optima = [Optimum(w, 2.0**x, y, tuple(2.0 ** np.percentile(boot_opt_arr[:, i], [2.5, 97.5])), edge)
+              for i, (w, (x, y, edge)) in enumerate(zip(widths, found))]
+    by_psnr = _optima(widths, lrs, {w: {lr: -v for lr, v in psnr[w].items()} for w in widths})
+    noise = (f"bootstrap over {seeds} seeds" if seeds > 1 else
+             "bootstrap over each trial's last loss windows; 1 seed, so no seed noise: a lower bound, add seeds: K")
+    return Drift(parametrization, context, widths, lrs, loss, psnr, optima,
+                 {w: 2.0**x for w, (x, _, _) in zip(widths, by_psnr)}, _slope(widths, [x for x, _, _ in found]),
+                 tuple(float(v) for v in np.percentile(boot, [2.5, 97.5])),
+                 _slope(widths, [x for x, _, _ in by_psnr]), seeds, noise, boot)
+
+
+def verdict(drifts: list[Drift]) -> list[str]:
+    """Per context with both parametrizations: did μP hold the optimum steadier than standard, in plain words.
+    Steadier means: smaller |drift| in 95% of the bootstrap draws, and by at least MATERIAL."""
+    out = []
+    by_context: dict[tuple, dict[str, Drift]] = defaultdict(dict)
+    for d in drifts:
+        by_context[tuple(sorted(d.context.items()))][d.parametrization] = d
+    for context, pair in by_context.items():
+        if set(pair) != {"standard", "mup"}:
+            continue
+        where = f" ({', '.join(f'{k}={v}' for k, v in context)})" if context else ""
+        std, mup = pair["standard"], pair["mup"]
+        n = min(len(std.boot), len(mup.boot))
+        steadier = float(np.mean(np.abs(mup.boot[:n]) < np.abs(std.boot[:n]))) if n else math.nan
+        gain = abs(std.slope) - abs(mup.slope)
+        lo, hi = mup.interval
+        numbers = (f"|drift| {abs(mup.slope):.2f} under μP against {abs(std.slope):.2f} under standard, μP steadier in "
+                   f"{steadier:.0%} of bootstrap draws; μP's interval [{lo:+.2f}, {hi:+.2f}] "
+                   f"{'includes' if lo <= 0 <= hi else 'excludes'} 0")
+        mup_edges = [o.width for o in mup.optima if o.at_edge]
+        if steadier >= 0.95 and gain >= MATERIAL and mup_edges:  # μP's own drift is only a bound: no claim
+            text = (f"**Not conclusive at this scale{where}**: μP's drift is the smaller ({numbers}), but μP's best "
+                    f"LR is on the grid's edge at C {', '.join(map(str, mup_edges))}, so its drift is only a bound")
+        elif steadier >= 0.95 and gain >= MATERIAL:
+            text = f"μP held the optimum steadier than standard at this scale{where}: {numbers}"
+        elif steadier <= 0.05 and -gain >= MATERIAL:
+            text = (f"**μP did not hold the optimum steadier than standard at this scale{where}**: standard moved "
+                    f"less; {numbers}")
+        else:
+            why = (f"the drifts differ by {abs(gain):.2f}, less than {MATERIAL}" if abs(gain) < MATERIAL
+                   else "the difference is within the noise")
+            text = f"**μP did not measurably stabilise the optimum at this scale{where}**: {why}; {numbers}"
+        if min(std.seeds, mup.seeds) < 2:
+            text += "; one seed, so the intervals hold the final loss's own noise only (a lower bound)"
+        out.append(text + ".")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the report
+
+
+def _fmt_lr(lr: float) -> str:
+    return f"{lr:.3g}"
+
+
+def _name(d: Drift) -> str:
+    where = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in d.context.items())
+    return d.parametrization + (f" ({where})" if where else "")
+
+
+def answer_lines(drifts: list[Drift]) -> list[str]:
+    """The drift of each parametrization and the verdict: lines for the top of the report."""
+    lines = []
+    for d in drifts:
+        lo, hi = d.interval
+        edges = [o.width for o in d.optima if o.at_edge]
+        line = (f"Best LR under {_name(d)}: {', '.join(f'C {o.width} {_fmt_lr(o.lr)}' for o in d.optima)}; drift "
+                f"{d.slope:+.2f} [{lo:+.2f}, {hi:+.2f}] log2(LR) per width doubling ({d.noise}).")
+        if edges:
+            line += (f" At width {', '.join(map(str, edges))} the best LR is on the grid's edge: the drift there is "
+                     "a bound; widen the grid.")
+        lines.append(line)
+    return lines + verdict(drifts)
+
+
+def section(drifts: list[Drift]) -> list[str]:
+    """The report's transfer section: the optimum per width with its interval, the drift, the verdict."""
+    if not drifts:
+        return ["## Learning-rate transfer", "", "No (parametrization, context) had 2+ widths with 3+ finished "
+                "learning rates: there is no optimum to follow yet.", ""]
+    from hiir.platform.study.markdown import markdown_table
+
+    lines = ["## Learning-rate transfer", "",
+             f"Final loss = mean training loss over the last {TAIL:.0%} of each trial's logged curve, averaged over "
+             "seeds. The best LR per width is the grid's argmin refined by a parabola in log2(LR) through it and "
+             "its neighbours (✗: on the grid's edge); its 95% interval and the drift's come from the bootstrap "
+             "named below each table. The drift is the slope of log2(best LR) against log2(width): 0 means the "
+             "best LR transfers across widths.", ""]
+    for d in drifts:
+        rows = [{"width C": o.width, "best LR (loss)": _fmt_lr(o.lr) + (" ✗" if o.at_edge else ""),
+                 "95% interval": f"[{_fmt_lr(o.interval[0])}, {_fmt_lr(o.interval[1])}]",
+                 "final loss there": f"{o.loss:.4f}", "best LR (val PSNR)": _fmt_lr(d.psnr_optima[o.width]),
+                 **{f"loss @ {_fmt_lr(lr)}": f"{d.loss[o.width][lr]:.4f}" for lr in d.lrs if lr in d.loss[o.width]}}
+                for o in d.optima]
+        lo, hi = d.interval
+        lines += [f"### {_name(d)}", "", markdown_table(rows), "",
+                  f"Drift: {d.slope:+.3f} [{lo:+.3f}, {hi:+.3f}] log2(LR) per width doubling ({d.noise}); by val "
+                  f"PSNR {d.psnr_slope:+.3f}.", ""]
+    return lines + verdict(drifts) + [""]
+
+
+def headline(drifts: list[Drift]) -> dict[str, float]:
+    """The drifts as metrics of the study run (one context only: several go to the report)."""
+    if len({tuple(sorted(d.context.items())) for d in drifts}) != 1:
+        return {}
+    out = {}
+    for d in drifts:
+        out[f"transfer_drift_{d.parametrization}"] = d.slope
+        out[f"transfer_drift_{d.parametrization}_ci_lo"], out[f"transfer_drift_{d.parametrization}_ci_hi"] = d.interval
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def plot(drifts: list[Drift], directory: Path, title: str) -> Path:
+    """Final loss (top) and val PSNR (bottom) against LR, one line per width, one column per parametrization;
+    a star at each width's refined optimum."""
+    from hiir.platform.study.plots import plot_panels
+
+    panels, marks, ylabel = {}, {}, {}
+    for metric, values in (("final loss", lambda d: d.loss), ("val PSNR (dB)", lambda d: d.psnr)):
+        for d in drifts:
+            name = f"{_name(d)}: {metric}"
+            panels[name] = {f"C {w}": (sorted(values(d)[w]), [values(d)[w][lr] for lr in sorted(values(d)[w])])
+                            for w in d.widths}
+            ylabel[name] = metric
+            if metric == "final loss":
+                marks[name] = {f"C {o.width}": (o.lr, o.loss) for o in d.optima}
+    return plot_panels(panels, directory / "transfer_lr.png", xlabel="learning rate (optim.lr)", ylabel=ylabel,
+                       ncols=len(drifts), marks=marks, title=f"{title}: final loss and val PSNR against LR per width")
+
+
+# ------------------------------------------------------------------------------------------- --transfer-from
+
+
+@dataclass
+class Transferred:
+    """The best values of a finished small study, to apply to a larger one's base config."""
+
+    source: str                 # the small study's name
+    parent_run_id: str          # its MLflow study run
+    trial: str                  # the trial the values come from (run name)
+    values: dict[str, str]      # config key -> value, as the trial's axis tags hold it
+
+    def overrides(self) -> tuple[str, ...]:
+        return tuple(f"{k}={v}" for k, v in self.values.items())
+
+    def tags(self) -> dict[str, str]:
+        return {tracking.TRANSFER_FROM_TAG: f"{self.source} (run {self.parent_run_id}, trial {self.trial})",
+                **{f"{tracking.TRANSFER_TAG}{k}": v for k, v in self.values.items()}}
+
+
+def from_study(ref: str, workdir: Path) -> Transferred:
+    """The best finished trial of study `ref` (a name run in `workdir`, or its directory) by that study's own
+    metric and mode, over all its trials (in a transfer study: whichever width and parametrization won). Its
+    axis values other than size, width and seed are taken; a μP winner brings its mup_base_dim (the width its
+    LRs are stated at), without which its LRs would mean something else at the new widths."""
+    from hiir.platform.study.report import collect_trials
+    from hiir.platform.study.spec import parse_spec
+    from hiir.platform.study.state import read_state, study_dir
+
+    directory = Path(ref) if (Path(ref) / "study.json").is_file() else study_dir(workdir, Path(ref).name)
+    if not (directory / "study.json").is_file():
+        raise HiirError(f"--transfer-from {ref}: no study of that name has run in {workdir} (no {directory}/study.json)"
+                        "; run it first with `hiir study run`")
+    state = read_state(directory)
+    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+    status = tracking.Store(state["tracking_uri"]).get_run(state["parent_run_id"]).info.status
+    if status != "FINISHED":
+        raise HiirError(f"--transfer-from {spec.name}: its study run {state['parent_run_id']} is {status}, not "
+                        f"finished; finish it with `hiir study resume {directory}`")
+    usable = [t for t in collect_trials(state["tracking_uri"], state["parent_run_id"])
+              if t.status == "FINISHED" and math.isfinite(t.metrics.get(spec.metric, math.nan))]
+    if not usable:
+        raise HiirError(f"--transfer-from {spec.name}: no finished trial has its metric {spec.metric}; nothing "
+                        "to transfer")
+    sign = 1 if spec.mode == "max" else -1
+    best = max(usable, key=lambda t: sign * t.metrics[spec.metric])
+    values: dict[str, Any] = {k: v for k, v in best.axes.items() if k not in SIZE_KEYS}
+    if best.params.get("resolved_model.parametrization") == "mup":
+        values.setdefault(PARAM_AXIS, "mup")
+        values["model.mup_base_dim"] = best.params["resolved_model.mup_base_dim"]
+    if not values:
+        raise HiirError(f"--transfer-from {spec.name}: its best trial {best.name} varies nothing but size and seed; "
+                        "nothing to transfer")
+    return Transferred(spec.name, state["parent_run_id"], best.name, {k: str(v) for k, v in values.items()})
+
+
+def check_transfer(transferred: Transferred, spec) -> None:
+    """A transferred key must not be an axis of the new study: the axis would silently replace it."""
+    clash = sorted(set(transferred.values) & {a.key for a in spec.axes})
+    if clash:
+        raise HiirError(f"--transfer-from {transferred.source}: {', '.join(clash)} is a search axis of {spec.name}, "
+                        "which would replace the transferred value; drop the axis or the flag")
