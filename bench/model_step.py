@@ -11,7 +11,7 @@ For each: step time, FLOPs (forward + backward, `hiir.models.summary.model_flops
 its share of this machine's fp32 matmul GFLOP/s (measured between the rounds, best of them).
 The script re-runs itself with the training workers' glibc settings (`MALLOC_ENV`).
 
-Targets (issue 15): Hi-IR-B's GFLOP/s >= SwinIR's (1.0x); its step time <= 1.25x SwinIR's.
+Targets: Hi-IR-B's GFLOP/s >= SwinIR's (1.0x); its step time <= 1.25x SwinIR's.
 
     .venv/bin/python bench/model_step.py                  # batch 2 of 64^2 LR, 5 rounds: ~3 min on 2 cores
     .venv/bin/python bench/model_step.py --steps 3 --batch 1

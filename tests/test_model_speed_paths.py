@@ -1,4 +1,4 @@
-"""The fast paths of hiir.models keep the numerics (issue 15): outputs and gradients of tiny networks
+"""The fast paths of hiir.models keep the numerics: outputs and gradients of tiny networks
 equal a reference saved before the speed work, for fixed weights and input; the eval-mode
 position-bias cache follows the weights; the shifted-window mask cache is shared and bounded.
 

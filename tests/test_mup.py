@@ -1,4 +1,4 @@
-"""μP (issue 14): the parameter groups' learning rates follow the width as `models/mup.py` states; the init is
+"""μP: the parameter groups' learning rates follow the width as `models/mup.py` states; the init is
 the standard one rescaled; `standard` is today's model and optimizer, unchanged; the coordinate check is flat
 under μP and grows under standard (through the CLI, which saves its slopes); DeepSpeed ZeRO-2 and DDP resume a
 μP run with the same groups and the same losses (the bare engines in one subprocess: no Ray)."""

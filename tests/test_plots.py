@@ -49,7 +49,7 @@ def test_plot_scaling_writes_png_with_fit_and_band(tmp_path, study_points):
 def test_plot_scaling_psnr_axis_and_no_fit(tmp_path, study_points):
     pts, fit = study_points
     p1 = plot_scaling(pts, "params", "psnr", tmp_path / "psnr.png", fit=fit, fit_to_y=mse_to_psnr)
-    p2 = plot_scaling(pts, "params", "psnr", tmp_path / "plain.png", logx=False)
+    p2 = plot_scaling([*pts, {"params": 0, "psnr": 30.0}], "params", "psnr", tmp_path / "plain.png")  # 0: skipped
     p3 = plot_scaling([], "params", "psnr", tmp_path / "empty.png", title="nothing yet")
     for p in (p1, p2, p3):
         assert _png_size(p)[0] > 100

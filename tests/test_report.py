@@ -25,7 +25,7 @@ def _true_psnr(n: float) -> float:
 
 
 def _study(tmp_path: Path, psnr_of, *, seeds=(0, 1), attention=("dot",),
-           isolated=()) -> tuple[tracking.Store, str]:
+           isolated=(), sizes=SIZES) -> tuple[tracking.Store, str]:
     store = tracking.Store(tracking.default_tracking_uri(tmp_path))
     exp = store.experiment("report-test", tmp_path)
     parent = store.create_study_run(exp, "report-test", scale="full", question="does PSNR grow with size?", params={})
@@ -35,13 +35,13 @@ def _study(tmp_path: Path, psnr_of, *, seeds=(0, 1), attention=("dot",),
     store.set_tags(parent, {tracking.BASELINE_TAG: "bicubic"})
     rng = np.random.default_rng(0)
     image_offset = {i: o for i, o in zip(IMAGES, (1.5, -2.0, 0.5))}  # images differ in difficulty
-    for target, count in SIZES.items():
+    for target, count in sizes.items():
         for att in attention:
             for seed in seeds:
                 axes = {"model.params": target, "seed": seed} if len(seeds) > 1 else {"model.params": target}
                 if len(attention) > 1:
                     axes["model.attention"] = att
-                trial_id = f"{target}-{att}-{seed}"
+                trial_id = f"report-test_{len(store.children(parent)):05d}"  # Tune's ids: the space's order
                 psnr = psnr_of(count, att) + rng.normal(0, 0.02)
                 per_image = {i: psnr + o + rng.normal(0, 0.01) for i, o in image_offset.items()}
                 mean = float(np.mean(list(per_image.values())))
@@ -88,8 +88,10 @@ def test_report_answers_with_the_baseline_the_law_and_the_held_out_size(tmp_path
 
 
 def test_one_law_puts_its_exponent_and_held_out_error_on_the_study_run(tmp_path):
-    store, parent = _study(tmp_path, lambda n, att: _true_psnr(n))
-    write_report(tmp_path / "out", spec=_spec(), tracking_uri=store.uri, parent_run_id=parent)
+    largest_first = dict(reversed(SIZES.items()))
+    store, parent = _study(tmp_path, lambda n, att: _true_psnr(n), sizes=largest_first)
+    text = write_report(tmp_path / "out", spec=_spec(), tracking_uri=store.uri, parent_run_id=parent).read_text()
+    assert "model.params 0.4M vs 0.05M: +" in text  # sizes are judged against the smallest, whatever ran first
     metrics = store.get_run(parent).data.metrics
     assert 0 < metrics["scaling_alpha"] < 3 and math.isfinite(metrics["heldout_error_db"])
     assert abs(metrics["heldout_error_db"]) < 0.5 and "heldout_predicted_psnr" in metrics

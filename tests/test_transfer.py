@@ -1,4 +1,4 @@
-"""Transfer studies (issue 14) from a real SQLite MLflow store, without training: trial runs are written as
+"""Transfer studies from a real SQLite MLflow store, without training: trial runs are written as
 trials write them (axes as tags, resolved model params, the loss curve, val PSNR), with a known best learning
 rate per width. The report must find each optimum, the drift per width doubling with its interval, and say
 which parametrization held the optimum; `--transfer-from` must take a finished small study's best values."""

@@ -179,7 +179,8 @@ def analyse(trials: list[Trial], *, parent_metrics: dict[str, float], parent_tag
     return Analysis(
         trials=trials, mode=mode, baseline_name=parent_tags.get(tracking.BASELINE_TAG, "baseline"), baseline=baseline,
         best=best, below_baseline=below, cells=cell_stats(scores) if replicated else [],
-        noise=seed_noise(scores) if replicated else None, effects=axis_effects(scores) if done else [],
+        noise=seed_noise(scores) if replicated else None,
+        effects=axis_effects(scores, _references(done)) if done else [],
         laws=size_laws(done) if laws else [], budgets=budget_table(done), stops=early_stops(trials),
         isolated=[t for t in trials if not t.crosses_patches])
 
@@ -220,6 +221,12 @@ def _size_law(context: dict[str, str], trials: list[Trial]) -> SizeLaw:
     except (ValueError, RuntimeError) as exc:
         law.note = f"no held-out prediction: {exc}"
     return law
+
+
+def _references(done: list[Trial]) -> dict[str, str]:
+    """The level every other is compared with: the smallest size on a size axis (else the first level seen)."""
+    sized = [t for t in done if SIZE_AXIS in t.axes and t.n_params]
+    return {SIZE_AXIS: min(sized, key=lambda t: t.n_params).axes[SIZE_AXIS]} if sized else {}
 
 
 def budget_table(done: list[Trial]) -> list[dict[str, Any]]:

@@ -78,7 +78,6 @@ def plot_scaling(
     fit: PowerLawFit | None = None,
     label_key: str | None = None,
     group_key: str | None = None,
-    logx: bool = True,
     logy: bool = False,
     fit_to_y: Callable[[np.ndarray], np.ndarray] | None = None,
     hlines: Mapping[str, float] | None = None,
@@ -92,7 +91,8 @@ def plot_scaling(
     With ``fit``, the fitted law ``a N^-alpha + c`` is drawn over the x range together with its
     pointwise bootstrap band. The fit lives in loss/MSE space; when ``y_key`` is another quantity
     pass ``fit_to_y`` to map the curve onto it (e.g. ``scaling.mse_to_psnr`` for a PSNR axis).
-    Log axes need positive values: with ``logx`` non-positive x are skipped as well.
+    The x axis is logarithmic (sizes, compute): non-positive x are skipped, and so are non-positive y
+    with ``logy``.
     ``hlines`` draws labelled horizontal references (the baseline every trial must clear).
     """
     plt = _pyplot()
@@ -104,7 +104,7 @@ def plot_scaling(
     for p in points:
         x = _finite_number(p.get(x_key))
         y = _finite_number(p.get(y_key))
-        if x is None or y is None or (logx and x <= 0) or (logy and y <= 0):
+        if x is None or y is None or x <= 0 or (logy and y <= 0):
             skipped += 1
             continue
         xs.append(x)
@@ -132,12 +132,7 @@ def plot_scaling(
                 lo_x, hi_x = min(xs), max(xs)
             else:
                 lo_x, hi_x = 1e5, 1e8
-            if logx:
-                grid = np.geomspace(lo_x / 1.5, hi_x * 1.5, 200)
-            else:
-                span = hi_x - lo_x or abs(hi_x) or 1.0
-                grid = np.linspace(max(lo_x - 0.1 * span, lo_x / 2), hi_x + 0.1 * span, 200)
-                grid = grid[grid > 0]
+            grid = np.geomspace(lo_x / 1.5, hi_x * 1.5, 200)
             to_y = fit_to_y if fit_to_y is not None else (lambda v: v)
             curve = np.asarray(to_y(np.asarray(fit.predict(grid))), dtype=np.float64)
             law = f"fit: {fit.a:.4g}·N^-{fit.alpha:.4g} + {fit.c:.4g}"
@@ -152,8 +147,7 @@ def plot_scaling(
 
         for (name, value), style in zip((hlines or {}).items(), ("--", ":", "-.")):
             ax.axhline(value, color="tab:red", ls=style, lw=1.1, zorder=1, label=f"{name} ({value:.2f})")
-        if logx:
-            ax.set_xscale("log")
+        ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel(x_key)
@@ -175,7 +169,6 @@ def plot_curves(
     *,
     ylabel: str,
     title: str,
-    xlabel: str = "step",
     logy: bool = False,
 ) -> Path:
     """Training curves, one line per trial: ``curves[name] = (steps, values)``; writes a PNG.
@@ -202,7 +195,7 @@ def plot_curves(
             ax.plot(s, v, lw=1.2, marker="." if s.size < 30 else None, label=name)
         if logy:
             ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.set_title(title if not empty else f"{title} (no data: {', '.join(empty)})", fontsize=10)
         ax.grid(True, alpha=0.3)

@@ -23,7 +23,11 @@ from hiir.platform.study.markdown import label, render_markdown
 def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
     store = tracking.Store(tracking_uri)
     trials = []
-    for run in sorted(store.children(parent_run_id), key=lambda r: r.info.start_time or 0):
+    # Tune numbers its trials in the space's order (..._00000, _00001, ...): the report keeps that order, not
+    # the order in which concurrent trials happened to open their runs.
+    runs = sorted(store.children(parent_run_id), key=lambda r: (r.data.tags.get(tracking.TRIAL_TAG, ""),
+                                                                  r.info.start_time or 0))
+    for run in runs:
         history = store.history(run.info.run_id, "loss")
         tags = run.data.tags
         per_image = store.json_artifact(run.info.run_id, tracking.VAL_IMAGES) if run.info.status == "FINISHED" else None
@@ -89,7 +93,7 @@ def draw_plots(name: str, a: Analysis, directory: Path) -> list[Path]:
             plots.append(plot_scaling(with_compute, "compute", "psnr", directory / "psnr_vs_compute.png",
                                       group_key="size", hlines=hlines, title=f"{name}: PSNR vs training FLOPs"))
         plots.append(plot_scaling(points, "params", "loss", directory / "loss_vs_params.png",
-                                  label_key="label" if labelled else None,
+                                  label_key="label" if labelled else None, logy=True,
                                   title=f"{name}: final train loss vs parameters"))
     judged = [e for e in a.effects if e.n_pairs >= 2]
     if judged:
@@ -101,6 +105,6 @@ def draw_plots(name: str, a: Analysis, directory: Path) -> list[Path]:
         if t.curve[0]:  # sampled searches can repeat a point: the run name keeps both curves
             curves[label(t) if label(t) not in curves else f"{label(t)} ({t.name})"] = t.curve
     if curves:
-        plots.append(plot_curves(curves, directory / "training_curves.png", ylabel="train loss (L1)",
+        plots.append(plot_curves(curves, directory / "training_curves.png", ylabel="train loss (L1)", logy=True,
                                  title=f"{name}: training curves"))
     return plots
