@@ -390,6 +390,24 @@ def test_budget_axis_is_training_flops():
     assert s.trial_config({"budget.flops": 3e13, "model.params": "0.1M"}).budget.flops == 3e13
 
 
+def test_isoflop_step_counts_are_the_budget_over_each_sizes_flops_per_step():
+    from hiir.platform.train.checks import apply_budget, model_stats
+
+    s = parse_spec(_bad(search={"budget": [1e13, 3e13], "size": {"params": ["0.05M", "0.4M"], "family": "tiny"}}))
+    steps = {}
+    for point in s.grid_points():
+        cfg = s.trial_config(point)
+        per_step = model_stats(cfg)["flops_per_step"]  # 3 x forward x batch x workers, from the flop counter
+        steps[point["budget.flops"], point["model.params"]] = apply_budget(cfg, per_step).optim.max_steps
+        assert steps[point["budget.flops"], point["model.params"]] == round(point["budget.flops"] / per_step)
+    for size in ("0.05M", "0.4M"):  # 3x the compute buys 3x the steps, and a larger model fewer of them
+        assert steps[3e13, size] == pytest.approx(3 * steps[1e13, size], abs=2)
+    assert steps[1e13, "0.4M"] < steps[1e13, "0.05M"] / 4
+    cfg = s.trial_config({"budget.flops": 1e13, "model.params": "0.4M"})
+    with pytest.raises(HiirError, match=r"budget.flops=1e\+13 buys 0 steps"):
+        apply_budget(cfg, 1e14)
+
+
 def test_a_trial_whose_patch_is_smaller_than_its_groups_is_refused_naming_the_axis_values():
     raw = _bad(search={"tree_depth": [3, 4]}, datasets={"train": "demo:sr_x2", "val": ["demo:sr_x2"], "lq_patch": 8},
                base={"model": {"preset": "tiny_x2"}, "optim": {"max_steps": 20}})
