@@ -177,8 +177,9 @@ def _noise_section(a: Analysis) -> list[str]:
                   markdown_table([{**{k: _fmt_axis(str(v)) for k, v in c.cell.items()}, "PSNR": c.sentence}
                                   for c in a.cells]), ""]
     if a.effects:
-        lines += ["Each axis level against the first, paired by seed and val image (95% t interval over the pairs); "
-                  "an effect is real only when its interval excludes 0:", "",
+        lines += ["Each axis level against the first (on a size axis, the smallest), paired by seed and val image; "
+                  "95% t interval on the variance of the pairs' differences pooled over the axis's levels. "
+                  "An effect is real only when its interval excludes 0:", "",
                   markdown_table([{"axis": e.axis, "level": e.level, "vs": e.reference,
                                    "effect (dB)": f"{e.mean_db:+.3f}",
                                    "95% interval": _interval(e.ci_db), "pairs": e.n_pairs, "seeds": e.n_seeds,
