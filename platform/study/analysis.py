@@ -25,6 +25,7 @@ from scipy import stats
 from hiir.platform import tracking
 from hiir.platform.evaluation.metrics import sr_convention
 from hiir.platform.study.noise import (
+    SEED_AXIS,
     AxisEffect,
     CellStats,
     SeedNoise,
@@ -38,7 +39,6 @@ from hiir.platform.study.spec import size_classes
 
 SIZE_AXIS = "model.params"
 BUDGET_AXIS = "budget.flops"
-SEED_AXIS = "seed"
 
 
 @dataclass

@@ -17,8 +17,8 @@ from typing import Any
 from hiir.platform import tracking
 from hiir.platform.config import TrainConfig, load_config
 from hiir.platform.errors import HiirError
-from hiir.platform.study.spec import StudySpec, find_spec, load_spec, parse_spec, size_classes
-from hiir.platform.study.state import read_state, study_dir, write_state
+from hiir.platform.study.spec import StudySpec, find_spec, load_spec, size_classes
+from hiir.platform.study.state import read_state, state_spec, study_dir, write_state
 from hiir.platform.train.checks import check_cluster_paths, check_fits_locally, check_storage, resolve_datasets
 from hiir.platform.train.fit import fit_run
 from hiir.platform.train.runtime import init_ray, storage_root
@@ -148,7 +148,7 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
     from ray import tune
 
     state = read_state(directory)
-    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+    spec = state_spec(state)
     if "://" in str(directory):  # the local directory comes back, for the report and later resumes
         directory = study_dir(Path(state["workdir"]), spec.name)
         write_state(directory, state)

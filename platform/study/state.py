@@ -10,7 +10,7 @@ from typing import Any
 from hiir.data_prep.files import filesystem, write_atomic
 from hiir.platform import tracking
 from hiir.platform.errors import ConfigError, HiirError
-from hiir.platform.study.spec import load_spec, parse_spec, studies_root
+from hiir.platform.study.spec import StudySpec, load_spec, parse_spec, studies_root
 
 
 def study_dir(workdir: Path, name: str) -> Path:
@@ -35,16 +35,30 @@ def read_state(where: str | Path) -> dict:
         raise HiirError(f"{where} holds no readable study.json ({exc})") from None
 
 
+def state_spec(state: dict) -> StudySpec:
+    """The spec a study ran with, as study.json saved it (its YAML, scale and overrides)."""
+    return parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+
+
+def find_study(ref: str, workdir: Path) -> tuple[Path, dict, StudySpec] | None:
+    """A study given by directory or name (the latest run of that name in `workdir`): its directory, state and
+    spec; None when no study.json is there."""
+    directory = Path(ref) if (Path(ref) / "study.json").is_file() else study_dir(workdir, Path(ref).name)
+    if not (directory / "study.json").is_file():
+        return None
+    state = read_state(directory)
+    return directory, state, state_spec(state)
+
+
 def report_study(ref: str, *, workdir: Path) -> Path:
     """Report for a study given by directory or name (the latest run of that name in `workdir`)."""
     from hiir.platform.study.report import write_report
 
-    directory = Path(ref) if (Path(ref) / "study.json").is_file() else study_dir(workdir, Path(ref).name)
-    state_file = directory / "study.json"
-    if not state_file.is_file():
-        raise HiirError(f"no study run found for {ref!r} (looked for {state_file}); run `hiir study run` first")
-    state = read_state(directory)
-    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+    found = find_study(ref, workdir)
+    if found is None:
+        raise HiirError(f"no study run found for {ref!r} (looked for "
+                        f"{study_dir(workdir, Path(ref).name)}/study.json); run `hiir study run` first")
+    directory, state, spec = found
     return write_report(directory, spec=spec, tracking_uri=state["tracking_uri"],
                         parent_run_id=state["parent_run_id"])
 

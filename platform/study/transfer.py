@@ -31,16 +31,15 @@ import numpy as np
 
 from hiir.platform import tracking
 from hiir.platform.errors import ConfigError, HiirError
-from hiir.platform.study.analysis import Trial
+from hiir.platform.study.analysis import BUDGET_AXIS, SEED_AXIS, SIZE_AXIS, Trial
 
 LR_AXIS = "optim.lr"
-WIDTH_AXES = ("model.params", "model.dim")  # a family's size by count, or the width itself
+WIDTH_AXES = (SIZE_AXIS, "model.dim")  # a family's size by count, or the width itself
 PARAM_AXIS = "model.parametrization"
-SEED_AXIS = "seed"
 TAIL = 0.25        # the final loss: the mean over the last quarter of the logged loss curve
 N_BOOT = 1000
 MATERIAL = 0.25    # log2(LR) per width doubling: a smaller difference of drifts is not called a difference
-SIZE_KEYS = ("model.preset", "model.params", "model.dim", "budget.flops", "seed")  # never transferred
+SIZE_KEYS = ("model.preset", *WIDTH_AXES, BUDGET_AXIS, SEED_AXIS)  # never transferred
 
 
 def check_spec(spec) -> None:
@@ -337,15 +336,13 @@ def from_study(ref: str, workdir: Path) -> Transferred:
     axis values other than size, width and seed are taken; a μP winner brings its mup_base_dim (the width its
     LRs are stated at), without which its LRs would mean something else at the new widths."""
     from hiir.platform.study.report import collect_trials
-    from hiir.platform.study.spec import parse_spec
-    from hiir.platform.study.state import read_state, study_dir
+    from hiir.platform.study.state import find_study, study_dir
 
-    directory = Path(ref) if (Path(ref) / "study.json").is_file() else study_dir(workdir, Path(ref).name)
-    if not (directory / "study.json").is_file():
-        raise HiirError(f"--transfer-from {ref}: no study of that name has run in {workdir} (no {directory}/study.json)"
-                        "; run it first with `hiir study run`")
-    state = read_state(directory)
-    spec = parse_spec(state["raw"], scale=state["scale"], overrides=tuple(state["overrides"]))
+    found = find_study(ref, workdir)
+    if found is None:
+        raise HiirError(f"--transfer-from {ref}: no study of that name has run in {workdir} (no "
+                        f"{study_dir(workdir, Path(ref).name)}/study.json); run it first with `hiir study run`")
+    directory, state, spec = found
     status = tracking.Store(state["tracking_uri"]).get_run(state["parent_run_id"]).info.status
     if status != "FINISHED":
         raise HiirError(f"--transfer-from {spec.name}: its study run {state['parent_run_id']} is {status}, not "
