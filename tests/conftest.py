@@ -72,6 +72,28 @@ def tiny_train_config(name: str, **sections):
     return load_config(raw)
 
 
+# One process as a world of one: what DeepSpeed's engines need to run outside Ray Train (gloo, a free port).
+ONE_PROCESS_WORLD = """
+import os, socket
+os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+import deepspeed
+deepspeed.init_distributed("gloo")
+"""
+
+
+@pytest.fixture(scope="session")
+def run_in_one_process_world():
+    """Run a Python script in a fresh interpreter that is a distributed world of one (DeepSpeed on the CPU)."""
+    def run(script: str, *, timeout: float, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", ONE_PROCESS_WORLD + script],
+                              env={**os.environ, "DS_ACCELERATOR": "cpu", **env}, capture_output=True, text=True,
+                              timeout=timeout)
+    return run
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on loopback over a SQLite store in tmp_path: (its process, its URL). A test may

@@ -53,13 +53,7 @@ def test_ema_follows_the_weights_with_warmed_up_decay():
 
 
 DS_BF16_SCRIPT = """
-import os, socket, torch, torch.nn.functional as F
-os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-import deepspeed
-deepspeed.init_distributed("gloo")
+import torch, torch.nn.functional as F
 from hiir.models import build
 from hiir.platform.config import load_config
 from hiir.platform.train.engine import make_engine
@@ -77,14 +71,8 @@ print(sorted(seen), sorted({str(p.dtype) for p in engine.module.parameters()}))
 """
 
 
-def test_deepspeed_bf16_is_autocast_like_ddp():
+def test_deepspeed_bf16_is_autocast_like_ddp(run_in_one_process_world):
     # matmuls and convs in bf16, the weights (and so the residual adds, norms and softmax) in fp32
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    out = subprocess.run([sys.executable, "-c", DS_BF16_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = run_in_one_process_world(DS_BF16_SCRIPT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "['torch.bfloat16'] ['torch.float32']"

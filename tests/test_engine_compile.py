@@ -4,20 +4,10 @@ engine and the DeepSpeed engine, with the same outputs as eager and the same par
 Compiling takes minutes on 2 shared cores (inductor's C++ build), so the test is `slow`."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 SCRIPT = """
-import os, socket, torch, torch.nn.functional as F
-os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-import deepspeed
-deepspeed.init_distributed("gloo")
+import torch, torch.nn.functional as F
 from hiir.models import build
 from hiir.platform.config import load_config
 from hiir.platform.train.engine import make_engine
@@ -50,9 +40,8 @@ for kind in ("ddp", "deepspeed"):
 
 
 @pytest.mark.slow
-def test_tiny_preset_trains_with_compile_under_ddp_and_deepspeed():
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=1800)
+def test_tiny_preset_trains_with_compile_under_ddp_and_deepspeed(run_in_one_process_world):
+    out = run_in_one_process_world(SCRIPT, timeout=1800)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     lines = out.stdout.strip().splitlines()
     assert any(line.startswith("ddp ok") for line in lines) and any(line.startswith("deepspeed ok") for line in lines)

@@ -5,9 +5,6 @@ under μP and grows under standard (through the CLI, which saves its slopes); De
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -159,14 +156,8 @@ def test_unknown_family_is_one_line():
 
 
 RESUME_SCRIPT = """
-import glob, json, os, socket, sys, tempfile, torch, torch.nn.functional as F
+import glob, json, tempfile, torch, torch.nn.functional as F
 from pathlib import Path
-os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-import deepspeed
-deepspeed.init_distributed("gloo")
 from hiir.models import build
 from hiir.platform.config import load_config
 from hiir.platform.errors import HiirError
@@ -215,9 +206,8 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_zero2_and_ddp_resume_a_mup_run_with_its_groups_and_losses():
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", RESUME_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+def test_zero2_and_ddp_resume_a_mup_run_with_its_groups_and_losses(run_in_one_process_world):
+    proc = run_in_one_process_world(RESUME_SCRIPT, timeout=300, OMP_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     for kind, r in json.loads(line[len("RESULT "):]).items():
