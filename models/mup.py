@@ -135,20 +135,20 @@ def parametrize(model: nn.Module) -> None:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: (decayed or not, as the standard rule decides) x (LR multiplier 1 or 1/m), in that
-    fixed order, empty groups left out. Each group holds its `lr`, `weight_decay` and `lr_scale`."""
+    """AdamW groups: (decayed or not, as the standard rule decides) x (the role's LR exponent), decayed first
+    and the standard LR first within each, so the order is fixed; empty groups left out. Each group holds its
+    `lr`, `weight_decay` and `lr_scale`."""
     m, skip = width_mult(model.config), model.no_weight_decay()
     by_name, groups = dict(model.named_parameters()), {}
     for name, role in roles(model).items():
-        p, scale = by_name[name], m ** RULES[role].lr
+        p = by_name[name]
         decay = not (p.ndim <= 1 or name in skip)
-        groups.setdefault((decay, RULES[role].lr != 0), (scale, []))[1].append(p)
+        groups.setdefault((decay, RULES[role].lr), []).append(p)
     out = []
-    for key in ((True, False), (True, True), (False, False), (False, True)):
-        if key in groups:
-            scale, params = groups[key]
-            out.append({"params": params, "lr": lr * scale, "weight_decay": weight_decay / scale if key[0] else 0.0,
-                        "lr_scale": scale})
+    for decay, exponent in sorted(groups, key=lambda k: (not k[0], k[1] != 0, k[1])):
+        scale = m**exponent
+        out.append({"params": groups[decay, exponent], "lr": lr * scale,
+                    "weight_decay": weight_decay / scale if decay else 0.0, "lr_scale": scale})
     return out
 
 
