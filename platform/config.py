@@ -13,17 +13,17 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import inspect
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError, field_validator
+import yaml
+from pydantic import Field, StrictBool, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
-from pydantic_core import PydanticKnownError
 from typing_extensions import Required, TypedDict
 
+from hiir.data_prep.online import validate_pipeline
 from hiir.platform.errors import ConfigError, did_you_mean, validation_error
+from hiir.platform.fields import STRICT, Float, Int, NonEmpty
 from hiir.platform.model_section import (
     DEFAULT_MODEL,
     model_keys,
@@ -32,48 +32,6 @@ from hiir.platform.model_section import (
     typed_model,
     with_default,
 )
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """Field name -> the comment that explains it in `cls`'s source (trailing, else the lines above).
-    The JSON Schema shows them as descriptions, so an editor explains each key as the source does."""
-    try:
-        lines = inspect.getsource(cls).splitlines()[1:]
-    except (OSError, TypeError):
-        return {}
-    out, above = {}, []
-    for line in map(str.strip, lines):
-        if line.startswith(("def ", "@")):
-            break
-        if line.startswith("#"):
-            above.append(line.lstrip("# "))
-            continue
-        match = re.match(r"(\w+)\s*:[^#]*(?:#\s*(.*))?$", line)
-        if match and (match[2] or above):
-            out[match[1]] = match[2] or " ".join(above)
-        above = []
-    return out
-
-
-def _describe(schema: dict[str, Any], cls: type) -> None:
-    for name, text in field_comments(cls).items():
-        schema.get("properties", {}).get(name, {}).setdefault("description", text)
-
-
-STRICT = ConfigDict(extra="forbid", json_schema_extra=_describe)
-
-
-def _no_bools(error: str) -> BeforeValidator:
-    def check(value: Any) -> Any:
-        if isinstance(value, bool):  # pydantic's lax mode would read `true` as 1
-            raise PydanticKnownError(error)
-        return value
-    return BeforeValidator(check)
-
-
-Int = Annotated[int, _no_bools("int_type")]        # 3, 3.0 and "3"; never true/false
-Float = Annotated[float, _no_bools("float_type")]  # 2e-4 and "2e-4" (YAML reads 2e-4 as a string); never true/false
-NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class MixtureEntry(TypedDict, total=False):
@@ -229,8 +187,6 @@ def load_config(raw: dict[str, Any] | None = None, overrides: list[str] | tuple[
 
 
 def load_config_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -254,8 +210,6 @@ def parse_override(item: str) -> tuple[str, Any]:
     except (ValueError, SyntaxError):
         value = text
         if text.strip()[:1] in ("[", "{"):
-            import yaml
-
             try:
                 value = yaml.safe_load(text)
             except yaml.YAMLError as exc:
@@ -285,8 +239,6 @@ def _unknown_key(name: str, loc: tuple) -> str:
 def _check_data(data: DataConfig, raw_data: dict) -> None:
     """Normalise data.degrade and data.mixture in place (idempotent: a resolved config's to_dict()
     loads back to the same config)."""
-    from hiir.data_prep.online import validate_pipeline
-
     try:
         data.degrade = validate_pipeline(data.degrade, "data.degrade")
     except ValueError as exc:

@@ -18,7 +18,9 @@ from typing import Any, Literal
 from pydantic import ConfigDict, StrictBool, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
+from hiir.models import FAMILIES, PRESETS, HiIRConfig, solve
 from hiir.platform.errors import ConfigError, did_you_mean, validation_error
+from hiir.platform.fields import Float, Int, field_comments
 
 DEFAULT_MODEL = {"preset": "tiny_x2"}
 CHOICE_KEYS = ("preset", "family", "params")  # keys of the section that are not HiIRConfig fields
@@ -34,8 +36,6 @@ def with_default(section: Any) -> Any:
 @functools.cache
 def _adapter() -> tuple[TypeAdapter, dict[str, Any]]:
     """A TypedDict of preset | family + params, and HiIRConfig's fields (bools strict, numbers never bools)."""
-    from hiir.models import FAMILIES, PRESETS, HiIRConfig
-    from hiir.platform.config import Float, Int
 
     hints = typing.get_type_hints(HiIRConfig)
     strict = {bool: StrictBool, int: Int, float: Float}
@@ -52,8 +52,6 @@ def typed_model(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validated(section: dict[str, Any]) -> dict[str, Any]:
-    from hiir.models import FAMILIES, PRESETS
-
     adapter, hints = _adapter()
     if "family" in section:
         if "preset" in section:
@@ -87,8 +85,6 @@ def _validated(section: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_model(section: dict[str, Any]):
     """The section -> HiIRConfig: the preset with its overrides, or the family solved at model.params."""
-    from hiir.models import PRESETS, solve
-
     overrides = dict(_validated(section))
     try:
         if "family" in overrides:
@@ -101,16 +97,11 @@ def resolve_model(section: dict[str, Any]):
 
 def model_keys() -> list[str]:
     """The settable keys of the section, dotted (`model.preset`, `model.params`, `model.attention`, ...)."""
-    from hiir.models import HiIRConfig
-
     return [f"model.{k}" for k in CHOICE_KEYS] + [f"model.{f.name}" for f in dataclasses.fields(HiIRConfig)]
 
 
 def model_schema() -> dict[str, Any]:
     """The section's JSON Schema, each field described by its comment in `HiIRConfig`."""
-    from hiir.models import HiIRConfig
-    from hiir.platform.config import field_comments
-
     schema = _adapter()[0].json_schema()
     for name, text in field_comments(HiIRConfig).items():
         schema["properties"].get(name, {}).setdefault("description", text)

@@ -14,13 +14,20 @@
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from hiir.platform.errors import HiirError
 
@@ -122,12 +129,8 @@ class Store:
     """
 
     def __init__(self, uri: str) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri
         if uri.startswith("sqlite:///"):
-            import fcntl
-
             db = Path(uri[len("sqlite:///"):])
             db.parent.mkdir(parents=True, exist_ok=True)
             with open(db.with_name(db.name + ".lock"), "w") as lock:
@@ -182,21 +185,15 @@ class Store:
     # ---- writes
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Params in batches of 100; values are cut at MLflow's 6000-character limit instead of failing."""
-        from mlflow.entities import Param
-
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             locked_retry(self._client.log_batch, run_id, params=items[i:i + 100])
 
     def log_metrics(self, run_id: str, values: dict[str, float], step: int, timestamp_ms: int) -> None:
-        from mlflow.entities import Metric
-
         metrics = [Metric(k, float(v), timestamp_ms, step) for k, v in values.items()]
         locked_retry(self._client.log_batch, run_id, metrics=metrics, synchronous=True)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
         locked_retry(self._client.log_batch, run_id, tags=batch, synchronous=True)
 
@@ -228,8 +225,6 @@ class Store:
 
     def json_artifact(self, run_id: str, path: str) -> Any:
         """A JSON artifact of a run, parsed; None when the run has none at `path` (or it cannot be read)."""
-        import tempfile
-
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial is noise
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -259,8 +254,6 @@ class RunLogger:
     def start_system_metrics(self, interval_s: float = 10.0) -> None:
         """CPU, memory, disk, network (and GPU) utilisation, sampled by MLflow's own monitor thread."""
         try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
             self._system = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
                                                 tracking_uri=self.uri)
             self._system.start()
@@ -286,8 +279,6 @@ class RunLogger:
         self._send({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def image(self, array, artifact_file: str) -> None:
-        from PIL import Image
-
         self._file(artifact_file, lambda path: Image.fromarray(array).save(path))
 
     def json_artifact(self, data: Any, artifact_file: str) -> None:

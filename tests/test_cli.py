@@ -1,6 +1,7 @@
 """The `hiir` CLI: every noun has help, user mistakes end in one line and a non-zero exit."""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hiir.platform.cli import cli
+from hiir.platform.cli import COMMANDS, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +20,19 @@ def test_every_subcommand_has_help(noun):
     out = CliRunner().invoke(cli, [noun, "--help"])
     assert out.exit_code == 0, out.output
     assert "Usage:" in out.output and len(out.output.splitlines()) > 3
+
+
+def test_the_root_help_lists_every_command_without_importing_torch_ray_or_mlflow():
+    code = ("import sys; from click.testing import CliRunner; from hiir.platform.cli import cli; "
+            "out = CliRunner().invoke(cli, ['--help']); print(out.output); "
+            "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    for name, (path, short) in COMMANDS.items():
+        module, attribute = path.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert command.get_short_help_str(limit=45) == short, name
+        assert f"{name} " in out.stdout and short in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def _hiir(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -21,8 +21,9 @@ def test_sr_convention(scale, channels, expected):
 
 def test_report_headlines_paired_sr_on_y_as_evaluation_does():
     """A paired SR set (scale 2, LQ given) is SR: Y is its headline in the report, as in evaluation."""
-    from hiir.platform.study.analysis import Trial, analyse
-    from hiir.platform.study.markdown import results_table
+    from hiir.platform.results.analysis import analyse
+    from hiir.platform.results.markdown import results_table
+    from hiir.platform.results.trials import Trial
 
     params = {"model.num_params": "1000", "resolved_model.scale": "2", "resolved_model.in_channels": "3",
               "data.val": "['/data/RealSR_x2']"}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hiir.platform.study.noise import (
+from hiir.platform.results.noise import (
     NO_REPLICATES,
     REAL,
     WITHIN_NOISE,

@@ -236,8 +236,9 @@ def test_per_task_means_and_set_metrics(demo):
 def test_report_marks_synthetic_sets_and_shows_task_means():
     from types import SimpleNamespace
 
-    from hiir.platform.study.analysis import Trial, analyse
-    from hiir.platform.study.markdown import render_markdown, results_table
+    from hiir.platform.results.analysis import analyse
+    from hiir.platform.results.markdown import render_markdown, results_table
+    from hiir.platform.results.trials import Trial
 
     params = {"model.num_params": "220000", "resolved_model.scale": "1",
               "data.val": "['/w/demo_derain_synth', '/w/demo_denoise_s25']"}

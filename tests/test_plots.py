@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from hiir.platform.evaluation.strips import plot_strip
-from hiir.platform.study.plots import CURVES_FIGSIZE, DPI, SCALING_FIGSIZE, plot_curves, plot_scaling
-from hiir.platform.study.scaling import fit_power_law, mse_to_psnr
+from hiir.platform.results.plots import CURVES_FIGSIZE, DPI, SCALING_FIGSIZE, plot_curves, plot_scaling
+from hiir.platform.results.scaling import fit_power_law, mse_to_psnr
 
 
 def _png_size(path):

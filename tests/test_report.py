@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hiir.platform import tracking
-from hiir.platform.study.report import write_report
+from hiir.platform.results.report import write_report
 
 SIZES = {"0.05M": 50_730, "0.1M": 101_900, "0.2M": 203_900, "0.4M": 407_800}
 IMAGES = ("chelsea", "coins", "rocket")

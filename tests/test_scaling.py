@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from hiir.platform.study.scaling import PAIRS_MIN_SIZES, fit_power_law, held_out, mse_to_psnr, psnr_to_mse
+from hiir.platform.results.scaling import PAIRS_MIN_SIZES, fit_power_law, held_out, mse_to_psnr, psnr_to_mse
 
 # A realistic MSE-space law: about 27 dB at 1M parameters, saturating towards 28.2 dB.
 A, ALPHA, C = 0.25, 0.35, 0.0015

@@ -433,7 +433,7 @@ def test_depth_two_with_linear_stage_ends_is_warned_about(caplog):
 
 
 def test_asha_with_seeds_is_refused_and_sizes_within_5_percent_are_one_size():
-    from hiir.platform.study.spec import size_classes
+    from hiir.platform.study.axes import size_classes
 
     with pytest.raises(ConfigError, match=r"scheduler.kind=asha with seeds > 1 .* biases its mean"):
         parse_spec({**_good(), "seeds": 2, "scheduler": {"kind": "asha"}})

@@ -55,8 +55,8 @@ def _history(workdir: Path, run_id: str, key: str):
 
 def test_asha_grid_study_nests_trials_stops_weak_ones_and_reports(workdir, tmp_path):
     from hiir.platform import tracking
+    from hiir.platform.results.report import report_study
     from hiir.platform.study.run import run_study
-    from hiir.platform.study.state import report_study
 
     # A fast small and a slow large model, each with a good lr and one of 1e-9, which cannot learn in 30 steps:
     # those are the weak trials. Tune starts both good trials first (two at a time), so one ASHA over all four

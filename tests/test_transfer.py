@@ -16,11 +16,12 @@ from mlflow.entities import Metric, Param
 
 from hiir.platform import tracking
 from hiir.platform.errors import ConfigError, HiirError
-from hiir.platform.study.report import collect_trials, write_report
+from hiir.platform.results.report import write_report
+from hiir.platform.results.transfer import analyse_transfer, answer_lines, from_study, refine, section
+from hiir.platform.results.trials import collect_trials
 from hiir.platform.study.run import load_for_run
 from hiir.platform.study.spec import parse_spec
 from hiir.platform.study.state import write_state
-from hiir.platform.study.transfer import analyse_transfer, answer_lines, refine, section
 
 WIDTHS = {16: "0.063M", 32: "0.119M", 64: "0.46M"}
 LRS = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
@@ -170,8 +171,8 @@ def test_transfer_from_takes_the_small_studys_best_values_and_tags_where_they_ca
     # The fake PSNR peaks wherever a trial's LR is nearest its width's optimum, so several come close:
     # the winner is read back, and must be what --transfer-from took.
     best = max(collect_trials(tracking.default_tracking_uri(tmp_path), parent), key=lambda t: t.metrics["val_psnr"])
-    spec, overrides, transferred = load_for_run(_big_spec(tmp_path), "full", ("optim.max_steps=7",), "small",
-                                                tmp_path)
+    transferred = from_study("small", tmp_path)
+    spec, overrides = load_for_run(_big_spec(tmp_path), "full", ("optim.max_steps=7",), transferred)
     assert transferred.values["optim.lr"] == best.axes["optim.lr"]
     assert transferred.values["model.parametrization"] == best.axes["model.parametrization"]
     assert "model.params" not in transferred.values  # size is what the big study changes
@@ -187,15 +188,15 @@ def test_transfer_from_takes_the_small_studys_best_values_and_tags_where_they_ca
 
 def test_transfer_from_refuses_unknown_unfinished_and_unusable_studies_in_one_line(tmp_path):
     with pytest.raises(HiirError, match=r"--transfer-from nowhere: no study of that name has run"):
-        load_for_run(_big_spec(tmp_path), "full", (), "nowhere", tmp_path)
+        from_study("nowhere", tmp_path)
     _small_study(tmp_path / "a", seeds=(0,), lrs=(1e-3, 2e-3, 4e-3), parent_status="RUNNING")
     with pytest.raises(HiirError, match=r"--transfer-from small: its study run \w+ is RUNNING, not finished"):
-        load_for_run(_big_spec(tmp_path), "full", (), "small", tmp_path / "a")
+        from_study("small", tmp_path / "a")
     parent = _small_study(tmp_path / "b", seeds=(0,), lrs=(1e-3, 2e-3, 4e-3))
     with pytest.raises(HiirError, match=r"optim.lr is a search axis of big"):
-        load_for_run(_big_spec(tmp_path, {"lr": [1e-3, 2e-3]}), "full", (), "small", tmp_path / "b")
+        load_for_run(_big_spec(tmp_path, {"lr": [1e-3, 2e-3]}), "full", (), from_study("small", tmp_path / "b"))
     store = tracking.Store(tracking.default_tracking_uri(tmp_path / "b"))
     for run in store.children(parent):
         store.close(run.info.run_id, "FAILED")
     with pytest.raises(HiirError, match="no finished trial has its metric val_psnr"):
-        load_for_run(_big_spec(tmp_path), "full", (), "small", tmp_path / "b")
+        from_study("small", tmp_path / "b")

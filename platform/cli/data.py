@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import yaml
 
+from hiir.data_prep import build_dataset, build_demo, load_manifest
 from hiir.platform.cli.options import resolve_workdir, workdir_option
 
 
@@ -46,8 +48,6 @@ def build(source, task, scale, sigma, quality, lq_source, pipeline, split, sub_s
       hiir data build gt/ --task paired --lq blurred/ --split val --out gopro_val
       hiir data build ~/DFWB --task online --degrade '[{kind: noise, sigma: [15, 75]}]' --out dfwb_hr
     """
-    from hiir.data_prep import build_dataset, build_demo
-
     if source == "demo":
         for key, path in build_demo(resolve_workdir(workdir) / "data").items():
             click.echo(f"{key}: {path}")
@@ -56,8 +56,6 @@ def build(source, task, scale, sigma, quality, lq_source, pipeline, split, sub_s
         raise click.BadParameter("is required unless SOURCE is demo", param_hint="--task")
     out = Path(out) if out else resolve_workdir(workdir) / "data" / f"{Path(source).name}_{task}"
     if pipeline is not None:
-        import yaml
-
         pipeline = yaml.safe_load(pipeline)
     m = build_dataset(source, out, task, scale=scale, sigma=sigma, quality=quality, lq_source=lq_source, split=split,
                       sub_size=sub_size, step=step, seed=seed, strict=strict, overwrite=overwrite, pipeline=pipeline)
@@ -68,8 +66,6 @@ def build(source, task, scale, sigma, quality, lq_source, pipeline, split, sub_s
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
 def verify(dataset_dir):
     """Check a dataset's manifest, shard names and sha256 checksums."""
-    from hiir.data_prep import load_manifest
-
     m = load_manifest(dataset_dir, verify=True)
     click.echo(f"{dataset_dir}: ok ({m.task} x{m.scale}, {len(m.shards)} shards, "
                f"{m.rows('train')} train rows, {m.rows('val')} val images, {len(m.skipped)} skipped)")

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
+from hiir.data_prep.files import write_atomic
+from hiir.models.coord_check import coord_check, verdict
+from hiir.models.families import format_size, get_family, parse_size, solve
+from hiir.models.summary import preset_table
 from hiir.platform.cli.options import resolve_workdir, workdir_option
+from hiir.platform.errors import HiirError
+from hiir.platform.results.plots import plot_panels
 
 _COLUMNS = (("name", "preset", "<22"), ("params_m", "params[M]", ">9"), ("paper_m", "paper[M]", ">8"),
             ("diff_pct", "diff%", ">6"), ("gflops", "GFLOPs", ">8"), ("flops_input", "input", "<11"),
@@ -28,8 +34,6 @@ def _cell(value, fmt: str) -> str:
 def _sizes(ctx, param, values: tuple[str, ...]) -> tuple[int, ...]:
     if not values:
         return ()
-    from hiir.models.families import parse_size
-
     try:
         return tuple(parse_size(v) for v in values)
     except ValueError as exc:
@@ -75,8 +79,6 @@ def models(as_json: bool, no_flops: bool, family: str | None, targets: tuple[int
     if family is not None:
         _print_solved(family, targets, as_json)
         return
-    from hiir.models.summary import preset_table
-
     rows = preset_table(flops=not no_flops)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -88,9 +90,6 @@ def models(as_json: bool, no_flops: bool, family: str | None, targets: tuple[int
 
 def _print_solved(family: str, targets: tuple[int, ...], as_json: bool) -> None:
     """One row per target: the solved shape and the count it achieves (solve() in models/families.py)."""
-    from hiir.models.families import format_size, get_family, solve
-    from hiir.platform.errors import HiirError
-
     try:
         fam = get_family(family)
         solved = [solve(fam, target) for target in targets]
@@ -109,11 +108,6 @@ def _print_solved(family: str, targets: tuple[int, ...], as_json: bool) -> None:
 
 def _coord_check(family: str, widths: list[int], steps: int, seeds: int, out: Path) -> None:
     """Run the check, write its slopes (JSON) and the plot atomically, print the slopes per kind and the verdict."""
-    from hiir.data_prep.files import write_atomic
-    from hiir.models.coord_check import coord_check, verdict
-    from hiir.platform.errors import HiirError
-    from hiir.platform.study.plots import plot_panels
-
     try:
         result = coord_check(family, widths or None, steps=steps, seeds=seeds)
     except ValueError as exc:  # an unknown family, a width with no heads

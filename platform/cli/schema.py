@@ -5,13 +5,13 @@ import json
 
 import click
 
+from hiir.platform.config import train_schema
+from hiir.platform.study.spec import study_schema
+
 
 def schema_text(kind: str) -> str:
     """The schema as the repo keeps it in studies/schema/<kind>.schema.json."""
-    if kind == "train":
-        from hiir.platform.config import train_schema as make
-    else:
-        from hiir.platform.study.spec import study_schema as make
+    make = train_schema if kind == "train" else study_schema
     return json.dumps(make(), indent=2) + "\n"
 
 

@@ -6,6 +6,10 @@ from pathlib import Path
 import click
 
 from hiir.platform.cli.options import address_option, resolve_workdir, tracking_uri_option, workdir_option
+from hiir.platform.results.report import report_study
+from hiir.platform.results.transfer import from_study
+from hiir.platform.study.run import resume_study, run_study
+from hiir.platform.study.state import list_studies
 
 
 @click.group()
@@ -38,11 +42,10 @@ def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_repor
       hiir study run paper/table5_attention --scale smoke
       hiir study run big_sweep.yaml --transfer-from transfer_smoke
     """
-    from hiir.platform.study.run import run_study
-
-    done = run_study(spec, workdir=resolve_workdir(workdir), scale=scale, overrides=overrides,
-                     tracking_uri=tracking_uri, search=search, address=address, concurrent=max_concurrent,
-                     transfer_from=transfer_from)
+    workdir = resolve_workdir(workdir)
+    transferred = from_study(transfer_from, workdir) if transfer_from else None
+    done = run_study(spec, workdir=workdir, scale=scale, overrides=overrides, tracking_uri=tracking_uri,
+                     search=search, address=address, concurrent=max_concurrent, transferred=transferred)
     _summarize(done, no_report)
 
 
@@ -53,8 +56,6 @@ def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_repor
 def resume(study_dir: str, no_report: bool, address: str | None) -> None:
     """Continue an interrupted study from its directory (<workdir>/studies/<name>), or from its Tune
     path on shared storage (<HIIR_STORAGE>/studies/<name>) when that directory is gone with a head node."""
-    from hiir.platform.study.run import resume_study
-
     _summarize(resume_study(study_dir, address=address), no_report)
 
 
@@ -63,8 +64,6 @@ def resume(study_dir: str, no_report: bool, address: str | None) -> None:
 @workdir_option
 def report(study_ref: str, workdir: Path) -> None:
     """Write report.md and plots for a study (its name or directory) and log them to its parent run."""
-    from hiir.platform.study.state import report_study
-
     path = report_study(study_ref, workdir=resolve_workdir(workdir))
     click.echo(path.read_text())
     click.echo(f"report: {path}")
@@ -74,15 +73,11 @@ def report(study_ref: str, workdir: Path) -> None:
 @workdir_option
 def list_(workdir: Path) -> None:
     """The studies in studies/ and the state of their latest run in this workdir."""
-    from hiir.platform.study.state import list_studies
-
     for row in list_studies(resolve_workdir(workdir)):
         click.echo(f"{row['name']:<40} {row['trials']:>4} trials  {row['status']}")
 
 
 def _summarize(done, no_report: bool) -> None:
-    from hiir.platform.study.state import report_study
-
     errors = sum(1 for r in done.results if r.error is not None)
     click.echo(f"study {done.name}: {len(done.results)} trials, {errors} failed")
     if not no_report:

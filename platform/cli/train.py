@@ -1,9 +1,11 @@
 """`hiir train`, `hiir eval`, `hiir restore`: thin verbs over the driver and the evaluator."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from hiir.platform.cli.options import (
     address_option,
@@ -12,6 +14,10 @@ from hiir.platform.cli.options import (
     tracking_uri_option,
     workdir_option,
 )
+from hiir.platform.config import load_config_file
+from hiir.platform.evaluation.evaluate import evaluate_datasets, load_exported, resolve_device, summarize
+from hiir.platform.evaluation.restore import restore_files
+from hiir.platform.train.fit import fit_run
 
 
 @click.command()
@@ -31,9 +37,6 @@ def train(config_file: Path, overrides: tuple[str, ...], workdir: Path, tracking
     Example:
       hiir train studies/train/tiny_sr_x2.yaml --set optim.max_steps=400
     """
-    from hiir.platform.config import load_config_file
-    from hiir.platform.train.fit import fit_run
-
     cfg = load_config_file(config_file, overrides)
     result = fit_run(cfg, workdir=resolve_workdir(workdir), tracking_uri=tracking_uri, address=address)
     _print_metrics(result.metrics)
@@ -57,10 +60,6 @@ def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: i
     Example:
       hiir eval hiir-work/runs/my-run hiir-work/data/demo_sr_x2 --self-ensemble
     """
-    import json
-
-    from hiir.platform.evaluation.evaluate import evaluate_datasets, load_exported, resolve_device, summarize
-
     on = resolve_device(device)  # before loading anything: a wrong device is the cheapest error
     model = load_exported(weights).to(on)
     dirs = [str(Path(d).resolve()) if "://" not in d else d for d in datasets]
@@ -89,11 +88,6 @@ def restore(weights: Path, inputs: tuple[Path, ...], out: Path, tile: int, overl
     Example:
       hiir restore hiir-work/runs/my-run photo.png --tile 256 --overlap 32
     """
-    from tqdm import tqdm
-
-    from hiir.platform.evaluation.evaluate import load_exported, resolve_device
-    from hiir.platform.evaluation.restore import restore_files
-
     on = resolve_device(device)
     model = load_exported(weights).to(on)
     files = [p for i in inputs for p in (sorted(i.iterdir()) if i.is_dir() else [i]) if p.is_file()]
@@ -103,8 +97,6 @@ def restore(weights: Path, inputs: tuple[Path, ...], out: Path, tile: int, overl
 
 
 def _print_metrics(metrics: dict) -> None:
-    from hiir.platform.evaluation.evaluate import summarize
-
     rows = summarize(metrics)
     if rows:
         _print_table(rows)

@@ -1,7 +1,9 @@
 """`hiir ui`: the MLflow UI over the project's store."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import click
 
 from hiir.platform.cli.options import resolve_workdir, tracking_uri_option, workdir_option
+from hiir.platform.tracking import Store, resolve_tracking_uri
 
 
 @click.command()
@@ -22,8 +25,6 @@ def ui(workdir: Path, tracking_uri: str | None, host: str, port: int) -> None:
 
     With MLFLOW_TRACKING_URI pointing at a server, open that server's own UI instead.
     """
-    from hiir.platform.tracking import resolve_tracking_uri
-
     workdir = resolve_workdir(workdir)
     uri = resolve_tracking_uri(workdir, tracking_uri)
     if uri.startswith("http"):
@@ -49,17 +50,12 @@ def study_links(uri: str, base_url: str) -> dict[str, str]:
     """Experiment name -> the link that opens its runs table, trials nested under their study. MLflow 3
     opens an experiment on its GenAI traces page, empty for training runs; `workflowType=machine_learning`
     selects the model-training view."""
-    from hiir.platform.tracking import Store
-
     return {name: f"{base_url}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
             for name, exp_id in Store(uri).study_experiments().items()}
 
 
 def exposure_warning(host: str) -> str | None:
     """A warning when `host` is not a loopback address: the MLflow UI has no authentication."""
-    import ipaddress
-    import socket
-
     try:
         return None if ipaddress.ip_address(host).is_loopback else _exposed(host)
     except ValueError:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -157,8 +158,6 @@ def _score(restore: Callable[[np.ndarray, int], dict[str, np.ndarray]], channels
 
 
 def _gather_rows(rows: dict[str, list[tuple]], world: int) -> dict[str, list[tuple]]:
-    import torch.distributed as dist
-
     parts: list[dict | None] = [None] * world
     dist.all_gather_object(parts, rows)
     merged: dict[str, list[tuple]] = {}

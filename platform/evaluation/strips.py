@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
 from hiir.data_prep.files import atomic_path
 from hiir.platform.evaluation.metrics import to_uint8
@@ -54,8 +55,6 @@ def plot_strip(
     lq_up = lq_u[rows][:, cols]
     strip = np.ascontiguousarray(np.concatenate([lq_up, out_u, gt_u], axis=1))
     if path is not None:
-        from PIL import Image
-
         with atomic_path(path) as tmp:
             Image.fromarray(strip).save(tmp, format="PNG")
     return strip

@@ -9,17 +9,35 @@ closed as Tune saw it: finished, stopped early by the scheduler, or failed.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+import yaml
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from hiir.models import count_params
 from hiir.platform import tracking
 from hiir.platform.config import TrainConfig, load_config
 from hiir.platform.errors import HiirError
-from hiir.platform.study.spec import StudySpec, find_spec, load_spec, size_classes
+from hiir.platform.evaluation.evaluate import baseline_name, baseline_scores
+from hiir.platform.study.axes import size_classes
+from hiir.platform.study.schedulers import GroupedASHA, journal_path, read_decisions
+from hiir.platform.study.spec import StudySpec, Transferred, check_transfer, find_spec, load_spec
 from hiir.platform.study.state import read_state, state_spec, study_dir, write_state
-from hiir.platform.train.checks import check_cluster_paths, check_fits_locally, check_storage, resolve_datasets
+from hiir.platform.train.checks import (
+    apply_budget,
+    check_cluster_paths,
+    check_fits_locally,
+    check_storage,
+    model_stats,
+    resolve_datasets,
+)
 from hiir.platform.train.fit import fit_run
 from hiir.platform.train.runtime import init_ray, storage_root
 
@@ -27,8 +45,6 @@ TRIAL_ACTOR_CPU = 0.01  # the trial function only drives its TorchTrainer; Tune 
 
 
 def param_space(spec: StudySpec, searcher: str = "basic") -> dict[str, Any]:
-    from ray import tune
-
     space = {}
     for axis in spec.axes:
         if axis.kind == "grid" and searcher == "basic":
@@ -45,8 +61,6 @@ def max_concurrent(per_trial: TrainConfig, total: dict[str, float] | None = None
     controller actors only to wait). None, no cap, when not even one fits yet: an autoscaling cluster
     that starts without GPU nodes grows as the queued trials ask for them."""
     if total is None:
-        import ray
-
         total = ray.cluster_resources()
     if per_trial.scaling.use_gpu:
         need, have = per_trial.scaling.num_workers, total.get("GPU", 0)
@@ -58,8 +72,6 @@ def max_concurrent(per_trial: TrainConfig, total: dict[str, float] | None = None
 
 def run_trial(params: dict[str, Any], *, study: dict[str, Any]) -> dict[str, Any]:
     """One Tune trial: a TorchTrainer fit under the study's parent run."""
-    from ray import tune
-
     trial_id = tune.get_context().get_trial_id()
     # The study parsed its spec and checked every grid point once; a trial validates its own config only,
     # with Tune's values applied as they are (never through text).
@@ -81,15 +93,13 @@ class StudyRun:
 
 def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides: tuple[str, ...] = (),
               tracking_uri: str | None = None, search: str = "basic", address: str | None = None,
-              concurrent: int | None = None, transfer_from: str | None = None) -> StudyRun:
-    """Validate the spec, create the parent run, run the trials with Ray Tune. `transfer_from` names a finished
-    small study whose best values join the base (`transfer.from_study`), tagged on the study run."""
-    import yaml
-
+              concurrent: int | None = None, transferred: Transferred | None = None) -> StudyRun:
+    """Validate the spec, create the parent run, run the trials with Ray Tune. `transferred` holds a finished
+    small study's best values (`results.transfer.from_study`), which join the base, tagged on the study run."""
     path = find_spec(ref)
     raw = yaml.safe_load(path.read_text())
     workdir = Path(workdir).resolve()
-    spec, overrides, transferred = load_for_run(path, scale, overrides, transfer_from, workdir)
+    spec, overrides = load_for_run(path, scale, overrides, transferred)
     directory = study_dir(workdir, spec.name)
     check_storage(str(directory))
     tune_root = storage_root(workdir) + "/studies"  # Tune and trial checkpoints: shared storage on a cluster
@@ -116,7 +126,8 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
              "raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),
              "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_run_id,
              "trial_storage": f"{tune_root}/{spec.name}/trials", "tune_path": f"{tune_root}/{spec.name}",
-             "search": search, "spec_path": str(path), "max_concurrent": concurrent, "transfer_from": transfer_from}
+             "search": search, "spec_path": str(path), "max_concurrent": concurrent,
+             "transfer_from": transferred.source if transferred else None}
     directory.mkdir(parents=True, exist_ok=True)
     write_state(directory, state)
     if state["tune_path"] != str(directory):  # beside Tune's state, so a lost head loses no study
@@ -125,19 +136,16 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     return _finish(spec.name, directory, state, results)
 
 
-def load_for_run(path: Path, scale: str, overrides: tuple[str, ...], transfer_from: str | None,
-                 workdir: Path) -> tuple[StudySpec, tuple[str, ...], Any]:
+def load_for_run(path: Path, scale: str, overrides: tuple[str, ...],
+                 transferred: Transferred | None) -> tuple[StudySpec, tuple[str, ...]]:
     """The spec with a small study's best values (`--transfer-from`) set before `--set`'s, so `--set` wins;
-    the overrides as applied (saved in study.json, so a resume keeps them); the Transferred, or None."""
-    if not transfer_from:
-        return load_spec(path, scale=scale, overrides=overrides), overrides, None
-    from hiir.platform.study.transfer import check_transfer, from_study
-
-    transferred = from_study(transfer_from, workdir)
+    and the overrides as applied (saved in study.json, so a resume keeps them)."""
+    if transferred is None:
+        return load_spec(path, scale=scale, overrides=overrides), overrides
     overrides = (*transferred.overrides(), *overrides)
     spec = load_spec(path, scale=scale, overrides=overrides)
     check_transfer(transferred, spec)
-    return spec, overrides, transferred
+    return spec, overrides
 
 
 def resume_study(directory: Path | str, *, address: str | None = None) -> StudyRun:
@@ -145,8 +153,6 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
 
     `directory` is the study's local directory, or its Tune path on shared storage (s3://.../studies/<name>),
     which also holds study.json: what a cluster whose head node was replaced still has."""
-    from ray import tune
-
     state = read_state(directory)
     spec = state_spec(state)
     if "://" in str(directory):  # the local directory comes back, for the report and later resumes
@@ -165,10 +171,6 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
 def log_baseline(store: tracking.Store, run_id: str, cfg: TrainConfig) -> dict[str, float]:
     """Score the trivial restoration (bicubic for SR, the degraded input otherwise) on the study's val
     images, with the trials' metric, and log it on the study run: the bar every model must clear."""
-    import time
-
-    from hiir.platform.evaluation.evaluate import baseline_name, baseline_scores
-
     model = cfg.model_config()
     metrics = baseline_scores(cfg.data.val, max_images=cfg.eval.max_images, channels=model.in_channels).metrics
     store.log_metrics(run_id, {f"{tracking.BASELINE_PREFIX}{k}": v for k, v in metrics.items()}, 0,
@@ -178,18 +180,10 @@ def log_baseline(store: tracking.Store, run_id: str, cfg: TrainConfig) -> dict[s
 
 
 def _trainable(state: dict[str, Any]):
-    from ray import tune
-
     return tune.with_resources(tune.with_parameters(run_trial, study=state), {"cpu": TRIAL_ACTOR_CPU})
 
 
 def _tuner(spec: StudySpec, state: dict[str, Any]):
-    from ray import tune
-
-    from hiir.models import count_params
-    from hiir.platform.study.schedulers import GroupedASHA, journal_path
-    from hiir.platform.train.checks import apply_budget, model_stats
-
     base = spec.trial_config(spec.finite_points()[0])
     scheduler = None
     if spec.scheduler.kind == "asha":
@@ -221,8 +215,6 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
     search_alg = None
     num_samples = spec.num_samples
     if state["search"] == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
         search_alg = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=base.seed)
         num_samples = spec.trial_count
     return tune.Tuner(
@@ -238,14 +230,10 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
 
 def _finish(name: str, directory: Path, state: dict[str, Any], results) -> StudyRun:
     """Close the MLflow runs as Tune saw the trials: finished, stopped early by the scheduler, or failed."""
-    from hiir.platform.study.schedulers import journal_path, read_decisions
-
     errors = sum(1 for r in results if r.error is not None)
     try:  # ASHA's stop decisions, for the stopped runs' tags; the runs close without them too
         stops = {d.trial_id: d for d in read_decisions(journal_path(state["tune_path"], state["parent_run_id"]))}
     except Exception as exc:  # noqa: BLE001
-        import logging
-
         logging.getLogger("hiir.study").warning("could not read the scheduler's stop decisions: %r", exc)
         stops = {}
     try:
@@ -273,7 +261,5 @@ def _finish(name: str, directory: Path, state: dict[str, Any], results) -> Study
                 store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: "the trial ended before its first report"})
         store.close(state["parent_run_id"], "FINISHED" if errors < len(results) else "FAILED")
     except Exception as exc:  # noqa: BLE001 (a down server must not lose the results on disk)
-        import logging
-
         logging.getLogger("hiir.study").warning("could not close the study's MLflow runs: %s", exc)
     return StudyRun(name, directory, state["parent_run_id"], results)

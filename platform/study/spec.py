@@ -16,10 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from hiir.platform.config import STRICT, TrainConfig, config_keys, load_config, parse_override, set_key, train_schema
+import hiir.studies
+from hiir.models import FAMILIES, PRESETS, parse_size
+from hiir.platform import tracking
+from hiir.platform.config import TrainConfig, config_keys, load_config, parse_override, set_key, train_schema
 from hiir.platform.errors import ConfigError, HiirError, did_you_mean, validation_error
+from hiir.platform.fields import STRICT
+from hiir.platform.study.axes import LR_AXIS, SEED_AXIS, WIDTH_AXES
+from hiir.platform.train.checks import check_patch, crosses_patches
 
 log = logging.getLogger("hiir.study")
 
@@ -41,20 +48,6 @@ AXIS_ALIASES = {
 }
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
-SIZE_TOLERANCE = 0.05  # parameter counts within 5% are one model size
-
-
-def size_classes(counts: list[int | float]) -> dict[int | float, int | float]:
-    """Parameter count -> the smallest count of its size class: sorted counts within SIZE_TOLERANCE of
-    the class's first are one size. Knobs such as cosine attention's logit scale or an L2 mixer move a
-    count by a little without making a new size; early stopping and the scaling fit treat them alike."""
-    classes: dict[int | float, int | float] = {}
-    start = None
-    for n in sorted(set(counts)):
-        if start is None or n > start * (1 + SIZE_TOLERANCE):
-            start = n
-        classes[n] = start
-    return classes
 
 
 class _Block(BaseModel):
@@ -171,14 +164,10 @@ def find_spec(ref: str | Path) -> Path:
 
 
 def studies_root() -> Path:
-    import hiir.studies
-
     return Path(list(hiir.studies.__path__)[0])
 
 
 def load_spec(ref: str | Path, *, scale: str = "full", overrides: tuple[str, ...] = ()) -> StudySpec:
-    import yaml
-
     path = find_spec(ref)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -218,10 +207,10 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
     search = _size_families(base, search)
     axes = [_parse_axis(k, v) for k, v in search.items()]
     if seeds > 1:
-        if any(a.key == "seed" for a in axes):
+        if any(a.key == SEED_AXIS for a in axes):
             raise ConfigError("seeds and a seed axis exclude each other: seeds: K replicates every cell K times")
         first = int(base.get("seed", 0))
-        axes.append(Axis("seed", "grid", list(range(first, first + seeds))))
+        axes.append(Axis(SEED_AXIS, "grid", list(range(first, first + seeds))))
     spec = StudySpec(
         name=doc.name, question=doc.question, base=base, axes=axes, num_samples=num_samples, scheduler=scheduler,
         metric=doc.metric, mode=doc.mode, expected=doc.expected, seeds=seeds,
@@ -232,11 +221,25 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
         raise ConfigError("scheduler.kind=asha with seeds > 1 would stop some replicates of a cell and not others, "
                           "which biases its mean and its seed noise; use scheduler: {kind: none} with seeds")
     if spec.kind == "transfer":
-        from hiir.platform.study.transfer import check_spec
-
-        check_spec(spec)
+        _check_transfer(spec)
     _check_trials(spec)
     return spec
+
+
+def _check_transfer(spec: StudySpec) -> None:
+    """A transfer spec sweeps 3+ learning rates on a grid across 2+ widths, every trial to its end."""
+    axes = {a.key: a for a in spec.axes}
+    lr = axes.get(LR_AXIS)
+    if lr is None or lr.kind != "grid" or len(lr.values) < 3:
+        raise ConfigError("kind=transfer needs search.lr (optim.lr) as a list of 3+ learning rates (log-spaced); "
+                          f"got {'none' if lr is None else f'{lr.kind} {lr.values}'}")
+    width = [axes[k] for k in WIDTH_AXES if k in axes]
+    if len(width) != 1 or width[0].kind != "grid" or len(width[0].values) < 2:
+        raise ConfigError("kind=transfer needs one width axis with 2+ values: search.size: {params: [...], family: "
+                          "F} (a family grows by width) or search.model.dim: [...]")
+    if spec.scheduler.kind != "none":
+        raise ConfigError(f"kind=transfer needs scheduler.kind=none (got {spec.scheduler.kind}): a trial stopped "
+                          "early has no final loss, and the curve of loss against LR would lose its weak side")
 
 
 def _size_families(base: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
@@ -254,8 +257,6 @@ def _size_families(base: dict[str, Any], search: dict[str, Any]) -> dict[str, An
         base["model"] = {**model, "family": value["family"]}
         params = value["params"]
         if isinstance(params, dict) and set(params) & {"uniform", "loguniform"}:  # Tune samples numbers
-            from hiir.models import parse_size
-
             params = {k: [parse_size(v) for v in bounds] for k, bounds in params.items()}
         out["model.params"] = params
     return out
@@ -264,8 +265,6 @@ def _size_families(base: dict[str, Any], search: dict[str, Any]) -> dict[str, An
 def _check_trials(spec: StudySpec) -> None:
     """Every trial the space can produce (the grid crossed with the choices) validates now, not in a
     trial hours later; a cell with no path across patch borders is named once, as a warning."""
-    from hiir.platform.train.checks import check_patch, crosses_patches
-
     isolated = []
     for point in spec.finite_points():
         try:
@@ -291,8 +290,6 @@ def _unknown_key(name: str, loc: tuple) -> str:
 
 
 def _check_presets(scales: dict[str, Scale]) -> None:
-    from hiir.models import PRESETS
-
     for scale, block in scales.items():
         for name in (n for pair in block.presets.items() for n in pair):
             if name not in PRESETS:
@@ -355,8 +352,6 @@ def study_schema() -> dict[str, Any]:
     props, scale = schema["properties"], defs["Scale"]["properties"]
     for key, target in (("base", "TrainConfig"), ("datasets", "DataConfig"), ("resources", "ScalingConfig")):
         props[key] = {"$ref": f"#/$defs/{target}", "description": props[key]["description"]}
-    from hiir.models import FAMILIES
-
     keys = {"enum": sorted(AXIS_ALIASES) + config_keys()}
     values = {"type": "array", "minItems": 1}
     sampled = {"type": "object", "minProperties": 1, "maxProperties": 1,
@@ -369,3 +364,28 @@ def study_schema() -> dict[str, Any]:
         search.update(propertyNames=keys, additionalProperties=axis)
     scale["set"]["propertyNames"] = keys
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "$defs": defs}
+
+
+@dataclass
+class Transferred:
+    """The best values of a finished small study, to apply to a larger one's base config."""
+
+    source: str                 # the small study's name
+    parent_run_id: str          # its MLflow study run
+    trial: str                  # the trial the values come from (run name)
+    values: dict[str, str]      # config key -> value, as the trial's axis tags hold it
+
+    def overrides(self) -> tuple[str, ...]:
+        return tuple(f"{k}={v}" for k, v in self.values.items())
+
+    def tags(self) -> dict[str, str]:
+        return {tracking.TRANSFER_FROM_TAG: f"{self.source} (run {self.parent_run_id}, trial {self.trial})",
+                **{f"{tracking.TRANSFER_TAG}{k}": v for k, v in self.values.items()}}
+
+
+def check_transfer(transferred: Transferred, spec: StudySpec) -> None:
+    """A transferred key must not be an axis of the new study: the axis would silently replace it."""
+    clash = sorted(set(transferred.values) & {a.key for a in spec.axes})
+    if clash:
+        raise HiirError(f"--transfer-from {transferred.source}: {', '.join(clash)} is a search axis of {spec.name}, "
+                        "which would replace the transferred value; drop the axis or the flag")

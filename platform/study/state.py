@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hiir.data_prep.files import filesystem, write_atomic
 from hiir.platform import tracking
 from hiir.platform.errors import ConfigError, HiirError
@@ -50,23 +52,8 @@ def find_study(ref: str, workdir: Path) -> tuple[Path, dict, StudySpec] | None:
     return directory, state, state_spec(state)
 
 
-def report_study(ref: str, *, workdir: Path) -> Path:
-    """Report for a study given by directory or name (the latest run of that name in `workdir`)."""
-    from hiir.platform.study.report import write_report
-
-    found = find_study(ref, workdir)
-    if found is None:
-        raise HiirError(f"no study run found for {ref!r} (looked for "
-                        f"{study_dir(workdir, Path(ref).name)}/study.json); run `hiir study run` first")
-    directory, state, spec = found
-    return write_report(directory, spec=spec, tracking_uri=state["tracking_uri"],
-                        parent_run_id=state["parent_run_id"])
-
-
 def list_studies(workdir: Path) -> list[dict[str, Any]]:
     """Every spec under studies/, with its trial count and the MLflow status of its latest run here."""
-    import yaml
-
     rows = []
     root = studies_root()
     for path in sorted(root.rglob("*.yaml")):

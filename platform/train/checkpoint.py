@@ -13,6 +13,9 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.fs as pafs
+from ray.train import Checkpoint
+
 from hiir.data_prep.files import write_atomic
 from hiir.platform.errors import HiirError
 
@@ -51,9 +54,6 @@ def verify(directory: Path) -> None:
 
 def candidates(checkpoint) -> Iterator:
     """The checkpoint Ray offers, then the older ones of the same run, newest first."""
-    import pyarrow.fs as pafs
-    from ray.train import Checkpoint
-
     yield checkpoint
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
     parent = path.rsplit("/", 1)[0]

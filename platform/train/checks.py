@@ -12,8 +12,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import ray
+import torch
+
+from hiir.data_prep import DatasetError, build_demo, load_manifest
+from hiir.data_prep.demo import DEGRADATION_SETS, DEMO_SETS
+from hiir.data_prep.online import pipeline_scale, train_pipeline
+from hiir.models import build
+from hiir.models.summary import model_flops
 from hiir.platform.config import TrainConfig
 from hiir.platform.errors import ConfigError, HiirError
+from hiir.platform.evaluation.evaluate import dataset_name
 from hiir.platform.train.runtime import worker_resources
 
 DEMO_PREFIX = "demo:"
@@ -24,9 +33,6 @@ def resolve_datasets(cfg: TrainConfig, workdir: Path, *, verify: bool = True) ->
     mixture entries included (an online set without a pipeline, or tasks of different scales, fail here).
     `verify=False` reads the manifests only, not every shard's sha256 (a study's trials: the study has
     verified them once, and the workers check each shard they read)."""
-    from hiir.data_prep import build_demo, load_manifest
-    from hiir.data_prep.demo import DEGRADATION_SETS, DEMO_SETS
-
     refs = [cfg.data.train] * (not cfg.data.mixture) + list(cfg.data.val) + \
         [r for e in cfg.data.mixture for r in (e["dataset"], *e.get("val", []))]
     keys = list(dict.fromkeys(r[len(DEMO_PREFIX):] for r in refs if r.startswith(DEMO_PREFIX)))
@@ -61,9 +67,6 @@ def resolve_datasets(cfg: TrainConfig, workdir: Path, *, verify: bool = True) ->
 def _train_scale(dataset: str, steps, where: str) -> int:
     """The SR factor a train set is made with (its pipeline's, else its manifest's); an HR-only set with no
     pipeline anywhere fails here, naming `where`."""
-    from hiir.data_prep import DatasetError, load_manifest
-    from hiir.data_prep.online import pipeline_scale, train_pipeline
-
     try:
         pipeline, _ = train_pipeline(dataset, steps, where)
     except DatasetError as exc:
@@ -73,9 +76,6 @@ def _train_scale(dataset: str, steps, where: str) -> int:
 
 def synthetic_val_sets(cfg: TrainConfig) -> list[str]:
     """Names of the val sets that are synthetic stand-ins (tagged on the run; studies' reports say so)."""
-    from hiir.data_prep import load_manifest
-    from hiir.platform.evaluation.evaluate import dataset_name
-
     return [dataset_name(v) for v in cfg.data.val
             if load_manifest(v, verify=False).degradation.get("synthetic_stand_in")]
 
@@ -116,8 +116,6 @@ def check_fits_locally(cfg: TrainConfig, address: str | None, *, extra_cpu: floa
     if address:
         return
     if total is None:
-        import ray
-
         total = ray.cluster_resources()
     sc = cfg.scaling
     need = {k: v * sc.num_workers for k, v in worker_resources(cfg).items()}
@@ -138,8 +136,6 @@ def check_cluster_paths(cfg: TrainConfig, address: str | None, storage: list[str
     if not address:
         return
     if nodes is None:
-        import ray
-
         nodes, here = ray.nodes(), ray.get_runtime_context().get_node_id()
     if not workers_leave_this_node(cfg, nodes, here or ""):
         return
@@ -162,11 +158,6 @@ def checkpoint_bytes(cfg: TrainConfig, num_params: int) -> int:
 
 def model_stats(cfg: TrainConfig) -> dict[str, float]:
     """Parameter count and training FLOPs per step (forward + backward ~ 3x forward, all workers)."""
-    import torch
-
-    from hiir.models import build
-    from hiir.models.summary import model_flops
-
     model_cfg = cfg.model_config()
     with torch.device("meta"):  # counts without allocating, so the 110M preset costs nothing here
         model = build(model_cfg)

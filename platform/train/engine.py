@@ -22,9 +22,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hiir.models.mup import param_groups
 from hiir.platform.config import TrainConfig
+from hiir.platform.train.schedule import lr_factor
 
 DS_TAG = "state"
 
@@ -54,8 +57,6 @@ class Engine:
 def make_engine(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: int) -> Engine:
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
                                   betas=cfg.optim.betas)
-    from hiir.platform.train.schedule import lr_factor
-
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim))
     bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda"
                                               and torch.cuda.is_bf16_supported())  # pre-Ampere: fp32
@@ -67,8 +68,6 @@ def _param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict
     """Decayed and not decayed; under μP also split by learning-rate multiplier (`hiir.models.mup`), each
     group with its own `lr`, which the LR schedule scales (LambdaLR scales every group's initial lr)."""
     if getattr(getattr(model, "config", None), "parametrization", "standard") == "mup":
-        from hiir.models.mup import param_groups
-
         return param_groups(model, lr, weight_decay)
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
@@ -102,7 +101,7 @@ def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
 
 class DeepSpeedEngine(Engine):
     def __init__(self, cfg, model, optimizer, scheduler, device, rank, bf16):
-        import deepspeed
+        import deepspeed  # seconds to import, and it picks its accelerator then: only in a worker that uses it
 
         self._ds = deepspeed
         self.stage = cfg.engine.zero_stage
@@ -182,8 +181,6 @@ class DDPEngine(Engine):
     def save(self, directory, client_state):
         if not self.is_rank0:
             return  # DDP replicas are identical: rank 0 writes, the others report no checkpoint
-        from safetensors.torch import save_file
-
         save_file({k: v.contiguous() for k, v in self.module.state_dict().items()},
                   str(directory / "model.safetensors"))
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
@@ -191,8 +188,6 @@ class DDPEngine(Engine):
         (directory / "client_state.json").write_text(json.dumps(client_state))
 
     def load(self, directory):
-        from safetensors.torch import load_file
-
         self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.device)))
         # On the CPU: load_state_dict moves AdamW's moments to the parameters' device but leaves `step`
         # where it was loaded, and a `step` on a GPU costs a host sync per tensor at every step.

@@ -15,9 +15,16 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow.fs as pafs
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from tqdm import tqdm
 
 from hiir.platform import tracking
 from hiir.platform.config import TrainConfig, flatten
@@ -34,6 +41,7 @@ from hiir.platform.train.checks import (
     synthetic_val_sets,
 )
 from hiir.platform.train.runtime import init_ray, run_storage, worker_env, worker_resources
+from hiir.platform.train.worker import train_loop_per_worker
 
 log = logging.getLogger("hiir.train")
 
@@ -83,15 +91,8 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
 
 
 def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workdir: Path, in_tune: bool):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from hiir.platform.train.worker import train_loop_per_worker
-
     callbacks = []
     if in_tune:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
         callbacks.append(TuneReportCallback())  # propagates worker reports to Tune (ASHA needs them)
     resources = worker_resources(cfg)
     return TorchTrainer(
@@ -156,10 +157,6 @@ def _progress(uri: str, run_id: str, total: int, *, enabled: bool, every_s: floa
     if not enabled:
         yield
         return
-    import threading
-
-    from tqdm import tqdm
-
     stop = threading.Event()
 
     def poll() -> None:
@@ -186,8 +183,6 @@ def _progress(uri: str, run_id: str, total: int, *, enabled: bool, every_s: floa
 def _export(result, target: Path) -> Path | None:
     """Copy the final weights out of the last checkpoint, atomically, into <workdir>/runs/<name>/.
     Only these files are read, not the whole checkpoint (whose ZeRO shards may be GBs on S3)."""
-    import pyarrow.fs as pafs
-
     if result.checkpoint is None:
         return None
     fs, root = result.checkpoint.filesystem, result.checkpoint.path

@@ -11,6 +11,8 @@ import logging
 import os
 from pathlib import Path
 
+import ray
+
 from hiir.platform.config import TrainConfig
 
 # glibc hands blocks over its (dynamic, at most 32 MB) mmap threshold back to the OS on free, and trims
@@ -36,8 +38,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     instance: always a new one (`address="local"`), never the cluster that a past `ray start` left named in
     /tmp/ray/ray_current_cluster, which may be dead (Ray would hang retrying it) or not ours to fill.
     A no-op when Ray is up."""
-    import ray
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

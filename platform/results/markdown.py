@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from hiir.models import format_size
-from hiir.platform.study.analysis import Analysis, SizeLaw, Trial
-from hiir.platform.study.noise import NO_REPLICATES, REAL
+from hiir.platform.results.analysis import Analysis, SizeLaw
+from hiir.platform.results.noise import NO_REPLICATES, REAL
+from hiir.platform.results.trials import Trial
 
 BELOW = "✗ at or below baseline"
 ISOLATED = "†"  # no path across patch borders

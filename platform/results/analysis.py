@@ -16,79 +16,24 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from hiir.platform import tracking
-from hiir.platform.evaluation.metrics import sr_convention
-from hiir.platform.study.noise import (
-    SEED_AXIS,
+from hiir.platform.results.noise import (
     AxisEffect,
     CellStats,
     SeedNoise,
-    TrialScores,
     axis_effects,
     cell_stats,
     seed_noise,
 )
-from hiir.platform.study.scaling import HeldOut, PowerLawFit, fit_power_law, held_out
-from hiir.platform.study.spec import size_classes
-
-SIZE_AXIS = "model.params"
-BUDGET_AXIS = "budget.flops"
-
-
-@dataclass
-class Trial:
-    """One trial run as MLflow holds it."""
-
-    run_id: str
-    name: str
-    status: str
-    axes: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]
-    curve: tuple[list[int], list[float]]
-    synthetic: tuple[str, ...] = ()  # val sets that are synthetic stand-ins (tracking.SYNTHETIC_TAG)
-    per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # set -> image -> final headline PSNR
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def n_params(self) -> float | None:
-        value = self.params.get("model.num_params")
-        return float(value) if value else None
-
-    @property
-    def compute(self) -> float | None:
-        flops, steps = self.params.get("flops_per_step"), self.metrics.get("step")
-        return float(flops) * steps if flops and steps else None
-
-    @property
-    def done(self) -> bool:
-        return self.status == "FINISHED" and "val_psnr" in self.metrics
-
-    @property
-    def crosses_patches(self) -> bool:
-        """False for a model with no path across its P x P patch borders (tree depth 2, linear stage ends), as
-        `HiIRConfig.crosses_patches` decided it when the run started."""
-        return self.params.get("resolved_model.crosses_patches", "True") != "False"
-
-    @property
-    def headline_key(self) -> str:
-        """Which PSNR headlines this trial's val sets (`evaluation.metrics.sr_convention`: Y for SR)."""
-        return sr_convention(int(self.params.get("resolved_model.scale", 1)),
-                             int(self.params.get("resolved_model.in_channels", 3)))[1]
-
-    def set_psnr(self) -> dict[str, float]:
-        """Val set -> its headline PSNR."""
-        sets = {k.split("/")[1] for k in self.metrics if k.startswith("val/") and k.count("/") == 2}
-        return {s: self.metrics.get(f"val/{s}/{self.headline_key}", self.metrics.get(f"val/{s}/psnr")) for s in sets}
-
-    def scores(self) -> TrialScores:
-        return TrialScores(self.axes, self.per_image, {} if self.per_image else self.set_psnr())
+from hiir.platform.results.scaling import HeldOut, PowerLawFit, fit_power_law, held_out
+from hiir.platform.results.trials import Trial
+from hiir.platform.study.axes import BUDGET_AXIS, SEED_AXIS, SIZE_AXIS, size_classes
 
 
 @dataclass

@@ -30,32 +30,18 @@ from typing import Any
 import numpy as np
 
 from hiir.platform import tracking
-from hiir.platform.errors import ConfigError, HiirError
-from hiir.platform.study.analysis import BUDGET_AXIS, SEED_AXIS, SIZE_AXIS, Trial
+from hiir.platform.errors import HiirError
+from hiir.platform.results.markdown import markdown_table
+from hiir.platform.results.plots import plot_panels
+from hiir.platform.results.trials import Trial, collect_trials
+from hiir.platform.study.axes import BUDGET_AXIS, LR_AXIS, PARAM_AXIS, SEED_AXIS, WIDTH_AXES
+from hiir.platform.study.spec import Transferred
+from hiir.platform.study.state import find_study, study_dir
 
-LR_AXIS = "optim.lr"
-WIDTH_AXES = (SIZE_AXIS, "model.dim")  # a family's size by count, or the width itself
-PARAM_AXIS = "model.parametrization"
 TAIL = 0.25        # the final loss: the mean over the last quarter of the logged loss curve
 N_BOOT = 1000
 MATERIAL = 0.25    # log2(LR) per width doubling: a smaller difference of drifts is not called a difference
 SIZE_KEYS = ("model.preset", *WIDTH_AXES, BUDGET_AXIS, SEED_AXIS)  # never transferred
-
-
-def check_spec(spec) -> None:
-    """A transfer spec sweeps 3+ learning rates on a grid across 2+ widths, every trial to its end."""
-    axes = {a.key: a for a in spec.axes}
-    lr = axes.get(LR_AXIS)
-    if lr is None or lr.kind != "grid" or len(lr.values) < 3:
-        raise ConfigError("kind=transfer needs search.lr (optim.lr) as a list of 3+ learning rates (log-spaced); "
-                          f"got {'none' if lr is None else f'{lr.kind} {lr.values}'}")
-    width = [axes[k] for k in WIDTH_AXES if k in axes]
-    if len(width) != 1 or width[0].kind != "grid" or len(width[0].values) < 2:
-        raise ConfigError("kind=transfer needs one width axis with 2+ values: search.size: {params: [...], family: "
-                          "F} (a family grows by width) or search.model.dim: [...]")
-    if spec.scheduler.kind != "none":
-        raise ConfigError(f"kind=transfer needs scheduler.kind=none (got {spec.scheduler.kind}): a trial stopped "
-                          "early has no final loss, and the curve of loss against LR would lose its weak side")
 
 
 # ------------------------------------------------------------------------------------------- analysis
@@ -260,8 +246,6 @@ def section(drifts: list[Drift]) -> list[str]:
     if not drifts:
         return ["## Learning-rate transfer", "", "No (parametrization, context) had 2+ widths with 3+ finished "
                 "learning rates: there is no optimum to follow yet.", ""]
-    from hiir.platform.study.markdown import markdown_table
-
     lines = ["## Learning-rate transfer", "",
              f"Final loss = mean training loss over the last {TAIL:.0%} of each trial's logged curve, averaged over "
              "seeds. The best LR per width is the grid's argmin refined by a parabola in log2(LR) through it and "
@@ -295,8 +279,6 @@ def headline(drifts: list[Drift]) -> dict[str, float]:
 def plot(drifts: list[Drift], directory: Path, title: str) -> Path:
     """Final loss (top) and val PSNR (bottom) against LR, one line per width, one column per parametrization;
     a star at each width's refined optimum."""
-    from hiir.platform.study.plots import plot_panels
-
     panels, marks, ylabel = {}, {}, {}
     for metric, values in (("final loss", lambda d: d.loss), ("val PSNR (dB)", lambda d: d.psnr)):
         for d in drifts:
@@ -313,31 +295,11 @@ def plot(drifts: list[Drift], directory: Path, title: str) -> Path:
 # ------------------------------------------------------------------------------------------- --transfer-from
 
 
-@dataclass
-class Transferred:
-    """The best values of a finished small study, to apply to a larger one's base config."""
-
-    source: str                 # the small study's name
-    parent_run_id: str          # its MLflow study run
-    trial: str                  # the trial the values come from (run name)
-    values: dict[str, str]      # config key -> value, as the trial's axis tags hold it
-
-    def overrides(self) -> tuple[str, ...]:
-        return tuple(f"{k}={v}" for k, v in self.values.items())
-
-    def tags(self) -> dict[str, str]:
-        return {tracking.TRANSFER_FROM_TAG: f"{self.source} (run {self.parent_run_id}, trial {self.trial})",
-                **{f"{tracking.TRANSFER_TAG}{k}": v for k, v in self.values.items()}}
-
-
 def from_study(ref: str, workdir: Path) -> Transferred:
     """The best finished trial of study `ref` (a name run in `workdir`, or its directory) by that study's own
     metric and mode, over all its trials (in a transfer study: whichever width and parametrization won). Its
     axis values other than size, width and seed are taken; a μP winner brings its mup_base_dim (the width its
     LRs are stated at), without which its LRs would mean something else at the new widths."""
-    from hiir.platform.study.report import collect_trials
-    from hiir.platform.study.state import find_study, study_dir
-
     found = find_study(ref, workdir)
     if found is None:
         raise HiirError(f"--transfer-from {ref}: no study of that name has run in {workdir} (no "
@@ -362,11 +324,3 @@ def from_study(ref: str, workdir: Path) -> Transferred:
         raise HiirError(f"--transfer-from {spec.name}: its best trial {best.name} varies nothing but size and seed; "
                         "nothing to transfer")
     return Transferred(spec.name, state["parent_run_id"], best.name, {k: str(v) for k, v in values.items()})
-
-
-def check_transfer(transferred: Transferred, spec) -> None:
-    """A transferred key must not be an axis of the new study: the axis would silently replace it."""
-    clash = sorted(set(transferred.values) & {a.key for a in spec.axes})
-    if clash:
-        raise HiirError(f"--transfer-from {transferred.source}: {', '.join(clash)} is a search axis of {spec.name}, "
-                        "which would replace the transferred value; drop the axis or the flag")

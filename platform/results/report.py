@@ -16,27 +16,24 @@ from pathlib import Path
 from hiir.data_prep.files import write_atomic
 from hiir.platform import tracking
 from hiir.platform.errors import HiirError
-from hiir.platform.study.analysis import Analysis, Trial, analyse, headline_metrics
-from hiir.platform.study.markdown import label, render_markdown
+from hiir.platform.results import transfer
+from hiir.platform.results.analysis import Analysis, analyse, headline_metrics
+from hiir.platform.results.markdown import label, render_markdown
+from hiir.platform.results.plots import plot_curves, plot_effects, plot_scaling
+from hiir.platform.results.scaling import mse_to_psnr
+from hiir.platform.results.trials import collect_trials
+from hiir.platform.study.state import find_study, study_dir
 
 
-def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
-    store = tracking.Store(tracking_uri)
-    trials = []
-    # Tune numbers its trials in the space's order (..._00000, _00001, ...): the report keeps that order, not
-    # the order in which concurrent trials happened to open their runs.
-    runs = sorted(store.children(parent_run_id), key=lambda r: (r.data.tags.get(tracking.TRIAL_TAG, ""),
-                                                                  r.info.start_time or 0))
-    for run in runs:
-        history = store.history(run.info.run_id, "loss")
-        tags = run.data.tags
-        per_image = store.json_artifact(run.info.run_id, tracking.VAL_IMAGES) if run.info.status == "FINISHED" else None
-        trials.append(Trial(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status,
-                            tracking.trial_axes(tags), run.data.params, run.data.metrics,
-                            ([m.step for m in history], [m.value for m in history]),
-                            tuple(s for s in tags.get(tracking.SYNTHETIC_TAG, "").split(",") if s),
-                            per_image or {}, dict(tags)))
-    return trials
+def report_study(ref: str, *, workdir: Path) -> Path:
+    """Report for a study given by directory or name (the latest run of that name in `workdir`)."""
+    found = find_study(ref, workdir)
+    if found is None:
+        raise HiirError(f"no study run found for {ref!r} (looked for "
+                        f"{study_dir(workdir, Path(ref).name)}/study.json); run `hiir study run` first")
+    directory, state, spec = found
+    return write_report(directory, spec=spec, tracking_uri=state["tracking_uri"],
+                        parent_run_id=state["parent_run_id"])
 
 
 def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str) -> Path:
@@ -53,8 +50,6 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
     plots = draw_plots(spec.name, analysis, directory)
     more: dict = {}
     if transfer_kind:  # the best LR per width and its drift (transfer.py)
-        from hiir.platform.study import transfer
-
         drifts = transfer.analyse_transfer(trials)
         more = {"more_answer": transfer.answer_lines(drifts), "more_sections": transfer.section(drifts)}
         if drifts:
@@ -74,9 +69,6 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
 def draw_plots(name: str, a: Analysis, directory: Path) -> list[Path]:
     """PSNR against size (with each size law and the baseline) and against compute, the effects against seed
     noise, and the training curves."""
-    from hiir.platform.study.plots import plot_curves, plot_effects, plot_scaling
-    from hiir.platform.study.scaling import mse_to_psnr
-
     done = [t for t in a.trials if t.done and t.n_params]
     points = [{"label": label(t), "params": t.n_params, "compute": t.compute, "psnr": t.metrics["val_psnr"],
                "loss": t.metrics.get("loss"), "size": f"{t.n_params / 1e6:.3g}M"} for t in done]

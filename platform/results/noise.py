@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from hiir.platform.study.axes import SEED_AXIS
+
 __all__ = ["TrialScores", "CellStats", "AxisEffect", "SeedNoise", "cell_stats", "axis_effects", "seed_noise"]
 
-SEED_AXIS = "seed"
 REAL, WITHIN_NOISE, NO_REPLICATES = "real", "within seed noise", "no replicates"
 
 Key = tuple[tuple[str, Any], ...]  # a cell or a context: sorted (axis, value) pairs
