@@ -166,10 +166,10 @@ def profile_child(data_dir: Path, preset: str, batch: int, patch: int, threads: 
                        "scaling": {"num_workers": 1, "cpus_per_worker": float(threads)}})
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    engine = make_engine(cfg, build(cfg.model_config()), cpu, 0)
+    engine = make_engine(cfg, build(cfg.resolved_model), cpu, 0)
     ema = EMA(engine.module, cfg.optim.ema_decay, keep=True)
     torch.manual_seed(0)
-    bare = build(cfg.model_config())
+    bare = build(cfg.resolved_model)
     opt = torch.optim.AdamW(bare.parameters(), lr=LR, betas=BETAS)
     reader = TrainReader(data_dir, rank=0, world_size=1, batch_size=batch, lq_patch=patch, seed=0)
     times: dict[str, list[float]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +40,20 @@ def write_atomic(target: str | os.PathLike, data: bytes | str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside local `target`; moved over it when the block succeeds, removed when it fails."""
+    """A temporary path beside local `target`, for the file or directory the block makes there; moved over
+    `target` when the block succeeds (a directory replaces the old one whole), removed when it fails."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{target.name}")
+    old = tmp.with_name(tmp.name + ".old")
     try:
         yield tmp
+        if tmp.is_dir() and target.is_dir():  # a rename cannot replace a non-empty directory: move it aside first
+            os.replace(target, old)
         os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, old):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)

@@ -13,7 +13,8 @@ Public API
                                 a size family plus a parameter count ("30M") gives a config
     FAMILIES                    dict name -> Family (base config + shape rule): b, tiny
     parse_size("0.05M") -> 50000; count_params(cfg) -> int (exact, analytic, nothing built)
-    mup.param_groups(model, lr, wd), mup.ROLES/RULES   μP (`parametrization="mup"`): per-group LRs, the role table
+    mup.param_groups(model, lr, wd), mup.ROLES/RULES   μP (`parametrization="mup"`): per-group LRs; roles from
+                                shapes against the base model, the rule table; mup.MUP_RULES_VERSION
     coord_check.coord_check(family, widths) -> slopes of mean |activation| vs width (`hiir models --coord-check`)
     network: forward((B,C,h,w) in [0,1]) -> (B,C,h*s,w*s); .config, .num_params(),
              .no_weight_decay(), .set_grad_checkpointing(), .pad_multiple
@@ -26,8 +27,8 @@ Size families (families.py; each keeps window/patch, FFN ratio, stage ends and l
     b     the paper's path: width at 6x6 up to B (C 180), depth 6x6 -> 12x12 at C ~180 (B -> L),
           width at 12x12 (L -> XL at C 256, and on). Below B the position-bias MLP hidden width
           (512 C/180) and the upsampler (min(C, 64)) shrink with C. Within 5% from 0.5M to 1B.
-    tiny  around tiny_x2: width at 2x2 up to C 32, depth 2x2 -> 4x4 at C ~32, width at 4x4;
-          position-bias hidden 2C (>= 64), upsampler C in 32..64. Within 5% from 0.05M to 50M.
+    tiny  around tiny_x2: width at 2x2 all the way; position-bias hidden 64 and upsampler 32 at
+          every width (so each tensor keeps one μP role across widths). Within 5% from 0.05M to 50M.
     both  heads: head width nearest 32 (16..64, or one head up to C 96) among the divisors of
           gcd(C, C/2); any usable width, odd ones with one head; within 3% of the target, the
           width with the best heads wins. The head count is not monotone between C 48 and ~200.

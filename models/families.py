@@ -45,10 +45,16 @@ upsampler keeps 32 channels) from 0.04M to ~0.09M; b's upsampler shrinks, so its
 What shrinks and grows with C (`Family.shape`); everything else is the anchor's:
 - b below B: the position-bias MLPs (2 per layer; hidden 512 C / 180 as a multiple of 8, from
   32 up to Swin-V2's 512 at B and above) and the upsampler (min(C, 64), SwinIR's 64 from C = 64).
-  At their B sizes they would hold 0.3M, most of a 0.5M model.
-- tiny: hidden 2C (64 at the anchor, at most 512) and upsampler C within 32..64. Below the
-  anchor they keep 64 and 32: with them shrinking too, one width step at C ~ 15 would move the
-  count by more than 10%; kept, they set the family's floor at ~0.04M.
+  At their B sizes they would hold 0.3M, most of a 0.5M model. From B (and C 64) on they are fixed.
+- tiny: neither; the position-bias hidden width is 64 and the upsampler 32 at every width. Tiny is
+  the μP transfer family (studies/transfer_*.yaml), and μP reads each tensor's role from how its shape
+  moves between two widths (models/mup.py): with both fixed, the position-bias MLP is a finite side
+  network at every width (2 coordinates in, a bias per head out) and the head's first conv is the
+  readout at every width. When they grew with C inside bounds (hidden 2C from 64, upsampler C in
+  32..64), a part grew between some widths and not others, so one tensor changed role inside a
+  transfer study (on base 32, the head's first conv was a readout at C 16 and hidden at C 64 and 128),
+  and at C 64 the upsampler held 0.19M of 0.46M. Kept small, they also set the family's floor at
+  ~0.04M (shrinking with C, one width step at C ~ 15 would move the count by more than 10%).
 - Window p and patch P carry no parameters: they stay the anchor's at every size (b 8 / 64,
   tiny 4 / 8), so the size axis never changes the tree's receptive field or the pad multiple.
 - Never changed by the rule: FFN ratio (b 3, tiny 2), stage ends (b conv3, tiny conv1), layout
@@ -185,17 +191,25 @@ class Family:
         return dataclasses.replace(base, dim=dim, heads=self.heads_for(dim), stages=depth,
                                    layers_per_stage=depth, cpb_hidden=cpb, upsampler_dim=min(max(dim, u_lo), u_hi))
 
+    def follows(self, cfg: HiIRConfig) -> bool:
+        """Whether `cfg`'s width-following fields (heads, cpb_hidden, upsampler_dim) are this rule's at its width
+        and depth, as in every config `solve` gives: μP's base model is then this family at the base width."""
+        return (cfg.arch == "columnar" and cfg.stages == cfg.layers_per_stage and self.heads_for(cfg.dim) is not None
+                and self.shape(cfg, cfg.dim, cfg.stages) == cfg)
+
     def describe(self) -> str:
         """The rule in a few lines (what `hiir models --family` prints above its table)."""
         b, (lo, hi) = self.base, self.head_band
+        (c_lo, c_hi), (u_lo, u_hi) = self.cpb_bounds, self.upsampler_bounds
+        cpb = f"{c_lo}" if c_lo == c_hi else f"{self.cpb_per_width:.3g}C in {c_lo}..{c_hi}"
+        upsampler = f"{u_lo}" if u_lo == u_hi else f"C in {u_lo}..{u_hi}"
         return "\n".join([
             f"family {self.name}: {self.path}",
             f"  heads: head width nearest {self.head_width}, within {lo}..{hi} "
             f"(one head up to C={self.single_head_max}); widths: any usable one (odd ones with one head), "
             f"so the count is within 5% "
             f"from {format_size(self.params_range[0])} to {format_size(self.params_range[1])}",
-            f"  cpb_hidden {self.cpb_per_width:.3g}C in {self.cpb_bounds[0]}..{self.cpb_bounds[1]}, "
-            f"upsampler C in {self.upsampler_bounds[0]}..{self.upsampler_bounds[1]}; fixed: window {b.window}, "
+            f"  cpb_hidden {cpb}, upsampler {upsampler}; fixed: window {b.window}, "
             f"patch {b.patch}, ffn {b.ffn_ratio:g}, {b.stage_conv}, {b.layout}, tree depth {b.tree_depth}"])
 
 
@@ -207,7 +221,8 @@ FAMILIES: dict[str, Family] = {
              "(L -> XL at C=256, and on)"),
     "tiny": Family(
         name="tiny", base=PRESETS["tiny_x2"], depths=(2,),
-        params_range=(0.05e6, 50e6), cpb_per_width=2.0, cpb_bounds=(64, 512), upsampler_bounds=(32, 64),
+        # cpb_hidden and the upsampler fixed at every width: the module docstring says why (μP's roles)
+        params_range=(0.05e6, 50e6), cpb_per_width=0.0, cpb_bounds=(64, 64), upsampler_bounds=(32, 32),
         path="width at 2x2 all the way (on 2 CPU cores, width costs less time per parameter than depth)"),
 }
 

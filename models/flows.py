@@ -283,15 +283,15 @@ class ContinuousPositionBias(nn.Module):
 
 
 class DotSimilarity(nn.Module):
-    """q.k scaled by d^-0.5 (SDPA's default), or by 1/d under μP (`per_dim`, set by models/mup.py)."""
+    """q.k scaled by d^-0.5 (SDPA's default), or under μP by sqrt(d_base) / d (`scale`, set by models/mup.py)."""
 
-    per_dim = False  # μP: q.k / d, which stays O(1) as the head width d grows (q and k correlate in training)
+    scale: float | None = None  # μP away from its base width: q.k grows like d in training (q and k correlate)
 
     def __init__(self, heads: int):
         super().__init__()
 
     def forward(self, q, k):
-        return q, k, (1.0 / q.shape[-1] if self.per_dim else None)
+        return q, k, self.scale
 
 
 class CosineSimilarity(nn.Module):

@@ -1,49 +1,61 @@
 """μP, the maximal-update parametrization (Yang et al., "Tensor Programs V", 2022), for the Hi-IR networks.
 
 Under the standard parametrization the best Adam learning rate drifts as a model widens: a search on a
-small model does not hold for a large one. Under μP the best learning rate found at one width C stays
-the best at the other widths of a size family (`families.py`), so the search is done once, small.
-`model.parametrization: mup` turns it on; `model.mup_base_dim` is the base width B, and m = C / B the
-width multiplier. At m = 1 init and learning rates are the standard ones (only the dot-attention logit
-scale differs), so a model tuned under the standard parametrization at width B keeps its recipe.
+small model does not hold for a large one. Under μP the best learning rate found at one width stays the
+best at the other widths of a size family (`families.py`), so the search is done once, small.
+`model.parametrization: mup` turns it on; `model.mup_base_dim` is the base width B. At C = B the model,
+its init and its learning rates are exactly the standard ones, so a recipe tuned there carries over.
 
-Which parameter is which (`ROLES`, first match wins) and what each role gets, as multipliers of the
-standard init and of the base learning rate `optim.lr`:
+Roles come from shapes, as the `mup` package's `set_base_shapes` reads them: each parameter's shape in
+this model against its shape in the base model (`base_config`: the same config at width B, under the
+shape rule its width-following fields follow: a size family's, or, for a preset, C alone moves). Fan-in
+is a weight's dim 1 (times the kernel), fan-out its dim 0; a 1-D tensor (bias, norm gain) has a fan-out
+only. m is the parameter's own fan-in ratio to the base model's (1 where the fan-in stays), so a part whose
+input grows otherwise than C (b's position-bias MLP below B: 512 C/180 from 32) gets its own ratio, not C / B.
+`ROLES` names the role, `RULES` what it gets, both as in Tensor Programs V's table for Adam (mup's MuAdamW and
+MuReadout):
 
-    role     parameters                                            Adam LR   init              decay
-    input    conv_first (image -> C: its fan-in does not grow)     x 1       x 1               as SP
-    hidden   qkv, proj, FFN fc1/fc2, stage-end ops (conv1, conv3,  x 1/m     Linear x m^-1/2   wd x m
-             linear), the U-shape's downs/ups/reduces                        (convs x 1)
-    readout  the head's first op on the width-C features:          x 1/m     x 1/m             wd x m
-             conv_before.0 (SR: C -> upsampler) or conv_last
-             (scale 1 and the U-shape: C -> image)
-    vector   every bias, LayerNorm gains, L3's depthwise 3x3,      x 1       x 1               as SP
-             the position-bias MLP, cosine logit scales
-    fixed    the pixel-shuffle upsampler after the readout          x 1       x 1               as SP
-    (dot attention) logits q.k / d instead of q.k / sqrt(d), d the q/k head width (flows.DotSimilarity)
+    fan-in   fan-out   role       Adam LR   init std, against the   decay     in the families
+    moves    moves                          base model's
+    yes      yes       hidden     x 1/m     x m^-1/2                wd x m    qkv, proj, FFN fc1/fc2, stage ends,
+                                                                              the U-shape's downs/ups/reduces
+    yes      no        readout    x 1/m     x m^-1                  wd x m    the head's conv onto the fixed
+                                                                              upsampler (conv_before.0) or onto
+                                                                              the image (conv_last at scale 1)
+    no       yes       input      x 1       x 1                     as SP     conv_first, biases and norm gains,
+                                                                              L3's depthwise 3x3, what has one
+                                                                              entry per head when heads follow C
+    no       no        standard   x 1       x 1                     as SP     the upsampler behind the readout,
+                                                                              tiny's position-bias MLP
+
+    (dot attention) logits q.k * sqrt(d_base) / d, d the layer's q/k head width and d_base the base
+    model's: 1/sqrt(d) at the base width, 1/d away from it (flows.DotSimilarity)
+
+The init is the standard draw rescaled (no extra random numbers). The standard init's own std follows the
+width for convs (PyTorch's default, ~ fan_in^-1/2 for weight and bias) and not for the rest (Linear
+weights trunc-normal 0.02, norms and logit scales constant), so the rescale is the table's factor over
+what the standard draw already does: hidden convs x 1, hidden Linears x m^-1/2, readout convs x m^-1/2,
+readout Linears x m^-1, conv biases x m_conv^1/2 (their std stays the base model's, as mup's
+`rescale_linear_bias`).
 
 Why each rule:
-- hidden: both fans grow with C, so an Adam step (entries ~ lr whatever the gradient's scale) moves a
-  coordinate of W x by ~ lr * fan_in; lr / m keeps that fixed. Init var ~ 1/fan_in: SP's trunc-normal
-  0.02 is width-constant, so Linear weights get 0.02 / sqrt(m); PyTorch's default conv init is already
-  ~ fan_in^-1/2 and stays. Decay x m keeps AdamW's decoupled shrink lr * wd per step (the `mup` package's
-  MuAdamW does the same).
-- readout: μP gives the output layer a multiplier 1/m with init and LR unchanged. Adam's step does not
-  depend on the gradient's scale, so (multiplier 1/m, init s, LR lr) trains as (multiplier 1, init s/m,
-  LR lr/m) up to Adam's epsilon and clipping; the second form needs no change to `forward`, and a
-  checkpoint's weights are the function's weights.
-- input, vector: one dimension grows (or none); their coordinates are O(1) at every width with the
-  standard init and LR. The depthwise 3x3 has a fan-in of 9 per channel. The position-bias MLP maps 2
-  coordinates through its own hidden width (cpb_hidden, set by the family, not C) to one additive bias
-  per head, bounded by 16 sigmoid; it is not part of the width-C stream.
-- fixed: the upsampler's width is `upsampler_dim`, which the families bound (tiny 32..64, b <= 64):
-  a finite network behind the readout, left standard.
+- hidden: both fans follow C, so an Adam step (entries ~ lr whatever the gradient's scale) moves a
+  coordinate of W x by ~ lr * fan_in; lr / m keeps that fixed. Init var ~ 1/fan_in keeps W x O(1).
+  Decay x m keeps AdamW's decoupled shrink lr * wd per step (as MuAdamW).
+- readout: its output has a fixed width, so init var ~ 1/fan_in^2 (std ~ 1/fan_in: the init's output
+  vanishes as C grows and what is learnt dominates) and lr ~ 1/fan_in. mup's MuReadout gets there as a
+  1/m output multiplier on an sqrt(m)-rescaled standard init; under Adam that trains as the weights and
+  LR used here, which need no change to `forward`, so a checkpoint's weights are the function's weights.
+- input, standard: the fan-in stays, so each coordinate is O(1) at every width with the base model's
+  init and LR. The position-bias MLP maps 2 coordinates to one bias per head (16 sigmoid): a side
+  network, fixed in tiny (standard; its last layer is input where the heads grow), shrinking with C
+  in b below B (its layers then take input and hidden or readout roles by the same rule).
 - dot attention: in training q and k correlate, so q.k grows like d, not sqrt(d); 1/d keeps the logits
-  O(1). Cosine attention normalises q and k: q.k is a cosine in [-1, 1] at every d, already what 1/d
-  achieves, and its logit scale is a per-head scalar (vector). So cosine attention is left as it is.
-  In both families the heads follow the width (head width near 32), so d moves little with C and 1/d is
-  mostly a fixed temperature; it matters where heads stay fixed and d grows.
+  O(1), and sqrt(d_base) makes it 1/sqrt(d) at the base width. Cosine attention normalises q and k
+  (q.k is a cosine at every d) and its logit scale is a per-head constant, so it is left as it is.
 
+`MUP_RULES_VERSION` names these rules: runs record it (platform/tracking.py), and `--transfer-from`
+refuses a μP source made under other rules, whose learning rates meant something else.
 `parametrize(model)` applies the init and the attention scale (the network calls it when it is built);
 `param_groups(model, lr, weight_decay)` gives the optimizer's groups, each with its `lr`, `weight_decay`
 and `lr_scale` (its multiplier of `optim.lr`): the engines hand them to torch's AdamW, DeepSpeed ZeRO 0-3
@@ -51,113 +63,155 @@ keeps them, and checkpoints store them (resume rebuilds the same groups in the s
 """
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import nn
 
-from .flows import DotSimilarity
+from .flows import DotSimilarity, FlowAttention
 
-READOUT = "<readout>"  # the head's first op on the width-C features: decided per network, see `readout_name`
+# The rules below, as a number runs are tagged with: raise it when a rule changes what a μP run trains.
+MUP_RULES_VERSION = 2
 
-# (pattern searched in the parameter's name, role, what it is); the first match wins.
-ROLES: tuple[tuple[str, str, str], ...] = (
-    (r"\.bias$", "vector", "every bias"),
-    (r"(^|\.)norm(_\w+)?\.weight$", "vector", "LayerNorm gains"),
-    (r"\.cpb\.", "vector", "the continuous position-bias MLP (2 -> cpb_hidden -> heads)"),
-    (r"\.logit_scale$", "vector", "cosine attention's per-head logit scale"),
-    (r"\.dwconv\.weight$", "vector", "L3's depthwise 3x3 (fan-in 9 per channel)"),
-    (r"^conv_first\.weight$", "input", "the shallow conv, image -> C"),
-    (READOUT, "readout", "the head's first op: conv_before.0 (C -> upsampler) or conv_last (C -> image)"),
-    (r"^head\.", "fixed", "the pixel-shuffle upsampler after the readout (width upsampler_dim)"),
-    (r"\.(qkv|proj)\.weight$", "hidden", "attention's qkv and output projections"),
-    (r"\.ffn\.fc[12]\.weight$", "hidden", "the FFN's 1x1 layers (C -> rC -> C)"),
-    (r"(^|\.)stage_conv\.", "hidden", "stage-end and body-end ops (conv1, conv3, linear)"),
-    (r"^(downs|ups)\.\d+\.|^reduces\.\d+\.weight$", "hidden", "the U-shape's down/up-sampling convs and reduces"),
-)
+# (fan-in moves, fan-out moves) against the base model -> role, as mup's set_base_shapes decides it
+ROLES: dict[tuple[bool, bool], str] = {
+    (True, True): "hidden",
+    (True, False): "readout",
+    (False, True): "input",
+    (False, False): "standard",
+}
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A role's multipliers as powers of m = C / B: learning rate m^lr, init m^init (`init_linear_only`:
-    Linear weights only), and weight decay m^-lr (AdamW's lr * wd kept)."""
+    """A role's multipliers as powers of m, the parameter's fan-in ratio to the base model's: Adam learning rate
+    m^lr (weight decay m^-lr, so AdamW's lr * wd stays), and the init's std m^init against the base model's."""
 
     lr: float
     init: float
-    init_linear_only: bool = False
 
 
 RULES: dict[str, Rule] = {
-    "input": Rule(lr=0.0, init=0.0),
-    "hidden": Rule(lr=-1.0, init=-0.5, init_linear_only=True),
+    "hidden": Rule(lr=-1.0, init=-0.5),
     "readout": Rule(lr=-1.0, init=-1.0),
-    "vector": Rule(lr=0.0, init=0.0),
-    "fixed": Rule(lr=0.0, init=0.0),
+    "input": Rule(lr=0.0, init=0.0),
+    "standard": Rule(lr=0.0, init=0.0),
 }
+# How the standard init's std goes with its module's fan-in (networks._init_weights keeps PyTorch's
+# default for convs, weight and bias ~ fan_in^-1/2; every other standard init is width-constant).
+STANDARD_INIT: dict[type[nn.Module], float] = {nn.Conv2d: -0.5}
 
 
-def width_mult(config) -> float:
-    """m = C / B: the width against `mup_base_dim` (the U-shape's levels all scale with C)."""
-    return config.dim / config.mup_base_dim
+@dataclass(frozen=True)
+class Scaling:
+    """One parameter under μP: its role, its fan-in ratio m to the base model, and its multipliers."""
+
+    role: str
+    m: float
+    lr: float    # of optim.lr
+    init: float  # of the standard draw at this width
 
 
-def readout_name(model: nn.Module) -> str:
-    """The readout's weight: the upsampler's input conv for SR, else the head's conv to the image."""
-    return "head.conv_before.0.weight" if hasattr(model.head, "conv_before") else "head.conv_last.weight"
+def base_config(config):
+    """The config at the base width B = `mup_base_dim`, by the shape rule its width-following fields follow:
+    a size family's (`Family.follows`), else the preset's own (C moves, heads and the rest stay)."""
+    from .families import FAMILIES  # families -> presets -> networks -> this module
+
+    base = config.mup_base_dim
+    for family in FAMILIES.values():
+        if family.follows(config):
+            if family.heads_for(base) is None:
+                raise ValueError(f"mup_base_dim={base} is not a usable width of family {family.name!r} (no heads "
+                                 f"with a head width in {family.head_band[0]}..{family.head_band[1]}); pick another")
+            return family.shape(config, base, config.stages)
+    try:
+        return config.replace(dim=base)
+    except ValueError as exc:
+        raise ValueError(f"mup_base_dim={base}: the base model does not build ({exc})") from None
 
 
-def roles(model: nn.Module) -> dict[str, str]:
-    """Parameter name -> role, by `ROLES`; a parameter no row names is a ValueError (add it to the table)."""
-    readout, out = readout_name(model), {}
-    for name, _ in model.named_parameters():
-        for pattern, role, _what in ROLES:
-            if name == readout if pattern == READOUT else re.search(pattern, name):
-                out[name] = role
-                break
-        else:
-            raise ValueError(f"models/mup.py: parameter {name!r} has no μP role; add it to ROLES")
+@cache
+def base_shapes(config) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """The base model's parameter shapes by name, and its q/k head width by attention module (a meta build)."""
+    from .presets import build  # presets -> networks -> this module
+
+    with torch.device("meta"):
+        base = build(base_config(config).replace(parametrization="standard"))
+    return ({name: tuple(p.shape) for name, p in base.named_parameters()},
+            {name: m.dq for name, m in base.named_modules() if isinstance(m, FlowAttention)})
+
+
+def _fan_in(shape: tuple[int, ...]) -> int:
+    return math.prod(shape[1:]) if len(shape) >= 2 else 1
+
+
+def _fan_out(shape: tuple[int, ...]) -> int:
+    return shape[0] if shape else 1
+
+
+def scalings(model: nn.Module) -> dict[str, Scaling]:
+    """Parameter name -> its role and multipliers, from its shape against the base model's."""
+    shapes, _ = base_shapes(model.config)
+    named, out = dict(model.named_parameters()), {}
+    for name, p in named.items():
+        if name not in shapes:
+            raise ValueError(f"models/mup.py: parameter {name!r} is not in the base model at "
+                             f"mup_base_dim={model.config.mup_base_dim}; its structure must not depend on the width")
+        shape, base = tuple(p.shape), shapes[name]
+        role = ROLES[_fan_in(shape) != _fan_in(base), _fan_out(shape) != _fan_out(base)]
+        rule, m = RULES[role], _fan_in(shape) / _fan_in(base)
+        init = m**rule.init
+        owner_name, _, _ = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        exponent = next((e for kind, e in STANDARD_INIT.items() if isinstance(owner, kind)), 0.0)
+        if exponent:  # divide out how the standard draw itself moved with the module's fan-in
+            weight = f"{owner_name}.weight"
+            init /= (_fan_in(tuple(named[weight].shape)) / _fan_in(shapes[weight])) ** exponent
+        out[name] = Scaling(role, m, m**rule.lr, init)
     return out
 
 
+def roles(model: nn.Module) -> dict[str, str]:
+    """Parameter name -> role (`ROLES`), from its shape against the base model's."""
+    return {name: s.role for name, s in scalings(model).items()}
+
+
 def parametrize(model: nn.Module) -> None:
-    """μP's init (the standard draws, rescaled: no extra random numbers) and 1/d dot-attention logits."""
-    m = width_mult(model.config)
-    by_name = dict(model.named_parameters())
+    """μP's init (the standard draws, rescaled) and dot attention's logit scale sqrt(d_base) / d."""
+    named, (_, head_dims) = dict(model.named_parameters()), base_shapes(model.config)
     with torch.no_grad():
-        for name, role in roles(model).items():
-            rule, p = RULES[role], by_name[name]
-            if rule.init and not p.is_meta and (p.ndim == 2 or not rule.init_linear_only):
-                p.mul_(m**rule.init)
-    for module in model.modules():
-        if isinstance(module, DotSimilarity):
-            module.per_dim = True
+        for name, s in scalings(model).items():
+            if s.init != 1.0 and not named[name].is_meta:
+                named[name].mul_(s.init)
+    for name, module in model.named_modules():
+        if isinstance(module, FlowAttention) and isinstance(module.sim, DotSimilarity):
+            d, d_base = module.dq, head_dims[name]
+            module.sim.scale = None if d == d_base else math.sqrt(d_base) / d  # None: SDPA's own 1/sqrt(d)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: (decayed or not, as the standard rule decides) x (the role's LR exponent), decayed first
-    and the standard LR first within each, so the order is fixed; empty groups left out. Each group holds its
-    `lr`, `weight_decay` and `lr_scale`."""
-    m, skip = width_mult(model.config), model.no_weight_decay()
-    by_name, groups = dict(model.named_parameters()), {}
-    for name, role in roles(model).items():
-        p = by_name[name]
+    """AdamW groups: (decayed or not, as the standard rule decides) x (LR multiplier), decayed first and the
+    multiplier 1 first within each, so the order is fixed; empty groups left out. Each group holds its `lr`,
+    `weight_decay` and `lr_scale`. At the base width these are the standard two groups, with the standard LR."""
+    skip, named, groups = model.no_weight_decay(), dict(model.named_parameters()), {}
+    for name, s in scalings(model).items():
+        p = named[name]
         decay = not (p.ndim <= 1 or name in skip)
-        groups.setdefault((decay, RULES[role].lr), []).append(p)
+        groups.setdefault((decay, s.lr), []).append(p)
     out = []
-    for decay, exponent in sorted(groups, key=lambda k: (not k[0], k[1] != 0, k[1])):
-        scale = m**exponent
-        out.append({"params": groups[decay, exponent], "lr": lr * scale,
+    for decay, scale in sorted(groups, key=lambda k: (not k[0], k[1] != 1.0, k[1])):
+        out.append({"params": groups[decay, scale], "lr": lr * scale,
                     "weight_decay": weight_decay / scale if decay else 0.0, "lr_scale": scale})
     return out
 
 
 def describe_groups(model: nn.Module) -> list[dict]:
-    """What `param_groups` gives, per role: parameter count, tensors and multipliers (for tables and tests)."""
-    m, named, rows = width_mult(model.config), dict(model.named_parameters()), {}
-    for name, role in roles(model).items():
-        row = rows.setdefault(role, {"role": role, "tensors": 0, "params": 0, "lr_x": m ** RULES[role].lr,
-                                     "init_x": m ** RULES[role].init})
+    """Per role and fan-in ratio: tensors, parameter count and multipliers (for tables and tests)."""
+    named, rows = dict(model.named_parameters()), {}
+    for name, s in scalings(model).items():
+        row = rows.setdefault((s.role, s.m), {"role": s.role, "m": s.m, "lr_x": s.lr, "tensors": 0, "params": 0})
         row["tensors"] += 1
         row["params"] += named[name].numel()
     return list(rows.values())

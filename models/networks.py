@@ -108,6 +108,16 @@ class ResidualHead(nn.Module):
 HEADS = {1: ResidualHead, 2: PixelShuffleHead, 3: PixelShuffleHead, 4: PixelShuffleHead}
 
 
+def pixel_shuffle_params(dim: int, out_channels: int, scale: int, width: int) -> int:
+    """Parameters of the pixel-shuffle head `HEADS[scale]` builds at these sizes, counted on the built module
+    (meta device); 0 at scale 1, which has none. What a size axis grows is the rest, the body: the input conv,
+    the stages and the body-end norm and conv (Kaplan et al. leave out embeddings for the same reason)."""
+    if scale == 1:
+        return 0
+    with torch.device("meta"):
+        return sum(p.numel() for p in HEADS[scale](dim, out_channels, scale, width).parameters())
+
+
 class _Network(nn.Module):
     """Shared plumbing: padding, the trainer hooks, parameter counting."""
 

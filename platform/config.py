@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from pydantic.dataclasses import dataclass
 from typing_extensions import Required, TypedDict
 
 from hiir.data_prep.online import validate_pipeline
+from hiir.models import HiIRConfig
 from hiir.platform.errors import ConfigError, did_you_mean, validation_error
 from hiir.platform.fields import STRICT, Float, Int, NonEmpty
 from hiir.platform.model_section import (
@@ -152,13 +154,22 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def model_config(self):
-        """The HiIRConfig this run trains (a preset or a solved family, plus overrides)."""
+    @functools.cached_property
+    def resolved_model(self) -> HiIRConfig:
+        """The HiIRConfig this run trains (the preset with its overrides, or the family solved at model.params),
+        resolved once per config. Not a field: the config serialises as its `model` section, and MLflow logs
+        this as the `resolved_model.*` params."""
         return resolve_model(self.model)
 
+    def model_config(self) -> HiIRConfig:
+        """The resolved model, for callers outside the platform (`resolved_model` is the attribute)."""
+        return self.resolved_model
+
     def with_values(self, values: dict[str, Any]) -> TrainConfig:
-        """A copy with dotted keys set (`{"optim.lr": 1e-3, "data.val": [...]}`), validated again as a whole."""
-        return load_config(self.to_dict(), values=values)
+        """A copy with dotted keys set (`{"optim.lr": 1e-3, "data.val": [...]}`), validated again as a whole;
+        with no `model.*` key among them it carries the resolved model over instead of solving it again."""
+        same_model = not any(k.split(".")[0] == "model" for k in values)
+        return load_config(self.to_dict(), values=values, resolved=self.resolved_model if same_model else None)
 
 
 _ADAPTER = TypeAdapter(TrainConfig)
@@ -168,9 +179,10 @@ _ADAPTER = TypeAdapter(TrainConfig)
 
 
 def load_config(raw: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = (),
-                values: dict[str, Any] | None = None) -> TrainConfig:
+                values: dict[str, Any] | None = None, *, resolved: HiIRConfig | None = None) -> TrainConfig:
     """Build and validate a TrainConfig from a plain dict, `key=value` overrides (text, as typed on a
-    command line) and then `values` (dotted key -> value, applied as they are)."""
+    command line) and then `values` (dotted key -> value, applied as they are). The model section is resolved
+    here, once (`cfg.resolved_model`); `resolved` is that of a config with the same model section."""
     raw = copy.deepcopy(raw) if raw is not None else {}
     for item in overrides:
         set_key(raw, *parse_override(item))
@@ -182,7 +194,9 @@ def load_config(raw: dict[str, Any] | None = None, overrides: list[str] | tuple[
         raise validation_error(exc, root=TrainConfig, unknown=_unknown_key) from None
     _check_data(cfg.data, raw.get("data") or {})
     cfg.model = typed_model(cfg.model)  # plain JSON values
-    cfg.model_config()  # validates the model section; the network pads any patch size itself
+    if resolved is not None:
+        cfg.__dict__["resolved_model"] = resolved  # functools.cached_property's slot
+    cfg.resolved_model  # noqa: B018 (resolves and validates the model section; the network pads any patch)
     return cfg
 
 

@@ -10,25 +10,36 @@
 - A tracking server that goes away mid-run must not kill training: `RunLogger` keeps every record it
   could not send in a local JSONL spool, warns once with the spool's path, and replays the spool the
   next time a call goes through (`hiir` also replays leftovers when the run ends).
+- A finished run's weights become an MLflow model (`Store.log_model`), linked to the run, so the experiment's
+  Models tab lists it; a study's best is registered as `hiir-<study>` (`Store.register`). When MLflow is
+  down at the end of a run, the run is tagged (through the spool) that its model was not logged.
+- Experiments are tagged as training experiments, so the UI opens them on their runs table.
 - The tag names below are the MLflow layout the README documents; no other module spells them.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+import mlflow
+import mlflow.pyfunc
+from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from hiir.data_prep.files import write_atomic
 from hiir.platform.errors import HiirError
 
 log = logging.getLogger("hiir.tracking")
@@ -57,6 +68,20 @@ BASELINE_TAG = "hiir.baseline"  # on a study run: what its baseline_* metrics sc
 BASELINE_PREFIX = "baseline/"  # a study run's metrics of the baseline on the val sets: baseline/val/<set>/psnr_y
 TRANSFER_FROM_TAG = "hiir.transfer_from"  # on a study run: the small study (and its run, trial) it took values from
 TRANSFER_TAG = "hiir.transfer."  # prefix: one tag per value taken, hiir.transfer.optim.lr = "0.002"
+TRANSFER_PARAMETRIZATION_TAG = "hiir.transfer_parametrization"  # on a study run: the values' parametrization
+TRANSFER_BASE_DIM_TAG = "hiir.transfer_base_dim"  # the width they were found at (μP: the source's mup_base_dim)
+MUP_RULES_TAG = "hiir.mup_rules"  # on a μP run (and a study run given μP values): models.mup.MUP_RULES_VERSION
+MODEL_TAG = "hiir.model"  # on a run: "models:/<model id>" of its logged model, or "not logged: <why>; <weights>"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the UI opens an experiment on; untagged, it guesses GenAI
+TRAINING_KIND = "custom_model_development"  # MLflow 3's kind for model training: the runs table
+METRIC_TAG = "hiir.metric"  # on a registered version: the study's metric, its value and mode, "val_psnr=21.3 (max)"
+STUDY_RUN_TAG = "hiir.study_run"  # on a registered version: the study run it is the best trial of
+MODEL_NAME = "model"  # a run's logged model when its run name cannot name it
+
+
+def registered_name(study: str) -> str:
+    """The registered model that holds a study's best trial, one version per study run."""
+    return f"hiir-{study}"
 
 
 def trial_tags(study: str, trial_id: str, params: dict[str, Any]) -> dict[str, str]:
@@ -148,13 +173,17 @@ class Store:
         return {locked_retry(self._client.get_experiment, i).name: i for i in ids}
 
     def experiment(self, name: str, workdir: Path) -> str:
-        """The experiment's id, created if missing with an absolute artifact location (never ./mlruns)."""
+        """The experiment's id, created if missing with an absolute artifact location (never ./mlruns), and
+        tagged as a training experiment (one made before hiir tagged them is tagged when next used)."""
         exp = locked_retry(self._client.get_experiment_by_name, name)
         if exp is not None:
+            if EXPERIMENT_KIND_TAG not in exp.tags:
+                locked_retry(self._client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
             return exp.experiment_id
         location = None if self.uri.startswith("http") else (Path(workdir).resolve() / "mlartifacts").as_uri()
         try:
-            return locked_retry(self._client.create_experiment, name, artifact_location=location)
+            return locked_retry(self._client.create_experiment, name, artifact_location=location,
+                                tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         except Exception as exc:  # noqa: BLE001 (another process created it first)
             exp = locked_retry(self._client.get_experiment_by_name, name)
             if exp is None:
@@ -184,7 +213,11 @@ class Store:
 
     # ---- writes
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        """Params in batches of 100; values are cut at MLflow's 6000-character limit instead of failing."""
+        """Params in batches of 100; values are cut at MLflow's 6000-character limit instead of failing (with a
+        warning naming them; the run's train_config.json artifact holds them whole)."""
+        cut = [k for k, v in params.items() if len(str(v)) > 6000]
+        if cut:
+            log.warning("params %s are longer than MLflow's 6000 characters: logged cut", ", ".join(cut))
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             locked_retry(self._client.log_batch, run_id, params=items[i:i + 100])
@@ -199,6 +232,49 @@ class Store:
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         locked_retry(self._client.log_artifact, run_id, str(path), artifact_path)
+
+    def log_model(self, run_id: str, arguments: dict[str, Any], *, step: int) -> str:
+        """Log an MLflow pyfunc model (`arguments` are `mlflow.pyfunc.log_model`'s: the code file, artifacts,
+        signature, pinned requirements) as the run's output at `step`, with the run's val metrics at that step
+        (the Models tab shows them). Returns its model id; the run is tagged with its `models:/` URI.
+
+        The logged model is created here, through this store's client, and then filled: what `log_model`
+        would do from an active run, without touching the run's status or resolving git context tags.
+        No input example is passed: MLflow would load and run the model to validate it, 1-2 s per trial.
+        """
+        run = self.get_run(run_id)
+        name = re.sub(r"[/:.%\"']", "-", run.info.run_name or "") or MODEL_NAME  # what logged model names allow
+        model = locked_retry(self._client.create_logged_model, run.info.experiment_id, name=name,
+                             source_run_id=run_id)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact is noise
+        with _fluent_tracking_uri(self.uri), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            locked_retry(mlflow.pyfunc.log_model, name=name, model_id=model.model_id, **arguments)
+        locked_retry(self._client.log_outputs, run_id, [LoggedModelOutput(model.model_id, step)])
+        val = [key for key in run.data.metrics if key.startswith("val")]
+        at_step = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=run_id)
+                   for key in val for m in self.history(run_id, key) if m.step == step]
+        if at_step:  # the very records the run holds (same time and step), now also the model's
+            locked_retry(self._client.log_batch, run_id, metrics=at_step, synchronous=True)
+        self.set_tags(run_id, {MODEL_TAG: f"models:/{model.model_id}"})
+        return model.model_id
+
+    def register(self, name: str, run_id: str, tags: dict[str, str]) -> str:
+        """A new version of registered model `name` from the run's logged model; returns its version."""
+        model_id = self.model_id(self.get_run(run_id))
+        if model_id is None:
+            raise HiirError(f"run {run_id} has no logged model")
+        model = locked_retry(self._client.get_logged_model, model_id)
+        try:
+            locked_retry(self._client.create_registered_model, name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        # The model's own storage location as the source: a `models:/<id>` source makes the registry
+        # resolve it through the process's default tracking URI, not this store's.
+        version = locked_retry(self._client.create_model_version, name, model.artifact_location, run_id=run_id,
+                               tags=tags, model_id=model_id)
+        return str(version.version)
 
     def close(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
         """Tag the run (why it ended), then end it with `status`."""
@@ -237,6 +313,31 @@ class Store:
         """Every logged value of one metric, in logging order."""
         return locked_retry(self._client.get_metric_history, run_id, key)
 
+    @staticmethod
+    def model_id(run) -> str | None:
+        """The id of the run's logged model (its latest, if several); None for a run that has none: one whose
+        end MLflow missed, or one logged before hiir logged models (its weights are plain `model/` files)."""
+        outputs = run.outputs.model_outputs if run.outputs else []
+        return max(outputs, key=lambda o: o.step).model_id if outputs else None
+
+    def model_versions(self, name: str) -> list:
+        """The versions of registered model `name`, newest first; none when it does not exist."""
+        found = locked_retry(self._client.search_model_versions, f"name = '{name}'")
+        return sorted(found, key=lambda v: int(v.version), reverse=True)
+
+
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str):
+    """`mlflow.pyfunc.log_model` writes where the fluent API's tracking URI points. Point it at `uri` for the
+    call, then back: `set_tracking_uri` also exports MLFLOW_TRACKING_URI, which every later `hiir` call in
+    this process (and its subprocesses) would read as the user's choice."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets both
+
 
 class RunLogger:
     """Logs into one existing run; never raises on tracking failures during training."""
@@ -265,7 +366,7 @@ class RunLogger:
         if getattr(self, "_system", None) is not None:
             try:
                 self._system.finish()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 (its thread talks to the server, which may be down: training ends)
                 log.warning("could not stop MLflow system metrics: %s", exc)
             self._system = None
 
@@ -277,6 +378,21 @@ class RunLogger:
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._send({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
+
+    def model(self, export_dir: Path, arguments: dict[str, Any], *, step: int) -> bool:
+        """Log the exported weights as the run's MLflow model (`Store.log_model`). When MLflow cannot take it,
+        the weights stay in `export_dir`, and the run is tagged, through the spool when MLflow is down, that
+        its model was not logged. True when it was."""
+        try:
+            self.store.log_model(self.run_id, arguments, step=step)
+            return True
+        except Exception as exc:  # noqa: BLE001 (the weights are on disk; tracking may be down)
+            reason = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:200]}" if str(exc).strip() \
+                else exc.__class__.__name__
+            log.warning("MLflow model of run %s not logged (%s); the weights stay in %s", self.run_id, reason,
+                        export_dir)
+            self.tags({MODEL_TAG: f"not logged: {reason}; the weights are in {export_dir}"})
+            return False
 
     def image(self, array, artifact_file: str) -> None:
         self._file(artifact_file, lambda path: Image.fromarray(array).save(path))
@@ -303,9 +419,7 @@ class RunLogger:
             except Exception:  # noqa: BLE001 (still down: keep the rest in order)
                 left = pending[i:]
                 break
-        tmp = self.spool.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in left))
-        os.replace(tmp, self.spool)
+        write_atomic(self.spool, "".join(json.dumps(r) + "\n" for r in left))
         if not left:
             self.spool.unlink()
             if self._warned:

@@ -16,7 +16,7 @@ def test_defaults_validate_and_flatten():
 def test_overrides_are_typed():
     cfg = load_config({}, ["optim.lr=1e-3", "model.attention=cosine", "engine.zero_stage=3", "data.val=['a', 'b']"])
     assert cfg.optim.lr == 1e-3 and cfg.engine.zero_stage == 3 and cfg.data.val == ["a", "b"]
-    assert cfg.model_config().attention == "cosine"
+    assert cfg.resolved_model.attention == "cosine"
     assert parse_override("name=my run") == ("name", "my run")
     # lists of bare words, as in a YAML file (dataset URIs on a cluster)
     cfg = load_config({}, ["data.val=[s3://b/Set5, s3://b/Set14]", "data.train=s3://b/DF2K"])
@@ -70,7 +70,7 @@ def test_values_are_set_as_they_are_and_round_trip():
     import json
 
     cfg = load_config({}, values={"optim.lr": 1e-3, "data.val": ["a", "b"], "model.heads": (2, 4)})
-    assert cfg.optim.lr == 1e-3 and cfg.data.val == ["a", "b"] and cfg.model_config().heads == (2, 4)
+    assert cfg.optim.lr == 1e-3 and cfg.data.val == ["a", "b"] and cfg.resolved_model.heads == (2, 4)
     assert load_config(json.loads(json.dumps(cfg.to_dict()))) == cfg  # what a worker loads back
     other = cfg.with_values({"name": "other", "tracking.experiment": "e"})
     assert (other.name, other.tracking.experiment, other.optim.lr) == ("other", "e", 1e-3) and cfg.name == "run"
@@ -80,6 +80,25 @@ def test_values_are_set_as_they_are_and_round_trip():
     assert raw == {"optim": {"lr": 1.0, "warmup_steps": 5}, "eval": {"every": 7}}
     with pytest.raises(ConfigError, match="optim.lr.x: lr is not a section"):
         set_key(raw, "optim.lr.x", 1)
+
+
+def test_the_model_section_is_resolved_once_and_is_not_a_field(monkeypatch):
+    """The HiIRConfig is resolved when the config is loaded, and carried over by `with_values` unless a model key
+    changes; the config still serialises (and logs, and checkpoints) as its `model` section alone."""
+    import dataclasses
+
+    import hiir.platform.config as config
+
+    cfg = load_config({"model": {"family": "tiny", "params": "0.1M", "attention": "cosine"}})
+    model = cfg.resolved_model
+    assert model.attention == "cosine" and cfg.resolved_model is model
+    assert cfg.to_dict()["model"] == {"family": "tiny", "params": "0.1M", "attention": "cosine"}
+    assert "resolved_model" not in cfg.to_dict() and "resolved_model" not in {f.name for f in dataclasses.fields(cfg)}
+    calls = []
+    monkeypatch.setattr(config, "resolve_model", lambda section: calls.append(section) or model)
+    assert cfg.with_values({"optim.lr": 1e-3}).resolved_model is model and not calls
+    cfg.with_values({"model.attention": "dot"})
+    assert len(calls) == 1
 
 
 def test_did_you_mean():

@@ -59,7 +59,7 @@ from hiir.platform.config import load_config
 from hiir.platform.train.engine import make_engine
 cfg = load_config({"model": {"preset": "tiny_x2"}, "data": {"batch_size": 2, "lq_patch": 16},
                    "engine": {"kind": "deepspeed", "zero_stage": 2, "precision": "bf16"}})
-engine = make_engine(cfg, build(cfg.model_config()), torch.device("cpu"), 0)
+engine = make_engine(cfg, build(cfg.resolved_model), torch.device("cpu"), 0)
 seen = set()
 for m in engine.module.modules():
     if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):

@@ -118,6 +118,23 @@ def test_tiny_family_passes_its_anchor():
     assert cfg == PRESETS["tiny_x2"].replace(heads=1)
 
 
+def test_tiny_keeps_its_position_bias_and_upsampler_at_every_width():
+    # fixed, so μP gives each of their tensors one role across a transfer study's widths (models/families.py)
+    for target in ("0.05M", "0.119M", "0.4M", "5M"):
+        cfg = solve("tiny", target).config
+        assert (cfg.cpb_hidden, cfg.upsampler_dim) == (64, 32), target
+    # the demo's sizes (studies/smoke.yaml): C 10, 28, 47, 72
+    assert [solve("tiny", t).config.dim for t in ("0.05M", "0.1M", "0.2M", "0.4M")] == [10, 28, 47, 72]
+
+
+@pytest.mark.parametrize("overrides", OVERRIDES)
+def test_solved_configs_follow_their_familys_rule_and_no_other(overrides):
+    for family, target in (("tiny", "0.1M"), ("tiny", "3M"), ("b", "2M"), ("b", "30M")):
+        cfg = solve(family, target, **overrides).config
+        assert [name for name, fam in FAMILIES.items() if fam.follows(cfg)] == [family], (family, target)
+    assert not any(fam.follows(PRESETS["tiny_x2"]) for fam in FAMILIES.values())  # 2 heads of 16: a preset's own
+
+
 def test_a_dozen_targets_solve_fast():
     start = time.perf_counter()
     for family, lo in (("b", 0.5e6), ("tiny", 0.1e6)):

@@ -68,7 +68,7 @@ def test_cli_models_json(monkeypatch):
 
     fake = [{"name": "tiny_x2", "params_m": 0.12, "paper_m": None, "diff_pct": None, "gflops": 0.99,
              "flops_input": "1x3x64x64", "window": 4, "patch": 8}]
-    monkeypatch.setattr("hiir.models.summary.preset_table", lambda flops=True: fake)
+    monkeypatch.setattr("hiir.platform.cli.models.preset_table", lambda flops=True: fake)
     result = CliRunner().invoke(models, ["--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == fake

@@ -182,6 +182,7 @@ def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_t
 
     from hiir.platform import tracking
     from hiir.platform.study.run import _finish
+    from hiir.platform.study.state import StudyState
 
     uri = default_tracking_uri(tmp_path)
     store = Store(uri)
@@ -196,13 +197,17 @@ def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_t
                SimpleNamespace(error=RuntimeError("Traceback\nOOM on rank 0"), metrics={"trial_id": "failed"}),
                SimpleNamespace(error=RuntimeError("died"), metrics={})]  # "silent": died before its first report
 
+    state = StudyState(name="locked", base={}, raw={}, scale="full", overrides=[], workdir=str(tmp_path),
+                       tracking_uri=uri, experiment="locked", parent_run_id=parent,
+                       trial_storage=str(tmp_path / "tune" / "trials"), tune_path=str(tmp_path / "tune"),
+                       search="basic", spec_path="locked.yaml")
     hold_s = MLFLOW_SQLITE_BUSY_S + 4
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "mlflow.db"), str(hold_s)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         t0 = time.monotonic()
-        _finish("locked", tmp_path, {"tracking_uri": uri, "parent_run_id": parent}, results)
+        _finish("locked", tmp_path, state, results)
         waited = time.monotonic() - t0
         assert holder.wait(timeout=60) == 0
     finally:

@@ -69,9 +69,10 @@ def test_zero2_two_workers_learns_exports_and_tracks(reference, workdir):
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
     client = MlflowClient(default_tracking_uri(workdir))  # the platform never lists artifacts: no facade call
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"train_config.json", "model", "samples"} <= artifacts, artifacts
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/model.safetensors",
-                                                                                  "model/model.json"}
+    assert {"train_config.json", "samples"} <= artifacts, artifacts
+    # the weights are the run's MLflow model (tests/test_mlflow_models.py), not loose run artifacts
+    assert run.data.tags["hiir.model"] == f"models:/{Store.model_id(run)}"
+    assert client.get_logged_model(Store.model_id(run)).source_run_id == run.info.run_id
 
 
 def test_killed_run_resumes_where_it_stopped(reference, workdir, train_config, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ COMMANDS = {
     "study": ("hiir.platform.cli.study:study", "Scaling studies: Ray Tune trials of Ray..."),
     "schema": ("hiir.platform.cli.schema:schema", "Print the JSON Schema of a train config..."),
     "ui": ("hiir.platform.cli.ui:ui", "Serve the MLflow UI for the project's runs..."),
+    "serve": ("hiir.platform.cli.serve:serve", "Serve a study's best model, or any MLflow..."),
 }
 
 

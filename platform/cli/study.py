@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from hiir.platform.cli.options import address_option, resolve_workdir, tracking_uri_option, workdir_option
+from hiir.platform.results.finish import finish_study, study_model_uri
 from hiir.platform.results.report import report_study
 from hiir.platform.results.transfer import from_study
 from hiir.platform.study.run import resume_study, run_study
@@ -64,9 +65,13 @@ def resume(study_dir: str, no_report: bool, address: str | None) -> None:
 @workdir_option
 def report(study_ref: str, workdir: Path) -> None:
     """Write report.md and plots for a study (its name or directory) and log them to its parent run."""
-    path = report_study(study_ref, workdir=resolve_workdir(workdir))
+    workdir = resolve_workdir(workdir)
+    path = report_study(study_ref, workdir=workdir)
     click.echo(path.read_text())
     click.echo(f"report: {path}")
+    uri, _ = study_model_uri(study_ref, workdir)
+    click.echo(f"best model: {uri}  (serve it: hiir serve {uri} --workdir {workdir})" if uri
+               else "best model: none registered for this study run")
 
 
 @study.command("list")
@@ -80,8 +85,11 @@ def list_(workdir: Path) -> None:
 def _summarize(done, no_report: bool) -> None:
     errors = sum(1 for r in done.results if r.error is not None)
     click.echo(f"study {done.name}: {len(done.results)} trials, {errors} failed")
-    if not no_report:
-        path = report_study(str(done.directory), workdir=done.directory.parent.parent)
-        click.echo(path.read_text())
-        click.echo(f"report: {path}")
+    finished = finish_study(done, report=not no_report)
+    if finished.report:
+        click.echo(finished.report.read_text())
+        click.echo(f"report: {finished.report}")
+    if finished.model_uri:
+        click.echo(f"best model: {finished.model_uri}  (serve it: hiir serve {done.name} --workdir "
+                   f"{done.directory.parent.parent})")
     click.echo(f"browse the runs: hiir ui --workdir {done.directory.parent.parent}")

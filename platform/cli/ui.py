@@ -39,7 +39,8 @@ def ui(workdir: Path, tracking_uri: str | None, host: str, port: int) -> None:
     for name, link in study_links(uri, f"http://{host}:{port}").items():
         click.echo(f"  studies in {name}: {link}")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port)]
+           "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port),
+           "--workers", "1"]  # one reader: each extra worker is another MLflow import before the page answers
     try:
         raise SystemExit(subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
     except KeyboardInterrupt:
@@ -54,10 +55,11 @@ def study_links(uri: str, base_url: str) -> dict[str, str]:
             for name, exp_id in Store(uri).study_experiments().items()}
 
 
-def exposure_warning(host: str) -> str | None:
-    """A warning when `host` is not a loopback address: the MLflow UI has no authentication."""
+def exposure_warning(host: str, what: str = "the MLflow UI") -> str | None:
+    """A warning when `host` is not a loopback address: the MLflow UI (and `hiir serve`'s model server) has no
+    authentication."""
     try:
-        return None if ipaddress.ip_address(host).is_loopback else _exposed(host)
+        return None if ipaddress.ip_address(host).is_loopback else _exposed(host, what)
     except ValueError:
         pass  # a name: resolve it
     try:
@@ -66,8 +68,8 @@ def exposure_warning(host: str) -> str | None:
             return None
     except (OSError, ValueError):
         pass
-    return _exposed(host)
+    return _exposed(host, what)
 
 
-def _exposed(host: str) -> str:
-    return f"warning: binding {host} exposes the MLflow UI, unauthenticated, beyond this machine"
+def _exposed(host: str, what: str) -> str:
+    return f"warning: binding {host} exposes {what}, unauthenticated, beyond this machine"

@@ -78,8 +78,8 @@ def evaluate_datasets(model: nn.Module, dataset_dirs: list[str], *, max_images: 
                       shard: tuple[int, int] = (0, 1)) -> Scores:
     """Metrics per val set (`val/<set>/psnr|ssim|psnr_y|ssim_y`, `+` for self-ensemble) plus summaries.
 
-    `val_psnr` is the mean headline PSNR over the sets (what studies rank by) and `val_mse` the mean
-    MSE on [0,1] pixels of the same channel and crop (what scaling laws are fitted to).
+    `val_psnr` is the mean headline PSNR over the sets, each set weighted alike (what studies rank by, fit
+    and plot), and `val_mse` the same number as an MSE on [0,1] pixels, 10^(-val_psnr/10): not a mean MSE.
     `tasks` (set dir -> task, a mixture's per-task val sets) adds `val_task/<task>/psnr|ssim`: the
     mean over that task's sets (its levels), headline channel. `progress` shows a bar per set.
 
@@ -153,7 +153,7 @@ def _score(restore: Callable[[np.ndarray, int], dict[str, np.ndarray]], channels
         results[f"val_task/{task}/ssim"] = float(np.mean([v[1] for v in values]))
     psnrs = np.array(headline)
     results["val_psnr"] = float(psnrs.mean())
-    results["val_mse"] = float(np.mean(10 ** (-psnrs / 10)))  # per-set MSE on [0,1] pixels, averaged
+    results["val_mse"] = float(10 ** (-results["val_psnr"] / 10))  # one quantity: val_psnr in MSE units
     return Scores(results, per_image, strips)
 
 

@@ -9,7 +9,8 @@
     markdown  the answer in words and tables
     plots     PNG plots of a metric against size or compute, training curves, grids of panels
     report    `report_study` / `write_report`: report.md, results.json and plots, logged to the study run
+    finish    `finish_study`: what a study's end does, once: register the best trial's model, write the report
 
-`results` reads `study` (the spec, its axes and study.json); `study` never imports `results`: the CLI writes
-the report when a study ends.
+`results` reads `study` (the spec, its axes and study.json); `study` never imports `results`: the CLI calls
+`finish_study` when a study ends.
 """

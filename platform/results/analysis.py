@@ -1,15 +1,19 @@
 """What a study's trials answer, computed once from what MLflow holds; `markdown` words it, `report` writes it.
 
+- **The headline quantity** is `val_psnr`: the mean over val sets of each set's mean headline PSNR (Y for SR),
+  every set weighted alike. Tables, trends, laws (fitted on `10^(-val_psnr/10)`), held-out values and plotted
+  points all use it.
 - **Baseline**: the trivial restoration (bicubic for SR, the degraded input otherwise) scored on the same
   val images with the same metric, logged on the study run when it started. A trial at or below it is
   flagged: it learned nothing a fixed filter does not do.
-- **Seed noise**: with `seeds: K`, each cell's mean ± sd over seeds, and each axis's effect paired by seed
-  and val image against the noise of a difference (`noise`).
-- **Size laws**: only where size is a family's parameter count (`model.family` + `model.params`), per
-  context of the other axes: L(N) = a N^-alpha + c fitted on every replicate, and with 4+ sizes the
-  largest held out and predicted from the smaller ones (`scaling.held_out`). Preset or ablation axes that
-  happen to change the count (depth, layout) are not a size axis and are never fitted.
-- **Budgets**: with `budget.flops`, the best size per budget (IsoFLOP).
+- **Seed noise**: with `seeds: K`, each cell's mean ± sd over seeds, and each axis's levels against its
+  reference with family-wise control (`noise`).
+- **Size**: only where size is a family's parameter count (`model.family` + `model.params`), per context of
+  the other axes, on the size means and the body count (`Trial.body_params`; total where a trial lacks it):
+  the trend per doubling, and with `sizes.LAW_MIN_SIZES`+ sizes the law L(N) = a N^-alpha + c and the largest
+  size held out (`sizes`); below that, "no law: N sizes". Preset or ablation axes that happen to change the
+  count (depth, layout) are not a size axis and are never fitted.
+- **Budgets**: with `budget.flops`, the best size per budget (IsoFLOP: `sizes.best_size`).
 - **Early stops**: which trials the scheduler stopped, where, and against whom (tags of `GroupedASHA`).
 """
 from __future__ import annotations
@@ -20,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from hiir.platform import tracking
 from hiir.platform.results.noise import (
@@ -31,54 +34,56 @@ from hiir.platform.results.noise import (
     cell_stats,
     seed_noise,
 )
-from hiir.platform.results.scaling import HeldOut, PowerLawFit, fit_power_law, held_out
+from hiir.platform.results.scaling import PowerLawFit, fit_power_law, psnr_to_mse
+from hiir.platform.results.sizes import LAW_MIN_SIZES, BestSize, HeldOut, Trend, best_size, held_out, size_trend
 from hiir.platform.results.trials import Trial
 from hiir.platform.study.axes import BUDGET_AXIS, SEED_AXIS, SIZE_AXIS, size_classes
+
+HEADLINE = "val_psnr"  # the one quantity every table, fit and plot uses (see the module docstring)
 
 
 @dataclass
 class SizeLaw:
-    """One context's size sweep within a family: the sizes, the fit over every replicate, the held-out check."""
+    """One context's size sweep within a family: its sizes, trend, law and held-out check."""
 
     context: dict[str, str]
-    sizes: list[dict[str, Any]]  # {target, params, psnr, sd, seeds}, smallest first
-    fit: PowerLawFit | None
+    sizes: list[dict[str, Any]]  # {target, params, body, size, psnr, sd, seeds}, smallest first
+    fit: PowerLawFit | None      # on every size mean; None below LAW_MIN_SIZES sizes
     held_out: HeldOut | None
-    trend: Trend | None          # dB per doubling of size, over every trial; None below 3 trials
-    note: str = ""               # why no fit or no held-out prediction
+    trend: Trend | None          # on the size means; None below 3 sizes
+    body: bool = True            # the size axis is the body count (False: total, some trial lacked its model)
+    note: str = ""               # why no law or no held-out prediction
 
     @property
     def monotonic(self) -> bool:
         """The mean PSNR grows at every step up in size."""
         return all(b["psnr"] > a["psnr"] for a, b in zip(self.sizes, self.sizes[1:]))
 
-
-@dataclass(frozen=True)
-class Trend:
-    """The least-squares slope of every trial's PSNR against log2 of its parameter count, in dB per doubling,
-    with a Student t interval on n - 2 degrees of freedom: seed noise and any curvature both widen it."""
-
-    per_doubling: float
-    ci: tuple[float, float]
-    n_trials: int
+    @property
+    def law_words(self) -> str:
+        """"no law: N sizes" or what the law was fitted on: the words results.json and the study run carry."""
+        if self.fit is None:
+            return f"no law: {len(self.sizes)} sizes"
+        return f"law on {len(self.sizes)} size means" + ("" if self.held_out is None or not
+                                                        self.held_out.unidentified else ", not identified")
 
     @property
-    def direction(self) -> str:
-        """rises or falls when the interval excludes 0, else flat (no trend beyond the trials' scatter)."""
-        lo, hi = self.ci
-        return "rises" if lo > 0 else "falls" if hi < 0 else "flat"
+    def span(self) -> tuple[float, float]:
+        """Largest over smallest size, in the fitted count and in total parameters."""
+        if len(self.sizes) < 2:
+            return 1.0, 1.0
+        return self.sizes[-1]["size"] / self.sizes[0]["size"], self.sizes[-1]["params"] / self.sizes[0]["params"]
 
-
-def size_trend(params: list[float], psnrs: list[float], ci: float = 0.95) -> Trend | None:
-    """dB per doubling of parameters (see `Trend`); None with fewer than 3 trials or a single size."""
-    x, y = np.log2(np.asarray(params, dtype=np.float64)), np.asarray(psnrs, dtype=np.float64)
-    sxx = float(((x - x.mean()) ** 2).sum())
-    if x.size < 3 or sxx == 0.0:
-        return None
-    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
-    residual = y - y.mean() - slope * (x - x.mean())
-    half = float(stats.t.ppf(0.5 + ci / 2, x.size - 2)) * math.sqrt(float((residual**2).sum()) / (x.size - 2) / sxx)
-    return Trend(slope, (slope - half, slope + half), int(x.size))
+    def to_dict(self) -> dict[str, Any]:
+        trend = self.trend
+        return {"context": self.context, "size_count": "body" if self.body else "total", "sizes": self.sizes,
+                "law": self.law_words, "note": self.note,
+                "trend": None if trend is None else {
+                    "per_doubling_db": trend.per_doubling, "ci": list(trend.ci), "n_sizes": trend.n_sizes,
+                    "detectable_db": trend.detectable_db, "direction": trend.direction,
+                    "lack_of_fit": None if trend.lack_of_fit is None else vars(trend.lack_of_fit)},
+                "fit": None if self.fit is None else self.fit.to_dict(),
+                "held_out": None if self.held_out is None else self.held_out.to_dict()}
 
 
 @dataclass
@@ -101,7 +106,7 @@ class Analysis:
     noise: SeedNoise | None
     effects: list[AxisEffect]
     laws: list[SizeLaw]
-    budgets: list[dict[str, Any]]  # {budget, best params, best psnr, sizes}
+    budgets: list[tuple[float, BestSize]]  # (budget, its best size)
     stops: list[Stop]
     isolated: list[Trial]          # trials whose model has no path across patch borders
 
@@ -117,8 +122,8 @@ def analyse(trials: list[Trial], *, parent_metrics: dict[str, float], parent_tag
     baseline = {k[len(tracking.BASELINE_PREFIX):]: v for k, v in parent_metrics.items()
                 if k.startswith(tracking.BASELINE_PREFIX)}
     sign = 1 if mode == "max" else -1
-    best = max(done, key=lambda t: sign * t.metrics["val_psnr"], default=None)
-    below = [t for t in done if "val_psnr" in baseline and t.metrics["val_psnr"] <= baseline["val_psnr"]]
+    best = max(done, key=lambda t: sign * t.metrics[HEADLINE], default=None)
+    below = [t for t in done if HEADLINE in baseline and t.metrics[HEADLINE] <= baseline[HEADLINE]]
     scores = [t.scores() for t in done]
     replicated = any(SEED_AXIS in t.axes for t in done)
     return Analysis(
@@ -131,7 +136,7 @@ def analyse(trials: list[Trial], *, parent_metrics: dict[str, float], parent_tag
 
 
 def size_laws(done: list[Trial]) -> list[SizeLaw]:
-    """Per context (the axes other than size and seed), the law over a family's sizes."""
+    """Per context (the axes other than size and seed), the size sweep within a family."""
     family = [t for t in done if SIZE_AXIS in t.axes and t.params.get("model.family") and t.n_params]
     contexts: dict[tuple, list[Trial]] = defaultdict(list)
     for t in family:
@@ -139,30 +144,42 @@ def size_laws(done: list[Trial]) -> list[SizeLaw]:
     return [_size_law(dict(key), group) for key, group in contexts.items()]
 
 
-def _size_law(context: dict[str, str], trials: list[Trial]) -> SizeLaw:
+def sized(trials: list[Trial]) -> tuple[dict[int, float], bool]:
+    """Trial index -> the count its size class is fitted at (the class's mean body count, or its mean total
+    where any trial lacks a body count), and whether that is the body count."""
     classes = size_classes([t.n_params for t in trials])
-    by_size: dict[float, list[Trial]] = defaultdict(list)
-    for t in trials:
-        by_size[classes[t.n_params]].append(t)
+    body = all(t.body_params is not None for t in trials)
+    members: dict[float, list[int]] = defaultdict(list)
+    for i, t in enumerate(trials):
+        members[classes[t.n_params]].append(i)
+    out = {}
+    for group in members.values():
+        count = float(np.mean([trials[i].body_params if body else trials[i].n_params for i in group]))
+        out.update({i: count for i in group})
+    return out, body
+
+
+def _size_law(context: dict[str, str], trials: list[Trial]) -> SizeLaw:
+    count, body = sized(trials)
+    x = [count[i] for i in range(len(trials))]
+    y = [t.metrics[HEADLINE] for t in trials]
+    seeds = [t.axes.get(SEED_AXIS, i) for i, t in enumerate(trials)]
     sizes = []
-    for n in sorted(by_size):
-        psnrs = [t.metrics["val_psnr"] for t in by_size[n]]
-        sizes.append({"target": by_size[n][0].axes[SIZE_AXIS],
-                      "params": float(np.mean([t.n_params for t in by_size[n]])),
+    for n in sorted(set(x)):
+        group = [t for t, c in zip(trials, x) if c == n]
+        psnrs = [t.metrics[HEADLINE] for t in group]
+        sizes.append({"target": group[0].axes[SIZE_AXIS], "params": float(np.mean([t.n_params for t in group])),
+                      "body": float(np.mean([t.body_params for t in group])) if body else None, "size": n,
                       "psnr": float(np.mean(psnrs)), "sd": float(np.std(psnrs, ddof=1)) if len(psnrs) > 1 else math.nan,
                       "seeds": len(psnrs)})
-    trend = size_trend([t.n_params for t in trials], [t.metrics["val_psnr"] for t in trials])
-    points = [(t.n_params, t.metrics["val_mse"]) for t in trials if t.metrics.get("val_mse")]
-    law = SizeLaw(context, sizes, None, None, trend)
-    if len(sizes) < 3:
-        law.note = f"{len(sizes)} size(s): the law L(N) = a·N^-alpha + c needs at least 3"
+    law = SizeLaw(context, sizes, None, None, size_trend(x, y, seeds), body)
+    if len(sizes) < LAW_MIN_SIZES:
+        law.note = (f"no law: {len(sizes)} sizes (a law needs {LAW_MIN_SIZES}+: {LAW_MIN_SIZES - 1} to fit with a "
+                    "residual degree of freedom, and the largest held out to test it)")
         return law
-    law.fit = fit_power_law(*zip(*points), n_boot=300)
-    if len(sizes) < 4:
-        law.note = "3 sizes: a held-out prediction needs at least 4 (3 to fit, 1 to predict)"
-        return law
+    law.fit = fit_power_law([s["size"] for s in sizes], psnr_to_mse(np.array([s["psnr"] for s in sizes])))
     try:
-        law.held_out = held_out(*zip(*points), n_boot=300)
+        law.held_out = held_out(x, y, seeds)
     except (ValueError, RuntimeError) as exc:
         law.note = f"no held-out prediction: {exc}"
     return law
@@ -170,22 +187,22 @@ def _size_law(context: dict[str, str], trials: list[Trial]) -> SizeLaw:
 
 def _references(done: list[Trial]) -> dict[str, str]:
     """The level every other is compared with: the smallest size on a size axis (else the first level seen)."""
-    sized = [t for t in done if SIZE_AXIS in t.axes and t.n_params]
-    return {SIZE_AXIS: min(sized, key=lambda t: t.n_params).axes[SIZE_AXIS]} if sized else {}
+    sized_trials = [t for t in done if SIZE_AXIS in t.axes and t.n_params]
+    return {SIZE_AXIS: min(sized_trials, key=lambda t: t.n_params).axes[SIZE_AXIS]} if sized_trials else {}
 
 
-def budget_table(done: list[Trial]) -> list[dict[str, Any]]:
-    """With compute budgets, the best size per budget (mean over seeds): what an IsoFLOP study answers."""
-    by_budget: dict[str, dict[float, list[Trial]]] = defaultdict(lambda: defaultdict(list))
+def budget_table(done: list[Trial]) -> list[tuple[float, BestSize]]:
+    """With compute budgets, the best size per budget on the body count (what an IsoFLOP study answers)."""
+    by_budget: dict[str, list[Trial]] = defaultdict(list)
     for t in done:
         if BUDGET_AXIS in t.axes and t.n_params:
-            by_budget[t.axes[BUDGET_AXIS]][t.n_params].append(t)
+            by_budget[t.axes[BUDGET_AXIS]].append(t)
     rows = []
-    for budget, sizes in sorted(by_budget.items(), key=lambda kv: float(kv[0])):
-        means = {n: float(np.mean([t.metrics["val_psnr"] for t in ts])) for n, ts in sizes.items()}
-        best = max(means, key=means.get)
-        rows.append({"budget": float(budget), "best_params": best, "best_psnr": means[best],
-                     "steps": int(sizes[best][0].metrics.get("step", 0)), "sizes": dict(sorted(means.items()))})
+    for budget, trials in sorted(by_budget.items(), key=lambda kv: float(kv[0])):
+        count, _ = sized(trials)
+        rows.append((float(budget), best_size([count[i] for i in range(len(trials))],
+                                              [t.metrics[HEADLINE] for t in trials],
+                                              [t.axes.get(SEED_AXIS, i) for i, t in enumerate(trials)])))
     return rows
 
 
@@ -204,24 +221,28 @@ def headline_metrics(analysis: Analysis) -> dict[str, float]:
     """The study's answer as metrics of its MLflow run: what the runs table shows beside the trials."""
     out: dict[str, float] = {}
     if analysis.best is not None:
-        out["best_val_psnr"] = analysis.best.metrics["val_psnr"]
-    if "val_psnr" in analysis.baseline:
-        out["baseline_psnr"] = analysis.baseline["val_psnr"]
+        out["best_val_psnr"] = analysis.best.metrics[HEADLINE]
+    if HEADLINE in analysis.baseline:
+        out["baseline_psnr"] = analysis.baseline[HEADLINE]
         if analysis.best is not None:
             out["best_minus_baseline_db"] = out["best_val_psnr"] - out["baseline_psnr"]
     out["trials_at_or_below_baseline"] = float(len(analysis.below_baseline))
     if analysis.noise is not None and math.isfinite(analysis.noise.sd_db):
         out["seed_noise_sd_db"] = analysis.noise.sd_db
-    fitted = [law for law in analysis.laws if law.fit is not None]
-    if len(fitted) == 1:  # one law: its numbers are the study's; several contexts: see the report
-        law = fitted[0]
-        if law.trend is not None:
-            out["psnr_per_doubling_db"] = law.trend.per_doubling
+    if len(analysis.laws) != 1:  # several contexts: their numbers are in the report
+        return out
+    law = analysis.laws[0]
+    out["size_count"] = float(len(law.sizes))  # with the study run's hiir.scaling_law tag: "no law: N sizes"
+    if law.trend is not None:
+        out["psnr_per_doubling_db"] = law.trend.per_doubling
+        out["psnr_per_doubling_ci_lo"], out["psnr_per_doubling_ci_hi"] = law.trend.ci
+        out["psnr_per_doubling_detectable_db"] = law.trend.detectable_db
+    if law.fit is not None:
         out["scaling_alpha"] = law.fit.alpha
         out.update({f"scaling_alpha_ci_{e}": v for e, v in zip(("lo", "hi"), law.fit.alpha_ci) if math.isfinite(v)})
-        if law.held_out is not None:
-            out["heldout_predicted_psnr"] = law.held_out.predicted_psnr
-            out["heldout_measured_psnr"] = law.held_out.measured_psnr
-            out["heldout_error_db"] = law.held_out.error_db
-    return out
-
+    if law.held_out is not None:
+        h = law.held_out
+        out.update(heldout_predicted_psnr=h.predicted_psnr, heldout_measured_psnr=h.measured_psnr,
+                   heldout_error_db=h.error_db, heldout_mean_error_db=h.mean_error_db,
+                   heldout_line_error_db=h.line_error_db, heldout_predicts=float(h.predicts))
+    return {k: float(v) for k, v in out.items() if math.isfinite(v)}

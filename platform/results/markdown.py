@@ -1,8 +1,10 @@
 """The study report in words: the answer first, in a few lines, then the tables that back it.
 
 Every table starts from the baseline row (bicubic for SR, the degraded input otherwise); a trial at or
-below it is marked; a difference is called an effect only when it exceeds seed noise (`noise`), and the
-report says plainly what the data show, also where that contradicts the paper.
+below it is marked; a difference is called an effect only when it exceeds seed noise with family-wise control
+(`noise`); a size trend, law or best size is stated only as far as the size means allow (`sizes`); every
+verdict says what it assumed and the smallest effect its design could detect; and the report says plainly
+what the data show, also where that contradicts the paper.
 """
 from __future__ import annotations
 
@@ -11,13 +13,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hiir.models import format_size
-from hiir.platform.results.analysis import Analysis, SizeLaw
-from hiir.platform.results.noise import NO_REPLICATES, REAL
+from hiir.platform import tracking
+from hiir.platform.results.analysis import HEADLINE, Analysis, SizeLaw
+from hiir.platform.results.noise import NO_REPLICATES, REAL, VARIANCE_FACTOR
+from hiir.platform.results.sizes import LAW_MIN_SIZES, fmt_size
 from hiir.platform.results.trials import Trial
 
 BELOW = "✗ at or below baseline"
 ISOLATED = "†"  # no path across patch borders
+QUANTITY = ("PSNR here is `val_psnr`: the mean over the val sets of each set's mean headline PSNR (Y for SR), "
+            "every set weighted alike; tables, trends, laws, held-out values and plots all use it")
+BODY = ("body parameters: everything but the pixel-shuffle head (the input conv counts), what grows with the "
+        "family's width and depth")
 
 
 def render_markdown(spec, analysis: Analysis, plots: list[Path], *, more_answer: list[str] = (),
@@ -48,7 +55,8 @@ def render_markdown(spec, analysis: Analysis, plots: list[Path], *, more_answer:
     failed = [t for t in trials if t.status == "FAILED"]
     if failed:
         lines += ["## Failed trials", ""]
-        lines += [f"- `{t.name}` ({t.run_id}): {t.tags.get('hiir.error', '')}".rstrip(": ") for t in failed] + [""]
+        lines += [f"- `{t.name}` ({t.run_id}): {t.tags.get(tracking.ERROR_TAG, '')}".rstrip(": ")
+                  for t in failed] + [""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -56,12 +64,12 @@ def render_markdown(spec, analysis: Analysis, plots: list[Path], *, more_answer:
 def answer(a: Analysis) -> list[str]:
     """The study's answer in a few plain sentences."""
     out = []
-    base = a.baseline.get("val_psnr")
+    base = a.baseline.get(HEADLINE)
     if a.best is not None:
-        line = (f"Best trial: `{label(a.best)}`, {a.best.metrics['val_psnr']:.2f} dB "
-                "(mean headline PSNR over the val sets)")
+        line = (f"Best trial: `{label(a.best)}`, {a.best.metrics[HEADLINE]:.2f} dB "
+                "(mean headline PSNR over the val sets, each set weighted alike)")
         if base is not None:
-            line += f", {a.best.metrics['val_psnr'] - base:+.2f} dB against {a.baseline_name} ({base:.2f} dB)"
+            line += f", {a.best.metrics[HEADLINE] - base:+.2f} dB against {a.baseline_name} ({base:.2f} dB)"
         out.append(line + ".")
     elif a.trials:
         out.append("No trial finished: there is no answer yet.")
@@ -80,14 +88,14 @@ def answer(a: Analysis) -> list[str]:
     real = [e for e in a.effects if e.verdict == REAL]
     noise = [e for e in a.effects if e.verdict not in (REAL, NO_REPLICATES)]
     if real or noise:
-        out.append("Beyond seed noise: " + ("; ".join(e.sentence for e in real) if real else "no effect") + ".")
+        out.append("Beyond seed noise (95% simultaneous per axis): "
+                   + ("; ".join(e.sentence for e in real) if real else "no effect") + ".")
         if noise:
             out.append("Within seed noise (not a finding): " + "; ".join(e.sentence for e in noise) + ".")
     elif a.effects:
         out.append("No replicate seeds: no difference here can be told from seed noise (add `seeds: K`).")
-    for row in a.budgets:
-        out.append(f"At {row['budget']:.3g} training FLOPs the best size is {format_size(row['best_params'])} "
-                   f"({row['best_psnr']:.2f} dB, {row['steps']} steps).")
+    for budget, best in a.budgets:
+        out.append(f"At {budget:.3g} training FLOPs (body parameters), {best.words}.")
     if a.stops:
         out.append(f"{len(a.stops)} trial(s) stopped early, each compared only with trials of its own size and budget "
                    "(see Early stopping).")
@@ -97,20 +105,21 @@ def answer(a: Analysis) -> list[str]:
 
 
 def _law_sentence(law: SizeLaw) -> str:
+    """The size axis in words: the trend, the sizes, and the law's held-out check or why there is no law."""
     where = f" ({_context(law.context)})" if law.context else ""
-    sizes = ", ".join(f"{format_size(s['params'])} {s['psnr']:.2f}" for s in law.sizes)
-    text = f"Size{where}: {_trend_words(law)}. Mean PSNR per size: {sizes} dB."
-    if law.fit is not None:
-        lo, hi = law.fit.alpha_ci
-        ci = f" [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else " (no interval: too few points)"
-        text += f" Fitted exponent alpha = {law.fit.alpha:.3g}{ci}."
+    count = "body" if law.body else "total"
+    sizes = ", ".join(f"{fmt_size(s['size'])} {s['psnr']:.2f}" for s in law.sizes)
+    span, total = law.span
+    text = (f"Size{where}: {_trend_words(law)}. Mean PSNR per size ({count} parameters): {sizes} dB; the sizes "
+            f"span {span:.3g}x in {count} parameters" + (f" ({total:.3g}x in total)" if law.body else "") + ".")
+    if law.fit is None:
+        return text + f" **No law: {len(law.sizes)} sizes** (a law needs {LAW_MIN_SIZES}+)."
+    lo, hi = law.fit.alpha_ci
+    ci = f" [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else " (no interval: too few points)"
+    text += f" Law on the {len(law.sizes)} size means: alpha = {law.fit.alpha:.3g}{ci}."
     if law.held_out is not None:
-        h = law.held_out
-        lo, hi = sorted(h.interval_psnr)
-        verdict = "inside" if h.inside else "outside"
-        text += (f" Held out: the largest size ({format_size(h.n_params)}) predicted {h.predicted_psnr:.2f} dB "
-                 f"[{lo:.2f}, {hi:.2f}] from the smaller ones, measured {h.measured_psnr:.2f} dB: error "
-                 f"{h.error_db:+.2f} dB, {verdict} the {h.ci:.0%} prediction interval.")
+        sentence = law.held_out.sentence
+        text += f" {sentence[0].upper()}{sentence[1:]}."
     elif law.note:
         text += f" ({law.note}.)"
     return text
@@ -120,13 +129,14 @@ def _trend_words(law: SizeLaw) -> str:
     """The size trend in words: its slope per doubling with the interval, and any step where PSNR fell."""
     t = law.trend
     if t is None:
-        return "PSNR rises with size" if law.monotonic else "**PSNR does not rise with size at this scale**"
-    slope = f"{t.per_doubling:+.2f} dB per doubling [{t.ci[0]:+.2f}, {t.ci[1]:+.2f}] over {t.n_trials} trials"
+        return (f"{len(law.sizes)} size{'s' * (len(law.sizes) != 1)}: too few for a trend (3+ sizes leave the "
+                "means a degree of freedom); see the effects for each size against the smallest")
+    slope = t.slope_words + (f"; {t.lack_of_fit.sentence}" if t.lack_of_fit is not None else "")
     if t.direction == "flat":
-        return f"**PSNR does not rise with size beyond the trials' scatter at this scale**: {slope}"
+        return f"**PSNR does not rise with size beyond the size means' scatter at this scale**: {slope}"
     if t.direction == "falls":
         return f"**PSNR falls with size**: {slope}"
-    dips = [f"{format_size(b['params'])} below {format_size(a['params'])}"
+    dips = [f"{fmt_size(b['size'])} below {fmt_size(a['size'])}"
             for a, b in zip(law.sizes, law.sizes[1:]) if b["psnr"] <= a["psnr"]]
     return f"PSNR rises with size, {slope}" + (f", though not at every step ({', '.join(dips)})" if dips else "")
 
@@ -138,16 +148,17 @@ def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
     first = a.trials[0] if a.trials else None
     order = _set_order(first) if first else {}
     rows = []
-    if "val_psnr" in base:
+    if HEADLINE in base:
         row = {"trial": f"baseline: {a.baseline_name}"}
         for name in sorted({k.split("/")[1] for k in base if k.count("/") == 2}, key=lambda n: (order.get(n, 99), n)):
             key = first.headline_key if first is not None else "psnr"
             row[name] = f"{base.get(f'val/{name}/{key}', base.get(f'val/{name}/psnr')):.2f}"
-        rows.append({**row, "mean PSNR": f"{base['val_psnr']:.2f}"})
+        rows.append({**row, "mean PSNR": f"{base[HEADLINE]:.2f}"})
     expected = (spec.expected or {}).get("rows", [])
     for t in a.trials:
         row: dict[str, Any] = {"trial": label(t) + (f" {ISOLATED}" if not t.crosses_patches else ""),
-                               "params (M)": _fmt_m(t.n_params), "status": _status(t)}
+                               "params (M)": _fmt_m(t.n_params), "body (M)": _fmt_m(t.body_params),
+                               "status": _status(t)}
         sets = t.set_psnr()
         for name in sorted(sets, key=lambda n: (_set_order(t).get(n, 99), n)):
             if sets[name] is not None:
@@ -156,10 +167,10 @@ def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
             parts = key.split("/")
             if len(parts) == 3 and parts[0] == "val_task" and parts[2] == "psnr":
                 row[f"{parts[1]} (mean)"] = f"{value:.2f}"
-        if "val_psnr" in t.metrics:
-            row["mean PSNR"] = f"{t.metrics['val_psnr']:.2f}"
-            if "val_psnr" in base:
-                margin = t.metrics["val_psnr"] - base["val_psnr"]
+        if HEADLINE in t.metrics:
+            row["mean PSNR"] = f"{t.metrics[HEADLINE]:.2f}"
+            if HEADLINE in base:
+                margin = t.metrics[HEADLINE] - base[HEADLINE]
                 row["vs baseline"] = f"{margin:+.2f}" + (f" {BELOW}" if t in a.below_baseline else "")
         for exp in expected:
             if all(str(t.axes.get(k, t.params.get(k))) == str(v) for k, v in (exp.get("match") or {}).items()):
@@ -178,28 +189,54 @@ def _noise_section(a: Analysis) -> list[str]:
                   markdown_table([{**{k: _fmt_axis(str(v)) for k, v in c.cell.items()}, "PSNR": c.sentence}
                                   for c in a.cells]), ""]
     if a.effects:
-        lines += ["Each axis level against the first (on a size axis, the smallest), paired by seed and val image; "
-                  "95% t interval on the variance of the pairs' differences pooled over the axis's levels. "
-                  "An effect is real only when its interval excludes 0:", "",
-                  markdown_table([{"axis": e.axis, "level": e.level, "vs": e.reference,
+        lines += ["Each axis level against the first (on a size axis, the smallest), paired by seed and val image and "
+                  "averaged over the other axes' contexts per seed (a seed gives a level the same batches in every "
+                  "context, so contexts do not multiply the seeds). Two 95% intervals judge it: the simultaneous one "
+                  "(Dunnett's procedure over the axis's comparisons, on the two-way residual of the level x seed "
+                  "table), which **assumes equal seed-to-seed variances within the axis**, and the level's own t "
+                  "interval over its seeds, which assumes nothing about the other levels. An effect is real only "
+                  "when both exclude 0, so that a study with no effect calls any level real at most 5% of the "
+                  "time, even where the levels' variances differ (bench/stats_calibration.py). \"detectable\" is "
+                  "the smallest difference the design could call real.", ""]
+        unequal = [e for e in a.effects if e.unequal]
+        if unequal:
+            named = "; ".join(f"{e.axis} {e.level} (sd {e.sd_db:.3f} dB over {e.n_seeds} seeds)" for e in unequal)
+            lines += [f"Unequal variances (own sd more than {VARIANCE_FACTOR:g}x from the levels' median; read "
+                      f"their own interval): {named}.", ""]
+        elif any(e.n_seeds == 2 for e in a.effects):
+            lines += ["With 2 seeds a level's own sd has 1 degree of freedom: the equal-variance assumption cannot "
+                      "be checked, and the own intervals are wide.", ""]
+        lines += [markdown_table([{"axis": e.axis, "level": e.level, "vs": e.reference,
                                    "effect (dB)": f"{e.mean_db:+.3f}",
-                                   "95% interval": _interval(e.ci_db), "pairs": e.n_pairs, "seeds": e.n_seeds,
-                                   "verdict": e.verdict} for e in a.effects]), ""]
+                                   "95% simultaneous": _interval(e.ci_db), "95% own": _interval(e.own_ci_db),
+                                   "detectable (dB)": f"±{e.detectable_db:.3f}" if math.isfinite(e.detectable_db)
+                                   else "-", "seeds": e.n_seeds, "contexts": e.n_contexts,
+                                   "verdict": e.verdict + (" (unequal sd)" if e.unequal else "")}
+                                  for e in a.effects]), ""]
     return lines
 
 
 def _law_section(a: Analysis) -> list[str]:
     if not a.laws:
         return []
-    lines = ["## Scaling law", "", "Where size is a family's parameter count, per context of the other axes: "
-             "L(N) = a·N^(-alpha) + c in MSE space, fitted on every trial (replicates included), with 95% bootstrap "
-             "intervals; with 4+ sizes the largest is held out and predicted from the others.", ""]
+    lines = ["## Size trend and scaling law", "",
+             f"{QUANTITY}. Size is the count of {BODY}; the tables give the total beside it. Seeds are not "
+             "independent sizes: the trend and the law are fitted on the size means. The trend is the slope of the "
+             "means against log2(size), with a t interval on (sizes - 2) dof; the lack-of-fit F test sets the means' "
+             "departures from that line against the seed noise. A law L(N) = a·N^(-alpha) + c (in MSE space, on "
+             f"10^(-PSNR/10) of each size mean, 95% bootstrap intervals) needs {LAW_MIN_SIZES}+ sizes: the largest "
+             "is held out and predicted from the others by the law, by their mean and by a line in log2 N, and the "
+             "law predicts only when it is identified and beats both by more than the held-out size's seed "
+             "standard error. Assumed: the law's form, and normal size departures of equal variance.", ""]
     for law in a.laws:
         if law.context:
             lines += [f"### {_context(law.context)}", ""]
-        lines += [markdown_table([{"target": s["target"], "params (M)": _fmt_m(s["params"]), "seeds": s["seeds"],
+        lines += [markdown_table([{"target": s["target"], "body (M)": _fmt_m(s["body"]),
+                                   "params (M)": _fmt_m(s["params"]), "seeds": s["seeds"],
                                    "PSNR": f"{s['psnr']:.2f}" + (f" ± {s['sd']:.2f}" if math.isfinite(s["sd"]) else "")}
                                   for s in law.sizes]), ""]
+        if not law.body:
+            lines += ["(Some trial did not log its resolved model, so sizes are total parameters here.)", ""]
         if law.fit is not None:
             lines += [markdown_table([{"coef": k, "value": f"{getattr(law.fit, k):.4g}",
                                        "95% interval": _interval(getattr(law.fit, k + "_ci"), ".4g")}
@@ -211,10 +248,20 @@ def _law_section(a: Analysis) -> list[str]:
 def _budget_section(a: Analysis) -> list[str]:
     if not a.budgets:
         return []
-    rows = [{"budget (FLOPs)": f"{r['budget']:.3g}", "best size": format_size(r["best_params"]),
-             "PSNR": f"{r['best_psnr']:.2f}", **{format_size(n): f"{p:.2f}" for n, p in r["sizes"].items()}}
-            for r in a.budgets]
-    return ["## Compute budgets", "", "Mean PSNR per size at each training-FLOP budget (IsoFLOP):", "",
+    rows = [{"budget (FLOPs)": f"{budget:.3g}", "largest mean": fmt_size(best.argmax),
+             "may be best": "-" if best.ties is None else
+             (fmt_size(best.ties[0]) if len(best.ties) == 1 else
+              f"{fmt_size(best.ties[0])} to {fmt_size(best.ties[-1])}"),
+             "parabola peak": "-" if best.peak is None else fmt_size(best.peak),
+             "peak interval": "-" if best.peak_ci is None else
+             f"[{fmt_size(best.peak_ci[0])}, {fmt_size(best.peak_ci[1])}]",
+             **{fmt_size(n): f"{p:.2f}" for n, p in zip(best.sizes, best.means)}}
+            for budget, best in a.budgets]
+    return ["## Compute budgets", "",
+            "Mean PSNR per size (body parameters) at each training-FLOP budget (IsoFLOP). The best size is the peak "
+            "of a parabola in log N through the size means, with a 95% t interval from the seeds' own parabolas "
+            "(3+ seeds); the sizes that may be best are those Hsu's comparisons with the best (one-sided Dunnett "
+            "on the size x seed residual) cannot exclude; one seed gives the largest mean and no noise verdict.", "",
             markdown_table(rows), ""]
 
 

@@ -1,4 +1,4 @@
-"""Seed noise: mean ± sd per cell over replicate seeds, and whether each axis's effect exceeds it.
+"""Seed noise: mean ± sd per cell over replicate seeds, and whether each axis's levels differ from its reference.
 
 Conventions:
 
@@ -9,19 +9,31 @@ Conventions:
   the same average as ``val_psnr``, what studies rank by, so a cell's mean matches the table.
 * A *cell* is a trial's axes without ``seed``. Trials repeating a cell and seed (``num_samples``
   > 1 on a grid) are merged, image by image, into their mean.
-* An axis effect compares a level with a reference level paired by seed and by val image. A
-  *context* fixes every other non-seed axis; for each context and each seed that has both
-  levels, the pair's difference is taken over the images both trials have (per set means when
-  either lacks per-image data, counted in ``per_set_pairs``). Pairing removes what the two
-  trials share: how hard each image is, and any offset a seed gives both levels (its data
-  order, its val crops); what remains is the noise of a difference, ``sd_db``.
-* A level's ``n`` differences get a Student t interval, ``mean ± t(dof) s / sqrt(n)``, where ``s^2``
-  pools the variance of the differences over all levels of the axis (``sum (n_l - 1) s_l^2``, ``dof =
-  sum (n_l - 1)``), the error term of a design blocked by seed: with 2 seeds a level alone has 1 degree of
-  freedom (t = 12.7), which no size difference at demo scale could pass; pooled, 4 sizes have 3. The verdict
-  is ``real`` when the interval excludes 0, ``within seed noise`` when it does not, and ``no
-  replicates`` with fewer than 2 pairs or fewer than 2 seeds among them: one seed says nothing
-  about seed noise, whatever the number of contexts, so nothing is called real without seeds.
+* An axis compares each level with a reference level. A *context* fixes every other non-seed axis; for each
+  context and each seed that has both levels, the pair's difference is taken over the images both trials
+  have (per-set means when either lacks per-image data, counted in ``per_set_pairs``). Pairing removes what
+  the two trials share: how hard each image is, and any offset a seed gives both levels.
+* **The unit of replication is the seed.** A seed gives a level the same batches in every context, so a
+  level's differences are averaged over contexts per seed first: contexts do not multiply the seeds (the
+  level x seed interaction is a random effect that every context shares).
+* **The error term** is the two-way residual of the level x seed table of those differences (the reference's
+  row is 0), on ``(L - 1)(S - 1)`` degrees of freedom for L levels and S seeds (fewer where a seed lacks a
+  level: the table is fitted by least squares). It assumes the levels' seed-to-seed variances are equal.
+* **Family-wise control**: the L - 1 comparisons with the reference are one family, judged by Dunnett's
+  procedure: simultaneous intervals ``mean ± q se``, ``q`` the quantile of max |T| under the multivariate t
+  of the comparisons' correlation on the error term's dof (:func:`dunnett_critical`; ``scipy.stats.dunnett``
+  computes the same quantile for a one-way layout, which would count ``L (S - 1)`` dof here).
+* **Unequal variances**: the pooled error term assumes every level varies alike from seed to seed, and with
+  2-3 seeds that cannot be checked (a level's own sd has S - 1 dof). So a level is also judged on its own
+  variance: the Student t interval of its differences over its seeds (``own_ci_db``, S - 1 dof). A level is
+  ``real`` only when both intervals exclude 0 on the same side. Simulated null studies whose levels' sds differ
+  up to 10x then call any level real in at most 5% of studies (Dunnett alone: up to 12%;
+  bench/stats_calibration.py). ``unequal`` names a level whose own sd is more than :data:`VARIANCE_FACTOR`
+  from the median of the levels' (either way; 3+ levels, each sd on 2+ dof): there the equal-variance
+  assumption is visibly wrong and its own interval is the one to read.
+* The verdict is ``within seed noise`` when either interval holds 0, and ``no replicates`` below 2 seeds with
+  pairs (or no dof left): one seed says nothing about seed noise, whatever the number of contexts.
+  ``detectable_db`` is the larger half-width: the smallest difference this design would call real.
 * :func:`seed_noise` is the pooled within-cell sd of a trial's PSNR over seeds,
   ``sqrt(sum (k_i - 1) s_i^2 / sum (k_i - 1))`` over cells of ``k_i >= 2`` seeds: the sd of
   one trial's PSNR from seed to seed. A paired difference of independent trials has about
@@ -30,19 +42,22 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from hiir.platform.study.axes import SEED_AXIS
 
-__all__ = ["TrialScores", "CellStats", "AxisEffect", "SeedNoise", "cell_stats", "axis_effects", "seed_noise"]
+__all__ = ["TrialScores", "CellStats", "AxisEffect", "SeedNoise", "cell_stats", "axis_effects", "seed_noise",
+           "dunnett_critical", "two_way", "VARIANCE_FACTOR"]
 
 REAL, WITHIN_NOISE, NO_REPLICATES = "real", "within seed noise", "no replicates"
+VARIANCE_FACTOR = 4.0  # a level whose own sd is this far from the others' (either way) is named
 
 Key = tuple[tuple[str, Any], ...]  # a cell or a context: sorted (axis, value) pairs
 
@@ -73,11 +88,14 @@ class CellStats:
 
 @dataclass(frozen=True)
 class AxisEffect:
-    """``level`` minus ``reference`` on ``axis``, paired by seed and val image, in dB.
+    """``level`` minus ``reference`` on ``axis``, paired by seed and val image and averaged over contexts, in dB.
 
-    ``ci_db`` is the Student t interval at level ``ci`` on the ``n_pairs`` paired differences and
-    ``sd_db`` their sd (NaN below 2 pairs); ``n_seeds`` and ``n_contexts`` count the seeds and
-    contexts that gave pairs; ``per_set_pairs`` of them were compared on per-set means.
+    ``ci_db`` is the Dunnett interval at level ``ci`` over the axis's ``family`` comparisons on the two-way
+    residual's ``dof``; ``own_ci_db`` the level's own t interval over its seeds; ``detectable_db`` the larger
+    half-width. ``sd_db`` is the sd over seeds of the level's own differences and ``pooled_sd_db`` the sd a
+    difference has under the equal-variance error term; ``unequal`` names a level whose sd is out of line.
+    ``n_pairs`` (context, seed) pairs over ``n_seeds`` seeds and ``n_contexts`` contexts; ``per_set_pairs`` of
+    them were compared on per-set means.
     """
 
     axis: str
@@ -92,19 +110,29 @@ class AxisEffect:
     per_set_pairs: int
     verdict: str
     ci: float = 0.95
+    own_ci_db: tuple[float, float] = (math.nan, math.nan)
+    detectable_db: float = math.nan
+    dof: int = 0
+    family: int = 1
+    unequal: bool = False
+    pooled_sd_db: float = math.nan
 
     @property
     def sentence(self) -> str:
-        """One line, e.g. ``attention cosine vs dot: -0.12 dB [-0.20, -0.04] over 6 seed pairs: real``."""
+        """One line, e.g. ``attention cosine vs dot: -0.12 dB [-0.20, -0.04], own [-0.25, +0.01], over 3 seeds
+        (2 contexts): within seed noise``."""
         head = f"{self.axis} {self.level} vs {self.reference}: "
         if self.n_pairs == 0:
             return head + f"no paired trials: {self.verdict}"
-        pairs = f"{self.n_pairs} seed pair{'s' * (self.n_pairs != 1)}"
-        note = f" ({self.per_set_pairs} on per-set means: no per-image data)" if self.per_set_pairs else ""
+        seeds = f"{self.n_seeds} seed{'s' * (self.n_seeds != 1)}"
+        where = f" ({self.n_contexts} contexts)" if self.n_contexts > 1 else ""
+        note = f" ({self.per_set_pairs} pairs on per-set means: no per-image data)" if self.per_set_pairs else ""
         if self.verdict == NO_REPLICATES:
-            return head + f"{self.mean_db:+.2f} dB from {pairs}{note}: {self.verdict} (needs 2+ seeds per cell)"
-        lo, hi = self.ci_db
-        return head + f"{self.mean_db:+.2f} dB [{lo:+.2f}, {hi:+.2f}] over {pairs}{note}: {self.verdict}"
+            return head + f"{self.mean_db:+.2f} dB from {seeds}{where}{note}: {self.verdict} (needs 2+ seeds per cell)"
+        (lo, hi), (own_lo, own_hi) = self.ci_db, self.own_ci_db
+        unequal = f"; its sd is over {VARIANCE_FACTOR:g}x from the levels' median" if self.unequal else ""
+        return (head + f"{self.mean_db:+.2f} dB [{lo:+.2f}, {hi:+.2f}], own [{own_lo:+.2f}, {own_hi:+.2f}], over "
+                f"{seeds}{where}{note}{unequal}: {self.verdict}")
 
 
 @dataclass(frozen=True)
@@ -149,7 +177,7 @@ def axis_effects(
 ) -> list[AxisEffect]:
     """Every non-seed axis's levels against its reference level (``reference[axis]``, else the first seen).
 
-    Axes with one level give no effect. See the module docstring for pairing and verdicts.
+    Axes with one level give no effect. See the module docstring for pairing, the error term and verdicts.
     """
     merged = _by_cell_and_seed(trials)
     effects = []
@@ -158,19 +186,125 @@ def axis_effects(
         if ref not in levels:
             raise ValueError(f"reference level {ref!r} of axis {axis!r} is not among its levels {levels}")
         by_level = {level: _pairs(merged, axis, level, ref) for level in levels if level != ref}
-        pooled = _pooled_variance([np.array([p[2] for p in pairs]) for pairs in by_level.values()])
-        effects += [_effect(axis, level, ref, pairs, ci, pooled) for level, pairs in by_level.items()]
+        effects += _judge(axis, ref, by_level, ci)
     return effects
 
 
-def _pooled_variance(differences: list[np.ndarray]) -> tuple[float, int]:
-    """The variance of a paired difference pooled over an axis's levels, and its degrees of freedom:
-    ``sum (n_l - 1) s_l^2 / sum (n_l - 1)``, as a blocked design's error term (seeds are the blocks)."""
-    used = [d for d in differences if d.size > 1]
-    dof = sum(d.size - 1 for d in used)
-    if dof == 0:
-        return math.nan, 0
-    return sum((d.size - 1) * float(d.var(ddof=1)) for d in used) / dof, dof
+# ------------------------------------------------------------------------------------------- the error term
+
+
+@dataclass(frozen=True)
+class TwoWay:
+    """The level x seed table of differences from the reference fitted by least squares (levels + seeds)."""
+
+    means: np.ndarray       # per compared level, its estimated difference from the reference
+    cov: np.ndarray         # their covariance, per unit of the residual variance
+    residual_var: float     # the two-way residual mean square (NaN without dof)
+    dof: int
+
+
+def two_way(table: np.ndarray) -> TwoWay:
+    """Fit ``d[l, s] = theta_l + beta_s`` to ``table`` (levels x seeds, NaN where a seed lacks a level), with
+    a reference row of zeros added: the difference table's residuals are those of the PSNR table itself, since a
+    seed's reference value is a seed effect. Returns each ``theta_l``, their covariance per unit variance and
+    the residual mean square on ``cells - levels - seeds + 1`` dof."""
+    m, s = table.shape
+    full = np.vstack([np.zeros((1, s)), table])
+    rows, cols = np.nonzero(np.isfinite(full))
+    x = np.zeros((rows.size, m + s))
+    x[rows > 0, rows[rows > 0] - 1] = 1.0
+    x[np.arange(rows.size), m + cols] = 1.0
+    y = full[rows, cols]
+    xtx_inv = np.linalg.pinv(x.T @ x)
+    coef = xtx_inv @ x.T @ y
+    dof = int(rows.size - np.linalg.matrix_rank(x))
+    residual = y - x @ coef
+    var = float(residual @ residual / dof) if dof > 0 else math.nan
+    return TwoWay(coef[:m], xtx_inv[:m, :m], var, dof)
+
+
+def dunnett_critical(corr: np.ndarray, dof: int, ci: float = 0.95, *, two_sided: bool = True) -> float:
+    """The ``ci`` quantile of max |T_i| (or max T_i, one-sided) for T multivariate t with correlation ``corr`` on
+    ``dof`` degrees of freedom: Dunnett's critical value. One comparison is Student's t."""
+    key = tuple(tuple(round(float(v), 3) for v in row) for row in np.atleast_2d(corr))
+    return _critical(key, int(dof), float(ci), two_sided)
+
+
+@functools.lru_cache(maxsize=512)
+def _critical(corr: tuple[tuple[float, ...], ...], dof: int, ci: float, two_sided: bool) -> float:
+    m = len(corr)
+    one = float(stats.t.ppf(0.5 + ci / 2 if two_sided else ci, dof))
+    if m == 1:
+        return one
+    bonferroni = float(stats.t.ppf(1 - (1 - ci) / (2 if two_sided else 1) / m, dof))
+    # scipy's randomised QMC integral, seeded so that a study's report is the same every time it is written
+    mvt = stats.multivariate_t(shape=np.asarray(corr), df=dof, allow_singular=True)
+
+    def excess(c: float) -> float:
+        upper = np.full(m, c)
+        return float(mvt.cdf(upper, lower_limit=-upper if two_sided else None, random_state=0)) - ci
+
+    return float(optimize.brentq(excess, 0.95 * one, 1.05 * bonferroni, xtol=1e-4))
+
+
+def _judge(axis: str, ref: Any, by_level: dict[Any, list[tuple[Key, Any, float, bool]]], ci: float
+           ) -> list[AxisEffect]:
+    """One axis's family of comparisons with the reference (see the module docstring)."""
+    levels = list(by_level)
+    seeds = sorted({p[1] for pairs in by_level.values() for p in pairs}, key=str)
+    table = np.full((len(levels), len(seeds)), np.nan)  # per level and seed: the mean difference over contexts
+    for i, level in enumerate(levels):
+        per_seed: dict[Any, list[float]] = {}
+        for _context, seed, diff, _on_means in by_level[level]:
+            per_seed.setdefault(seed, []).append(diff)
+        for seed, diffs in per_seed.items():
+            table[i, seeds.index(seed)] = float(np.mean(diffs))
+    counts = np.isfinite(table).sum(axis=1)
+    means = np.array([np.nanmean(row) if n else math.nan for row, n in zip(table, counts)])
+    own_sd = np.array([np.nanstd(row, ddof=1) if n > 1 else math.nan for row, n in zip(table, counts)])
+    own_half = np.array([float(stats.t.ppf(0.5 + ci / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
+                         for sd, n in zip(own_sd, counts)])
+    judged = counts > 0
+    m = int(judged.sum())  # the family: every level with a pair
+    half, pooled_sd, dof = np.full(len(levels), math.nan), math.nan, 0
+    fit = two_way(table[judged]) if judged.any() else None
+    if fit is not None and fit.dof > 0:
+        se = np.sqrt(np.diag(fit.cov) * fit.residual_var)
+        corr = fit.cov / np.sqrt(np.outer(np.diag(fit.cov), np.diag(fit.cov)))
+        half[judged] = dunnett_critical(corr, fit.dof, ci) * se
+        means[judged] = fit.means  # least squares: balanced over seeds where a seed lacks a level
+        pooled_sd, dof = math.sqrt(2 * fit.residual_var), fit.dof
+    unequal = _unequal(own_sd, counts)
+    out = []
+    for i, level in enumerate(levels):
+        pairs = by_level[level]
+        ci_db, own_ci = (means[i] - half[i], means[i] + half[i]), (means[i] - own_half[i], means[i] + own_half[i])
+        if counts[i] < 2 or not math.isfinite(half[i]):
+            verdict, ci_db, own_ci = NO_REPLICATES, (math.nan, math.nan), (math.nan, math.nan)
+        else:
+            above, below = min(ci_db[0], own_ci[0]) > 0.0, max(ci_db[1], own_ci[1]) < 0.0
+            verdict = REAL if above or below else WITHIN_NOISE
+        out.append(AxisEffect(axis, level, ref, float(means[i]) if pairs else math.nan,
+                              tuple(float(v) for v in ci_db), float(own_sd[i]), len(pairs), int(counts[i]),
+                              len({p[0] for p in pairs}), sum(p[3] for p in pairs), verdict, float(ci),
+                              tuple(float(v) for v in own_ci), float(max(half[i], own_half[i])), dof, m,
+                              bool(unequal[i]), pooled_sd))
+    return out
+
+
+def _unequal(own_sd: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Levels whose own sd is more than VARIANCE_FACTOR from the median of the levels' sds (either way), where 3+
+    levels have an sd on 2+ dof (3+ seeds): with 2 seeds an sd on 1 dof cannot show a factor, and with 2 levels
+    neither is the odd one out."""
+    ok = (counts >= 3) & np.isfinite(own_sd)
+    if ok.sum() < 3 or np.median(own_sd[ok]) <= 0:
+        return np.zeros(own_sd.size, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = own_sd / float(np.median(own_sd[ok]))
+    return ok & ((ratio > VARIANCE_FACTOR) | (ratio < 1 / VARIANCE_FACTOR))
+
+
+# ------------------------------------------------------------------------------------------- pairing
 
 
 def _by_cell_and_seed(trials: Iterable[TrialScores]) -> dict[tuple[Key, Any], TrialScores]:
@@ -261,23 +395,3 @@ def _paired_difference(t: TrialScores, ref: TrialScores) -> tuple[float, bool] |
             diffs.append(t_sets[name] - r_sets[name])
             on_means = True
     return (float(np.mean(diffs)), on_means) if diffs else None
-
-
-def _effect(axis: str, level: Any, ref: Any, pairs: list[tuple[Key, Any, float, bool]], ci: float,
-            pooled: tuple[float, int]) -> AxisEffect:
-    """The paired differences' mean, sd and verdict, with a t interval on the axis's pooled variance."""
-    d = np.array([p[2] for p in pairs], dtype=np.float64)
-    n, n_seeds = d.size, len({p[1] for p in pairs})
-    mean = float(d.mean()) if n else math.nan
-    sd = float(d.std(ddof=1)) if n > 1 else math.nan
-    variance, dof = pooled
-    lo = hi = math.nan
-    if n > 1 and dof > 0:
-        half = float(stats.t.ppf(0.5 + ci / 2.0, dof)) * math.sqrt(variance / n)
-        lo, hi = mean - half, mean + half
-    if n < 2 or n_seeds < 2:
-        verdict = NO_REPLICATES
-    else:
-        verdict = REAL if lo > 0.0 or hi < 0.0 else WITHIN_NOISE
-    return AxisEffect(axis, level, ref, mean, (lo, hi), sd, n, n_seeds, len({p[0] for p in pairs}),
-                      sum(p[3] for p in pairs), verdict, float(ci))

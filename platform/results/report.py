@@ -3,9 +3,10 @@
 `collect_trials` reads every trial run under the study's run (params, metrics, loss curve, tags and the
 per-image scores of its last validation); `analysis.analyse` computes the answer; `markdown` words it; a
 transfer study (`kind: transfer`) adds the best learning rate per width and its drift (`transfer`).
-`write_report` writes `report.md`, `results.json` and the plots into the study directory, logs them to the
-study's run, and sets the study run's headline metrics (best PSNR, the baseline, the fitted exponent, the
-held-out error), so the MLflow runs table shows the answer beside the trials.
+`write_report` writes `report.md`, `results.json` (every trial, and per context the size trend and the law or
+"no law: N sizes") and the plots into the study directory, logs them to the study's run, and sets the study
+run's headline metrics (best PSNR, the baseline, the trend per doubling, the fitted exponent, the held-out
+errors) and its `hiir.scaling_law` tag, so the MLflow runs table shows the answer beside the trials.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from hiir.data_prep.files import write_atomic
 from hiir.platform import tracking
 from hiir.platform.errors import HiirError
 from hiir.platform.results import transfer
-from hiir.platform.results.analysis import Analysis, analyse, headline_metrics
+from hiir.platform.results.analysis import HEADLINE, Analysis, analyse, headline_metrics, sized
 from hiir.platform.results.markdown import label, render_markdown
 from hiir.platform.results.plots import plot_curves, plot_effects, plot_scaling
 from hiir.platform.results.scaling import mse_to_psnr
 from hiir.platform.results.trials import collect_trials
 from hiir.platform.study.state import find_study, study_dir
+
+LAW_TAG = "hiir.scaling_law"  # on the study run: "no law: N sizes" or what the law was fitted on, per context
 
 
 def report_study(ref: str, *, workdir: Path) -> Path:
@@ -32,8 +35,8 @@ def report_study(ref: str, *, workdir: Path) -> Path:
         raise HiirError(f"no study run found for {ref!r} (looked for "
                         f"{study_dir(workdir, Path(ref).name)}/study.json); run `hiir study run` first")
     directory, state, spec = found
-    return write_report(directory, spec=spec, tracking_uri=state["tracking_uri"],
-                        parent_run_id=state["parent_run_id"])
+    return write_report(directory, spec=spec, tracking_uri=state.tracking_uri,
+                        parent_run_id=state.parent_run_id)
 
 
 def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str) -> Path:
@@ -58,11 +61,17 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
     report = directory / "report.md"
     write_atomic(report, render_markdown(spec, analysis, plots, **more))
     write_atomic(directory / "results.json", json.dumps(
-        [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
-          "n_params": t.n_params, "compute": t.compute} for t in trials], indent=1))
+        {"quantity": HEADLINE,
+         "trials": [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
+                     "n_params": t.n_params, "body_params": t.body_params, "compute": t.compute} for t in trials],
+         "sizes": [law.to_dict() for law in analysis.laws]}, indent=1, default=float))
     for path in (report, directory / "results.json", *plots):
         store.log_artifact(parent_run_id, path, "report")
     store.log_metrics(parent_run_id, headline_metrics(analysis), 0, int(time.time() * 1000))
+    if analysis.laws:
+        store.set_tags(parent_run_id, {LAW_TAG: "; ".join(
+            (f"{', '.join(f'{k}={v}' for k, v in law.context.items())}: " if law.context else "") + law.law_words
+            for law in analysis.laws)})
     return report
 
 
@@ -70,28 +79,33 @@ def draw_plots(name: str, a: Analysis, directory: Path) -> list[Path]:
     """PSNR against size (with each size law and the baseline) and against compute, the effects against seed
     noise, and the training curves."""
     done = [t for t in a.trials if t.done and t.n_params]
-    points = [{"label": label(t), "params": t.n_params, "compute": t.compute, "psnr": t.metrics["val_psnr"],
-               "loss": t.metrics.get("loss"), "size": f"{t.n_params / 1e6:.3g}M"} for t in done]
-    hlines = {a.baseline_name: a.baseline["val_psnr"]} if "val_psnr" in a.baseline else None
+    count, body = sized(done) if done else ({}, True)
+    size_key = "body parameters" if body else "parameters"
+    points = [{"label": label(t), size_key: count[i], "compute": t.compute, "psnr": t.metrics[HEADLINE],
+               "loss": t.metrics.get("loss"), "size": f"{t.n_params / 1e6:.3g}M"} for i, t in enumerate(done)]
+    hlines = {a.baseline_name: a.baseline[HEADLINE]} if HEADLINE in a.baseline else None
     fits = [law.fit for law in a.laws if law.fit is not None]
     plots: list[Path] = []
     if points:
         labelled = len(points) <= 12  # beyond that, labels pile up; the table names every trial
-        plots.append(plot_scaling(points, "params", "psnr", directory / "psnr_vs_params.png",
+        plots.append(plot_scaling(points, size_key, "psnr", directory / "psnr_vs_params.png",
                                   label_key="label" if labelled else None, fit=fits[0] if len(fits) == 1 else None,
-                                  fit_to_y=mse_to_psnr, hlines=hlines, title=f"{name}: PSNR vs parameters"))
+                                  fit_to_y=mse_to_psnr, hlines=hlines,
+                                  title=f"{name}: {HEADLINE} vs {size_key} (law on the size means)"))
         with_compute = [p for p in points if p["compute"]]
         if with_compute:
             plots.append(plot_scaling(with_compute, "compute", "psnr", directory / "psnr_vs_compute.png",
                                       group_key="size", hlines=hlines, title=f"{name}: PSNR vs training FLOPs"))
-        plots.append(plot_scaling(points, "params", "loss", directory / "loss_vs_params.png",
+        plots.append(plot_scaling(points, size_key, "loss", directory / "loss_vs_params.png",
                                   label_key="label" if labelled else None, logy=True,
-                                  title=f"{name}: final train loss vs parameters"))
+                                  title=f"{name}: final train loss vs {size_key}"))
     judged = [e for e in a.effects if e.n_pairs >= 2]
     if judged:
-        plots.append(plot_effects([(f"{e.axis}: {e.level} vs {e.reference}", e.mean_db, *e.ci_db, e.verdict == "real")
+        plots.append(plot_effects([(f"{e.axis}: {e.level} vs {e.reference}", e.mean_db,
+                                    min(e.ci_db[0], e.own_ci_db[0]), max(e.ci_db[1], e.own_ci_db[1]),
+                                    e.verdict == "real")
                                    for e in judged], directory / "effects.png",
-                                  title=f"{name}: effects against seed noise (95% intervals)"))
+                                  title=f"{name}: effects, each with the union of its Dunnett and own 95% intervals"))
     curves: dict[str, tuple[list[int], list[float]]] = {}
     for t in a.trials:
         if t.curve[0]:  # sampled searches can repeat a point: the run name keeps both curves

@@ -2,68 +2,53 @@
 
 Conventions:
 
-* ``N`` is the number of model parameters (raw, not millions); ``L`` is a loss in MSE space
-  (validation MSE with pixels in [0, 1], or another positive loss), never PSNR: a pure power law
-  in MSE is a straight line of PSNR against log N, and only the offset ``c`` (irreducible error)
-  can bend it, so the fit has to happen where ``c`` is additive. :func:`psnr_to_mse` and
-  :func:`mse_to_psnr` convert (``psnr = -10 log10 mse``).
-* Residuals are taken on ``log L``. Validation losses of different sizes differ by a factor of a
-  few and their noise is roughly proportional to their size, so relative residuals weigh every
-  model alike; for MSE they are exactly PSNR residuals (``log mse = -psnr * ln10 / 10``). This is
-  the Chinchilla / Besiroglu et al. practice of fitting log-loss residuals.
-* Internally ``N`` is divided by the geometric mean of the sizes, so ``a`` and ``alpha`` are
-  well conditioned whatever the scale of the study (tiny CPU presets or 100M-parameter models);
-  the reported ``a`` is converted back to raw-parameter units. Values are reported unrounded
-  (rounded coefficients bias extrapolations; Besiroglu et al. 2024).
-* Bounds: ``a > 0``, ``0 < alpha < 3``, ``0 <= c <= max(L)``. The fit is started from a grid of
-  (alpha, c) points and the best least-squares solution kept, since the objective has flat
-  valleys along which a single start can stall.
-* Intervals are percentile bootstrap intervals. With at least :data:`PAIRS_MIN_SIZES` distinct
-  sizes whole points are resampled (robust to a misspecified noise model). With fewer, residuals
-  are resampled instead: a pairs resample of 3-7 sizes often drops whole sizes, leaving 3
-  parameters to be fitted from 2-3 distinct sizes, which makes the replicate fits degenerate and
-  the intervals erratic. The residual bootstrap keeps the design (the sizes the study trained)
-  and perturbs the losses with the fit's own, centred, log residuals inflated by
-  ``sqrt(n / (n - 3))`` for the degrees of freedom the fit used. With exactly as many points as
-  parameters the fit interpolates, there is no residual information, and the intervals are NaN.
-* Two intervals answer two questions. :meth:`PowerLawFit.predict_interval` is the band of the
-  mean curve (where the law is). :meth:`PowerLawFit.prediction_interval` is where a new
-  measurement will fall: each replicate's prediction plus resampled (centred, dof-inflated) log
-  residuals. With a few degrees of freedom the noise scale is itself uncertain, and a fixed
-  scale makes the interval too narrow, so each replicate's deviation from the fit and its
-  residuals are scaled together by ``sqrt(dof / chi2_dof)``, a draw of ``sigma / s`` for normal
-  noise (the bootstrap analogue of Student's t instead of the normal).
-* :func:`held_out` checks the law out of sample: it fits all but the largest size, predicts the
-  largest with a prediction interval, and reports predicted against measured in dB of PSNR.
+* ``N`` is a parameter count (raw, not millions; a study fits the body count, see `trials.Trial.body_params`);
+  ``L`` is a loss in MSE space, never PSNR: a pure power law in MSE is a straight line of PSNR against log N,
+  and only the offset ``c`` (irreducible error) can bend it, so the fit has to happen where ``c`` is
+  additive. A study fits ``10 ** (-psnr / 10)`` of its headline PSNR (:func:`psnr_to_mse`), so the curve
+  converted back (:func:`mse_to_psnr`) is on the same axis as the table and the plotted points.
+* Residuals are taken on ``log L``: for an MSE they are exactly PSNR residuals (``log mse = -psnr * ln10 /
+  10``), so every size weighs alike (the Chinchilla / Besiroglu et al. practice).
+* Internally ``N`` is divided by the geometric mean of the sizes, so ``a`` and ``alpha`` are well conditioned
+  at any scale; the reported ``a`` is converted back to raw-parameter units, unrounded.
+* Bounds: ``a > 0``, ``0 < alpha < 3``, ``0 <= c <= max(L)``. The objective has flat valleys, so a fit starts
+  from the best point of a profile over alpha (for each alpha on a grid, ``a`` and ``c`` by weighted linear
+  least squares, scored on the log residuals) and is polished from there (:func:`_fit_many`, all bootstrap
+  replicates at once; the point fit is polished again by ``curve_fit``, from a grid of starts too if that stalls).
+* Intervals are percentile bootstrap intervals over :data:`N_BOOT` draws (the one number of draws every
+  bootstrap in `results` takes). With at least :data:`PAIRS_MIN_SIZES` distinct sizes whole points are
+  resampled (:func:`_pairs_replicates`). With fewer, residuals are (:func:`_residual_replicates`): a pairs
+  resample of a few sizes often drops whole sizes and leaves 3 parameters to 2-3 sizes. The residual
+  bootstrap keeps the design and perturbs the losses with the fit's centred log residuals inflated by
+  ``sqrt(n / (n - 3))``. With as many points as parameters the fit interpolates: no intervals (NaN).
+* Two intervals answer two questions. :meth:`PowerLawFit.predict_interval` is the band of the mean curve.
+  :meth:`PowerLawFit.prediction_interval` is where a new point will fall: each replicate's prediction plus
+  resampled residuals, both scaled by ``sqrt(dof / chi2_dof)``, a draw of ``sigma / s`` for normal noise
+  (the bootstrap analogue of Student's t), since with few dof the noise scale is itself uncertain.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
-__all__ = [
-    "PowerLawFit",
-    "HeldOut",
-    "fit_power_law",
-    "held_out",
-    "psnr_to_mse",
-    "mse_to_psnr",
-    "PAIRS_MIN_SIZES",
-]
+__all__ = ["PowerLawFit", "fit_power_law", "psnr_to_mse", "mse_to_psnr", "PAIRS_MIN_SIZES", "N_BOOT", "ALPHA_MAX"]
 
+N_BOOT = 500  # bootstrap draws, wherever `results` draws a bootstrap
 #: Minimum number of distinct sizes for which whole points are resampled (see the module docstring).
 PAIRS_MIN_SIZES = 8
+ALPHA_MAX = 3.0
 _N_PARAMS = 3  # a, alpha, c
-_ALPHA_MAX = 3.0
 _A_MIN = 1e-300  # a > 0 strictly; the optimiser keeps iterates inside the box anyway
 _ALPHA_STARTS = (0.05, 0.2, 0.5, 1.0, 2.0)
 _C_START_FRACTIONS = (0.0, 0.5, 0.9)  # of min(L)
+_ALPHA_GRID = np.linspace(0.01, ALPHA_MAX - 0.01, 150)  # the profile's alphas
+_POLISH_STEPS = 30  # Levenberg-Marquardt steps after the profile
 _DRAWS_PER_REPLICATE = 20  # residual draws per replicate curve in a prediction interval (smooths its tails)
 
 
@@ -189,12 +174,12 @@ def _log_model_jac(x: np.ndarray, a: float, alpha: float, c: float) -> np.ndarra
 def _fit_once(
     x: np.ndarray, log_y: np.ndarray, starts: list[tuple[float, float, float]], c_max: float
 ) -> tuple[np.ndarray, float] | None:
-    """Best (params, cost) over ``starts`` on normalised sizes, or None when every start failed."""
+    """Best (params, cost) over ``starts`` by ``curve_fit`` on normalised sizes, or None when every start failed."""
     lower = [_A_MIN, 0.0, 0.0]
-    upper = [np.inf, _ALPHA_MAX, c_max]
+    upper = [np.inf, ALPHA_MAX, c_max]
     best: tuple[np.ndarray, float] | None = None
     for p0 in starts:
-        p0 = np.clip(np.asarray(p0, dtype=np.float64), [1e-12, 1e-3, 0.0], [np.inf, _ALPHA_MAX - 1e-3, c_max * 0.999])
+        p0 = np.clip(np.asarray(p0, dtype=np.float64), [1e-12, 1e-3, 0.0], [np.inf, ALPHA_MAX - 1e-3, c_max * 0.999])
         try:
             with warnings.catch_warnings():
                 # The covariance is not used (intervals come from the bootstrap), and it is
@@ -227,21 +212,142 @@ def _grid_starts(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float, float
     return starts
 
 
-def fit_power_law(
-    n_params: Any,
-    loss: Any,
-    *,
-    n_boot: int = 500,
-    seed: int = 0,
-    ci: float = 0.95,
-) -> PowerLawFit:
+def _costs(x: np.ndarray, log_y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Sum of squared log residuals per row: ``x``, ``log_y`` (B, n); ``p`` (B, 3)."""
+    with np.errstate(all="ignore"):
+        model = p[:, 0:1] * np.power(x, -p[:, 1:2]) + p[:, 2:3]
+        r = log_y - np.log(np.maximum(model, 1e-300))
+    cost = np.sum(r * r, axis=1)
+    return np.where(np.isfinite(cost), cost, np.inf)
+
+
+def _profile(x: np.ndarray, log_y: np.ndarray, c_max: np.ndarray) -> np.ndarray:
+    """(B, 3) starts: per row, the alpha of :data:`_ALPHA_GRID` whose ``a, c`` (weighted linear least squares
+    on relative residuals, inside the bounds) leave the smallest log residuals."""
+    y = np.exp(log_y)[:, None, :]                                   # B, 1, n
+    w = 1.0 / (y * y)
+    u = np.power(x[:, None, :], -_ALPHA_GRID[None, :, None])        # B, G, n
+    s_uu, s_u, s_1 = (w * u * u).sum(-1), (w * u).sum(-1), w.sum(-1)
+    s_uy, s_y = (w * u * y).sum(-1), (w * y).sum(-1)
+    with np.errstate(all="ignore"):
+        det = s_uu * s_1 - s_u * s_u
+        a = (s_1 * s_uy - s_u * s_y) / det
+        c = (s_uu * s_y - s_u * s_uy) / det
+        bad = ~np.isfinite(c) | (c < 0) | (c > c_max[:, None])
+        c = np.where(bad, np.clip(np.nan_to_num(c), 0.0, c_max[:, None]), c)
+        a = np.where(bad, (w * u * (y - c[..., None])).sum(-1) / s_uu, a)
+        a = np.maximum(np.nan_to_num(a, nan=1e-12), 1e-12)
+        model = a[..., None] * u + c[..., None]
+        r = log_y[:, None, :] - np.log(np.maximum(model, 1e-300))
+    cost = np.where(np.isfinite(r).all(-1), (r * r).sum(-1), np.inf)
+    g = np.argmin(cost, axis=1)
+    rows = np.arange(x.shape[0])
+    return np.column_stack([a[rows, g], _ALPHA_GRID[g], c[rows, g]])
+
+
+def _polish(x: np.ndarray, log_y: np.ndarray, p: np.ndarray, c_max: np.ndarray) -> np.ndarray:
+    """Levenberg-Marquardt steps on every row at once, kept inside the bounds; a step is kept where it lowers
+    that row's cost."""
+    lower = np.array([_A_MIN, 0.0, 0.0])
+    cost, lam = _costs(x, log_y, p), np.full(p.shape[0], 1e-3)
+    for _ in range(_POLISH_STEPS):
+        with np.errstate(all="ignore"):
+            q = np.power(x, -p[:, 1:2])
+            model = p[:, 0:1] * q + p[:, 2:3]
+            r = log_y - np.log(model)
+            jac = np.stack([q / model, -p[:, 0:1] * q * np.log(x) / model, 1.0 / model], axis=-1)  # B, n, 3
+            jtj = np.einsum("bni,bnj->bij", jac, jac)
+            damp = jtj + lam[:, None, None] * (np.eye(3) * np.diagonal(jtj, axis1=1, axis2=2)[:, None, :] + 1e-30)
+            grad = np.einsum("bni,bn->bi", jac, r)[..., None]
+            try:
+                step = np.linalg.solve(damp, grad)[..., 0]
+            except np.linalg.LinAlgError:  # a row with a vanishing direction (a -> 0): least squares instead
+                step = (np.linalg.pinv(damp) @ grad)[..., 0]
+        trial = np.clip(p + np.nan_to_num(step), lower, np.column_stack([np.full_like(c_max, np.inf),
+                                                                         np.full_like(c_max, ALPHA_MAX), c_max]))
+        new = _costs(x, log_y, trial)
+        better = new < cost
+        p, cost = np.where(better[:, None], trial, p), np.where(better, new, cost)
+        lam = np.where(better, lam / 3, lam * 4)
+    return p
+
+
+def _fit_many(x: np.ndarray, log_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fit every row of ``x``, ``log_y`` (B, n) at once: (B, 3) parameters on normalised sizes and their costs."""
+    c_max = np.exp(log_y).max(axis=1)
+    p = _polish(x, log_y, _profile(x, log_y, c_max), c_max)
+    return p, _costs(x, log_y, p)
+
+
+def _pairs_replicates(x: np.ndarray, log_y: np.ndarray, n_boot: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Whole points drawn with replacement, ``n_boot`` times; draws with fewer than 3 distinct sizes are left
+    out (3 parameters cannot be fitted to them)."""
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    distinct = np.array([np.unique(x[row]).size for row in idx])
+    idx = idx[distinct >= 3]
+    return x[idx], log_y[idx]
+
+
+def _residual_replicates(x: np.ndarray, log_y: np.ndarray, fitted: np.ndarray, n_boot: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The fit plus its centred, dof-inflated log residuals drawn with replacement, ``n_boot`` times."""
+    resid = log_y - fitted
+    centred = (resid - resid.mean()) * math.sqrt(x.size / (x.size - _N_PARAMS))
+    draws = rng.choice(centred, size=(n_boot, x.size), replace=True)
+    return np.broadcast_to(x, draws.shape), fitted + draws
+
+
+def _percentiles(samples: np.ndarray, ci: float, n_boot: int) -> list[tuple[float, float]]:
+    """Percentile intervals of each parameter; NaN when fewer than half the draws gave a fit (intervals from
+    a minority of replicates would be conditioned on the easy resamples only)."""
+    if samples.shape[0] == 0 or samples.shape[0] < 0.5 * n_boot:
+        return [(math.nan, math.nan)] * _N_PARAMS
+    q = (1.0 - ci) / 2.0
+    lo, hi = np.quantile(samples, q, axis=0), np.quantile(samples, 1.0 - q, axis=0)
+    return [(float(lo[i]), float(hi[i])) for i in range(_N_PARAMS)]
+
+
+def fit_power_law(n_params: Any, loss: Any, *, n_boot: int = N_BOOT, seed: int = 0, ci: float = 0.95) -> PowerLawFit:
     """Fit ``L(N) = a * N**-alpha + c`` to (parameters, loss) points, with bootstrap intervals.
 
-    ``n_params`` and ``loss`` are equal-length sequences; repeated sizes (several seeds) are
-    allowed, but at least 3 distinct sizes are needed. ``loss`` must be positive (MSE space, not
-    PSNR; see :func:`psnr_to_mse`). See the module docstring for the residuals, bounds, starting
-    points and the choice between pairs and residual bootstrap. Deterministic for a given ``seed``.
+    ``n_params`` and ``loss`` are equal-length sequences; repeated sizes are allowed, but at least 3 distinct
+    sizes are needed. ``loss`` must be positive (MSE space, not PSNR; see :func:`psnr_to_mse`). See the module
+    docstring for the residuals, bounds, starts and the bootstrap. Deterministic for a given ``seed``.
     """
+    n, y = _checked(n_params, loss, ci, n_boot)
+    n_sizes = int(np.unique(n).size)
+    n_ref = float(np.exp(np.mean(np.log(np.unique(n)))))  # conditioning (see the module docstring)
+    x, log_y = n / n_ref, np.log(y)
+    start, start_cost = _fit_many(x[None, :], log_y[None, :])
+    best = _fit_once(x, log_y, [tuple(start[0])], float(np.max(y)))
+    if best is None or best[1] > start_cost[0] + 1e-12:  # a stalled polish: the old grid of starts as well
+        best = _fit_once(x, log_y, [tuple(start[0]), *_grid_starts(x, y)], float(np.max(y)))
+    if best is None:
+        raise RuntimeError("the power-law fit failed from every starting point")
+    popt = best[0]
+    fitted = _log_model(x, *popt)
+    resid = log_y - fitted
+    method, samples = "none", np.zeros((0, _N_PARAMS))
+    if n_boot > 0 and n.size > _N_PARAMS:
+        rng = np.random.default_rng(seed)
+        if n_sizes >= PAIRS_MIN_SIZES:
+            method, (xs, ys) = "pairs", _pairs_replicates(x, log_y, n_boot, rng)
+        else:
+            method, (xs, ys) = "residuals", _residual_replicates(x, log_y, fitted, n_boot, rng)
+        params, costs = _fit_many(np.ascontiguousarray(xs), ys)
+        samples = params[np.isfinite(costs)]
+        samples = np.column_stack([samples[:, 0] * n_ref ** samples[:, 1], samples[:, 1], samples[:, 2]])
+    cis = _percentiles(samples, ci, n_boot)
+    a, alpha, c = float(popt[0] * n_ref ** popt[1]), float(popt[1]), float(popt[2])
+    return PowerLawFit(a=a, alpha=alpha, c=c, a_ci=cis[0], alpha_ci=cis[1], c_ci=cis[2], n_points=int(n.size),
+                       n_sizes=n_sizes, ci=float(ci), n_boot=int(n_boot), n_boot_ok=int(samples.shape[0]),
+                       bootstrap=method, rms_log_residual=float(np.sqrt(np.mean(resid * resid))),
+                       boot_params=tuple(tuple(float(v) for v in row) for row in samples),
+                       log_residuals=tuple(float(v) for v in resid))
+
+
+def _checked(n_params: Any, loss: Any, ci: float, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
     n = np.asarray(n_params, dtype=np.float64).ravel()
     y = np.asarray(loss, dtype=np.float64).ravel()
     if n.shape != y.shape:
@@ -250,157 +356,10 @@ def fit_power_law(
         raise ValueError("n_params must be finite positive parameter counts")
     if not (np.all(np.isfinite(y)) and np.all(y > 0)):
         raise ValueError("loss must be finite and positive (fit MSE or loss, not PSNR; see psnr_to_mse)")
-    n_sizes = int(np.unique(n).size)
-    if n_sizes < 3:
-        raise ValueError(
-            f"a power-law fit needs at least 3 model sizes (distinct n_params), got {n_sizes}"
-        )
+    if np.unique(n).size < 3:
+        raise ValueError(f"a power-law fit needs at least 3 model sizes (distinct n_params), got {np.unique(n).size}")
     if not 0.0 < ci < 1.0:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-
-    # Normalise by the geometric mean of the distinct sizes for conditioning (see module docstring).
-    n_ref = float(np.exp(np.mean(np.log(np.unique(n)))))
-    x = n / n_ref
-    log_y = np.log(y)
-    c_max = float(np.max(y))
-
-    best = _fit_once(x, log_y, _grid_starts(x, y), c_max)
-    if best is None:
-        raise RuntimeError("the power-law fit failed from every starting point")
-    popt, _cost = best
-    a_ref, alpha, c = (float(v) for v in popt)
-    fitted_log = _log_model(x, a_ref, alpha, c)
-    resid = log_y - fitted_log
-    rms = float(np.sqrt(np.mean(resid * resid)))
-
-    def to_raw(p: np.ndarray) -> tuple[float, float, float]:
-        # a * (N / n_ref)**-alpha == (a * n_ref**alpha) * N**-alpha
-        return (float(p[0] * n_ref ** p[1]), float(p[1]), float(p[2]))
-
-    n_pts = int(n.size)
-    dof = n_pts - _N_PARAMS
-    method = "none"
-    samples: list[tuple[float, float, float]] = []
-    if n_boot > 0 and dof > 0:
-        rng = np.random.default_rng(seed)
-        # Replicates start from the full fit, with one grid start as a fallback: the full fit is
-        # a good start for a perturbed data set, and a full grid per replicate would cost 15x.
-        fallback = [(a_ref, alpha, c), (a_ref, 0.5, 0.5 * c)]
-        if n_sizes >= PAIRS_MIN_SIZES:
-            method = "pairs"
-            for _ in range(n_boot):
-                for _attempt in range(20):
-                    idx = rng.integers(0, n_pts, n_pts)
-                    if np.unique(n[idx]).size >= 3:
-                        break
-                else:
-                    continue
-                r = _fit_once(x[idx], log_y[idx], fallback, float(np.max(y[idx])))
-                if r is not None:
-                    samples.append(to_raw(r[0]))
-        else:
-            method = "residuals"
-            centred = (resid - resid.mean()) * math.sqrt(n_pts / dof)
-            for _ in range(n_boot):
-                log_y_star = fitted_log + rng.choice(centred, size=n_pts, replace=True)
-                r = _fit_once(x, log_y_star, fallback, float(np.max(np.exp(log_y_star))))
-                if r is not None:
-                    samples.append(to_raw(r[0]))
-
-    nan_ci = (float("nan"), float("nan"))
-    cis = [nan_ci, nan_ci, nan_ci]
-    # Intervals from a minority of replicates would be conditioned on the easy resamples only.
-    if samples and len(samples) >= 0.5 * n_boot:
-        arr = np.asarray(samples)
-        q = (1.0 - ci) / 2.0
-        lo = np.quantile(arr, q, axis=0)
-        hi = np.quantile(arr, 1.0 - q, axis=0)
-        cis = [(float(lo[i]), float(hi[i])) for i in range(3)]
-
-    a_raw, alpha_raw, c_raw = to_raw(popt)
-    return PowerLawFit(
-        a=a_raw,
-        alpha=alpha_raw,
-        c=c_raw,
-        a_ci=cis[0],
-        alpha_ci=cis[1],
-        c_ci=cis[2],
-        n_points=n_pts,
-        n_sizes=n_sizes,
-        ci=float(ci),
-        n_boot=int(n_boot),
-        n_boot_ok=len(samples),
-        bootstrap=method,
-        rms_log_residual=rms,
-        boot_params=tuple(samples),
-        log_residuals=tuple(float(v) for v in resid),
-    )
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """The law fitted without the largest size, against that size's measurement, in dB of PSNR.
-
-    ``predicted_psnr`` is the fit's value at ``n_params`` and ``interval_psnr`` its ``ci``
-    prediction interval for the mean MSE of ``n_replicates`` runs (NaN when the fit has no
-    residual degrees of freedom, e.g. 3 sizes of one seed each; ``inside`` is then None).
-    ``measured_psnr`` is the PSNR of the mean MSE over the largest size's replicates, and
-    ``error_db`` is measured minus predicted. ``fit`` is the fit on the smaller sizes.
-    """
-
-    n_params: float
-    n_replicates: int
-    predicted_psnr: float
-    interval_psnr: tuple[float, float]
-    measured_psnr: float
-    error_db: float
-    inside: bool | None
-    ci: float
-    fit: PowerLawFit = field(repr=False)
-
-    @property
-    def sentence(self) -> str:
-        """One line for a report, e.g. ``held out 2.0M: predicted 33.41 dB [33.20, 33.60], measured ...``."""
-        lo, hi = self.interval_psnr
-        where = {True: "inside", False: "outside", None: "no interval (too few points to estimate noise)"}
-        band = f" [{lo:.2f}, {hi:.2f}]" if self.inside is not None else ""
-        return (f"held out {self.n_params / 1e6:.3g}M: predicted {self.predicted_psnr:.2f} dB{band}, "
-                f"measured {self.measured_psnr:.2f} dB ({self.error_db:+.2f} dB): "
-                f"{where[self.inside]}" + (f" the {self.ci:.0%} interval" if self.inside is not None else ""))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: the figures, the interval as a 2-list and the fit's own summary."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fit"}
-        d["interval_psnr"] = [float(v) for v in self.interval_psnr]
-        d["fit"] = self.fit.to_dict()
-        return d
-
-
-def held_out(n_params: Any, loss: Any, *, ci: float = 0.95, n_boot: int = 500, seed: int = 0) -> HeldOut:
-    """Fit on all but the largest size (all its replicates) and predict the largest, in dB of PSNR.
-
-    ``loss`` is MSE on [0, 1] pixels (``psnr = -10 log10 mse``); at least 4 distinct sizes are
-    needed, so that 3 remain to fit. The measured value is the mean MSE over the largest size's
-    replicates, and the interval is :meth:`PowerLawFit.prediction_interval` for that many runs.
-    """
-    n = np.asarray(n_params, dtype=np.float64).ravel()
-    y = np.asarray(loss, dtype=np.float64).ravel()
-    if n.shape != y.shape:
-        raise ValueError(f"n_params and loss differ in length: {n.size} vs {y.size}")
-    n_sizes = int(np.unique(n).size)
-    if n_sizes < 4:
-        raise ValueError(
-            f"a held-out prediction needs at least 4 model sizes (fit 3, predict the largest), got {n_sizes}"
-        )
-    largest = float(np.max(n))
-    rest = n < largest
-    fit = fit_power_law(n[rest], y[rest], n_boot=n_boot, seed=seed, ci=ci)
-    k = int(np.sum(~rest))
-    lo_mse, hi_mse = fit.prediction_interval(largest, n_replicates=k, seed=seed)
-    predicted = float(mse_to_psnr(fit.predict(largest)))
-    measured = float(mse_to_psnr(float(np.mean(y[~rest]))))
-    interval = (float(mse_to_psnr(hi_mse[0])), float(mse_to_psnr(lo_mse[0])))  # low MSE is high PSNR
-    inside = None if math.isnan(interval[0]) else bool(interval[0] <= measured <= interval[1])
-    return HeldOut(largest, k, predicted, interval, measured, measured - predicted, inside, float(ci), fit)
+    return n, y

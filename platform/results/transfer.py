@@ -9,12 +9,14 @@ family}`, or `model.dim`), usually under both `model.parametrization`s. Per para
   (kept within them); an argmin on the grid's edge stays there and is flagged: the true optimum may lie beyond;
 - **drift**: the least-squares slope of log2(optimum) against log2(width): how many doublings the best LR
   moves per doubling of width (0 = it transfers; standard Adam's hidden layers predict about -1);
-- **interval**: 95% percentile bootstrap. With seeds, the seeds of each width are resampled (one draw for all
-  its learning rates: a seed is the same init and batches at every LR); with one seed the only noise left is
-  the final loss's own, so each trial's last loss windows are resampled instead: a lower bound on the noise
-  (a seed's init and data order are not in it), which the report says. μP is called steadier only when its
-  |drift| is smaller in 95% of the draws, by at least MATERIAL, and no width's best LR under μP sits on the
-  grid's edge (its drift would be a bound).
+- **censored**: an optimum on the grid's edge (either parametrization) is only a bound: it gives no point
+  estimate to the slope (the drift is over the other widths), no interval, and the verdict names it;
+- **interval**: only with MIN_INTERVAL_SEEDS seeds or more, computed across seeds: each seed's own optima
+  give its own drift (a seed is the same init and batches at every LR), and the drift's interval is Student's t
+  on their spread, ``t(S - 1) sd / sqrt(S)`` (a seed whose own optimum is on the grid's edge gives no drift, and
+  the interval counts the seeds left); with fewer seeds the report gives the optima and the drift without an
+  interval or a "95%". μP is called steadier only when, paired by seed, |drift| under standard
+  minus |drift| under μP has a t interval above 0 and a mean of at least MATERIAL, with no width censored.
 
 The report gains a section (`section`) and lines of its answer (`answer_lines`); `from_study` gives the best
 values of a finished small study to `hiir study run --transfer-from`.
@@ -28,18 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
+from hiir.models.mup import MUP_RULES_VERSION
 from hiir.platform import tracking
 from hiir.platform.errors import HiirError
 from hiir.platform.results.markdown import markdown_table
 from hiir.platform.results.plots import plot_panels
+from hiir.platform.results.sizes import MIN_INTERVAL_SEEDS
 from hiir.platform.results.trials import Trial, collect_trials
 from hiir.platform.study.axes import BUDGET_AXIS, LR_AXIS, PARAM_AXIS, SEED_AXIS, WIDTH_AXES
 from hiir.platform.study.spec import Transferred
 from hiir.platform.study.state import find_study, study_dir
 
 TAIL = 0.25        # the final loss: the mean over the last quarter of the logged loss curve
-N_BOOT = 1000
 MATERIAL = 0.25    # log2(LR) per width doubling: a smaller difference of drifts is not called a difference
 SIZE_KEYS = ("model.preset", *WIDTH_AXES, BUDGET_AXIS, SEED_AXIS)  # never transferred
 
@@ -50,10 +54,10 @@ SIZE_KEYS = ("model.preset", *WIDTH_AXES, BUDGET_AXIS, SEED_AXIS)  # never trans
 @dataclass
 class Optimum:
     width: int
-    lr: float                       # refined
+    lr: float                       # refined (a bound when at_edge)
     loss: float                     # the parabola's value there (the grid's value on an edge)
-    interval: tuple[float, float]   # of lr, from the bootstrap
-    at_edge: bool                   # the grid's argmin is its first or last LR
+    interval: tuple[float, float]   # of lr: t over the seeds' own optima (NaN below MIN_INTERVAL_SEEDS or at_edge)
+    at_edge: bool                   # the grid's argmin is its first or last LR: censored
 
 
 @dataclass
@@ -68,12 +72,24 @@ class Drift:
     psnr: dict[int, dict[float, float]]   # width -> lr -> seed-mean val PSNR
     optima: list[Optimum]
     psnr_optima: dict[int, float]         # width -> refined lr by val PSNR (its maximum)
-    slope: float                          # log2(optimum lr) per doubling of width
-    interval: tuple[float, float]
+    slope: float                          # log2(optimum lr) per doubling of width, over the uncensored widths
+    interval: tuple[float, float]         # t over seeds (NaN below MIN_INTERVAL_SEEDS seeds or with a censored width)
     psnr_slope: float
     seeds: int
-    noise: str                            # what the interval resamples
-    boot: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    per_seed: dict[Any, float] = field(default_factory=dict)  # seed -> its own drift over the uncensored widths
+
+    @property
+    def censored(self) -> list[int]:
+        return [o.width for o in self.optima if o.at_edge]
+
+    @property
+    def noise(self) -> str:
+        if math.isfinite(self.interval[0]):
+            return f"95% t interval over {len(self.per_seed)} seeds' own drifts"
+        if self.censored:
+            return "no interval: a censored width"
+        return (f"{self.seeds} seed{'s' * (self.seeds != 1)}: no interval ({MIN_INTERVAL_SEEDS}+ seeds give one, "
+                "computed across seeds)")
 
 
 def final_loss(t: Trial) -> float | None:
@@ -119,7 +135,7 @@ def _optima(widths: list[int], lrs: list[float], loss: dict[int, dict[float, flo
     return out
 
 
-def analyse_transfer(trials: list[Trial], *, n_boot: int = N_BOOT, seed: int = 0) -> list[Drift]:
+def analyse_transfer(trials: list[Trial]) -> list[Drift]:
     """One Drift per (context, parametrization) with 2+ widths, each with 3+ LRs finished."""
     cells: dict[tuple, dict[tuple[int, float], list[Trial]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
@@ -130,55 +146,53 @@ def analyse_transfer(trials: list[Trial], *, n_boot: int = N_BOOT, seed: int = 0
                                if k not in (LR_AXIS, PARAM_AXIS, SEED_AXIS, *WIDTH_AXES)))
         parametrization = t.params.get("resolved_model.parametrization", t.axes.get(PARAM_AXIS, "standard"))
         cells[(context, parametrization)][(int(t.params["resolved_model.dim"]), float(t.axes[LR_AXIS]))].append(t)
-    rng = np.random.default_rng(seed)
     drifts = []
     for (context, parametrization), group in cells.items():
         widths = sorted({w for w, _ in group if sum(1 for ww, _ in group if ww == w) >= 3})
         if len(widths) >= 2:
-            drifts.append(_drift(parametrization, dict(context), widths, group, rng, n_boot))
+            drifts.append(_drift(parametrization, dict(context), widths, group))
     return sorted(drifts, key=lambda d: (sorted(d.context.items()), d.parametrization != "standard"))
 
 
 def _drift(parametrization: str, context: dict[str, str], widths: list[int],
-           group: dict[tuple[int, float], list[Trial]], rng: np.random.Generator, n_boot: int) -> Drift:
+           group: dict[tuple[int, float], list[Trial]]) -> Drift:
     lrs = sorted({lr for w, lr in group if w in widths})
-    cells = {key: sorted(ts, key=lambda t: int(t.axes.get(SEED_AXIS, 0)))
-             for key, ts in group.items() if key[0] in widths}
-    finals = {key: np.asarray([final_loss(t) for t in ts]) for key, ts in cells.items()}  # by seed
-    tails = {key: np.asarray(_tail(ts[0])) for key, ts in cells.items()}
-    loss = {w: {lr: float(finals[(w, lr)].mean()) for lr in lrs if (w, lr) in cells} for w in widths}
+    cells = {key: ts for key, ts in group.items() if key[0] in widths}
+    by_seed = {key: {t.axes.get(SEED_AXIS, 0): final_loss(t) for t in ts} for key, ts in cells.items()}
+    loss = {w: {lr: float(np.mean(list(by_seed[(w, lr)].values()))) for lr in lrs if (w, lr) in cells}
+            for w in widths}
     psnr = {w: {lr: float(np.mean([t.metrics.get("val_psnr", math.nan) for t in cells[(w, lr)]]))
                 for lr in lrs if (w, lr) in cells} for w in widths}
     found = _optima(widths, lrs, loss)
-    seeds = max(len(ts) for ts in cells.values())
-    # The bootstrap: the seeds of a width drawn with replacement, one draw for all of its LRs (a seed is the
-    # same init and batches at every LR); with one seed, each trial's tail windows.
-    boot_opt = []
-    for _ in range(n_boot):
-        sample: dict[int, dict[float, float]] = {w: {} for w in widths}
-        for w in widths:
-            pick = rng.integers(0, seeds, size=seeds)
-            for lr in loss[w]:
-                f = finals[(w, lr)]
-                sample[w][lr] = (float(f[pick % len(f)].mean()) if seeds > 1
-                                 else float(rng.choice(tails[(w, lr)], size=len(tails[(w, lr)])).mean()))
-        boot_opt.append([x for x, _, _ in _optima(widths, lrs, sample)])
-    boot_opt_arr = np.asarray(boot_opt)
-    boot = np.asarray([_slope(widths, list(row)) for row in boot_opt_arr])
-    optima = [Optimum(w, 2.0**x, y, tuple(2.0 ** np.percentile(boot_opt_arr[:, i], [2.5, 97.5])), edge)
-              for i, (w, (x, y, edge)) in enumerate(zip(widths, found))]
+    free = [i for i, (_, _, edge) in enumerate(found) if not edge]  # uncensored widths
+    seeds = sorted(set.intersection(*(set(v) for v in by_seed.values())), key=str)  # seeds with every cell
+    per_seed, per_seed_opt = {}, []
+    for s in seeds:
+        own = _optima(widths, lrs, {w: {lr: by_seed[(w, lr)][s] for lr in loss[w]} for w in widths})
+        if all(not own[i][2] for i in free):  # a seed whose own optimum is on the edge gives no drift
+            per_seed[s] = _slope([widths[i] for i in free], [own[i][0] for i in free])
+            per_seed_opt.append([x for x, _, _ in own])
+    slope = _slope([widths[i] for i in free], [found[i][0] for i in free])
+    interval = (math.nan, math.nan)
+    n = len(per_seed)
+    t = float(stats.t.ppf(0.975, n - 1)) if n >= MIN_INTERVAL_SEEDS else math.nan
+    if n >= MIN_INTERVAL_SEEDS and len(free) == len(widths):
+        half = t * float(np.std(list(per_seed.values()), ddof=1)) / math.sqrt(n)
+        interval = (slope - half, slope + half)
+    spread = np.std(np.asarray(per_seed_opt), axis=0, ddof=1) if n >= MIN_INTERVAL_SEEDS else None
+    optima = []
+    for i, (w, (x, y, edge)) in enumerate(zip(widths, found)):
+        half = t * float(spread[i]) / math.sqrt(n) if spread is not None and not edge else math.nan
+        optima.append(Optimum(w, 2.0**x, y, (2.0 ** (x - half), 2.0 ** (x + half)), edge))
     by_psnr = _optima(widths, lrs, {w: {lr: -v for lr, v in psnr[w].items()} for w in widths})
-    noise = (f"bootstrap over {seeds} seeds" if seeds > 1 else
-             "bootstrap over each trial's last loss windows; 1 seed, so no seed noise: a lower bound, add seeds: K")
     return Drift(parametrization, context, widths, lrs, loss, psnr, optima,
-                 {w: 2.0**x for w, (x, _, _) in zip(widths, by_psnr)}, _slope(widths, [x for x, _, _ in found]),
-                 tuple(float(v) for v in np.percentile(boot, [2.5, 97.5])),
-                 _slope(widths, [x for x, _, _ in by_psnr]), seeds, noise, boot)
+                 {w: 2.0**x for w, (x, _, _) in zip(widths, by_psnr)}, slope, interval,
+                 _slope(widths, [x for x, _, _ in by_psnr]), len(seeds), per_seed)
 
 
 def verdict(drifts: list[Drift]) -> list[str]:
-    """Per context with both parametrizations: did μP hold the optimum steadier than standard, in plain words.
-    Steadier means: smaller |drift| in 95% of the bootstrap draws, and by at least MATERIAL."""
+    """Per context with both parametrizations: did μP hold the optimum steadier than standard, in plain words
+    (see the module docstring for what steadier needs)."""
     out = []
     by_context: dict[tuple, dict[str, Drift]] = defaultdict(dict)
     for d in drifts:
@@ -188,28 +202,32 @@ def verdict(drifts: list[Drift]) -> list[str]:
             continue
         where = f" ({', '.join(f'{k}={v}' for k, v in context)})" if context else ""
         std, mup = pair["standard"], pair["mup"]
-        n = min(len(std.boot), len(mup.boot))
-        steadier = float(np.mean(np.abs(mup.boot[:n]) < np.abs(std.boot[:n]))) if n else math.nan
-        gain = abs(std.slope) - abs(mup.slope)
-        lo, hi = mup.interval
-        numbers = (f"|drift| {abs(mup.slope):.2f} under μP against {abs(std.slope):.2f} under standard, μP steadier in "
-                   f"{steadier:.0%} of bootstrap draws; μP's interval [{lo:+.2f}, {hi:+.2f}] "
-                   f"{'includes' if lo <= 0 <= hi else 'excludes'} 0")
-        mup_edges = [o.width for o in mup.optima if o.at_edge]
-        if steadier >= 0.95 and gain >= MATERIAL and mup_edges:  # μP's own drift is only a bound: no claim
-            text = (f"**Not conclusive at this scale{where}**: μP's drift is the smaller ({numbers}), but μP's best "
-                    f"LR is on the grid's edge at C {', '.join(map(str, mup_edges))}, so its drift is only a bound")
-        elif steadier >= 0.95 and gain >= MATERIAL:
-            text = f"μP held the optimum steadier than standard at this scale{where}: {numbers}"
-        elif steadier <= 0.05 and -gain >= MATERIAL:
-            text = (f"**μP did not hold the optimum steadier than standard at this scale{where}**: standard moved "
-                    f"less; {numbers}")
+        numbers = f"|drift| {abs(mup.slope):.2f} under μP against {abs(std.slope):.2f} under standard"
+        censored = [f"{d.parametrization} at C {', '.join(map(str, d.censored))}" for d in (std, mup) if d.censored]
+        common = sorted(set(std.per_seed) & set(mup.per_seed), key=str)
+        if censored:
+            text = (f"**Not conclusive at this scale{where}**: the best LR is on the grid's edge "
+                    f"({'; '.join(censored)}), so those optima are only bounds and no drift here is an estimate; "
+                    "widen the grid")
+        elif len(common) < MIN_INTERVAL_SEEDS:
+            text = (f"**No verdict at this scale{where}**: {numbers}, from {len(common)} seed"
+                    f"{'s' * (len(common) != 1)}; a difference of drifts needs {MIN_INTERVAL_SEEDS}+ seeds to be "
+                    "told from noise")
         else:
-            why = (f"the drifts differ by {abs(gain):.2f}, less than {MATERIAL}" if abs(gain) < MATERIAL
-                   else "the difference is within the noise")
-            text = f"**μP did not measurably stabilise the optimum at this scale{where}**: {why}; {numbers}"
-        if min(std.seeds, mup.seeds) < 2:
-            text += "; one seed, so the intervals hold the final loss's own noise only (a lower bound)"
+            gain = np.array([abs(std.per_seed[s]) - abs(mup.per_seed[s]) for s in common])
+            half = float(stats.t.ppf(0.975, gain.size - 1)) * float(gain.std(ddof=1)) / math.sqrt(gain.size)
+            lo, hi = gain.mean() - half, gain.mean() + half
+            numbers += (f"; standard minus μP |drift| {gain.mean():+.2f} [{lo:+.2f}, {hi:+.2f}] (95% t over "
+                        f"{gain.size} seeds)")
+            if lo > 0 and gain.mean() >= MATERIAL:
+                text = f"μP held the optimum steadier than standard at this scale{where}: {numbers}"
+            elif hi < 0 and -gain.mean() >= MATERIAL:
+                text = (f"**μP did not hold the optimum steadier than standard at this scale{where}**: standard "
+                        f"moved less; {numbers}")
+            else:
+                why = (f"the drifts differ by {abs(gain.mean()):.2f}, less than {MATERIAL}"
+                       if abs(gain.mean()) < MATERIAL else "the difference is within the noise")
+                text = f"**μP did not measurably stabilise the optimum at this scale{where}**: {why}; {numbers}"
         out.append(text + ".")
     return out
 
@@ -226,17 +244,26 @@ def _name(d: Drift) -> str:
     return d.parametrization + (f" ({where})" if where else "")
 
 
+def _drift_words(d: Drift, fmt: str = "+.2f") -> str:
+    lo, hi = d.interval
+    interval = f" [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(lo) else ""
+    over = f" over C {', '.join(str(o.width) for o in d.optima if not o.at_edge)}" if d.censored else ""
+    slope = f"{d.slope:{fmt}}" if math.isfinite(d.slope) else "none (fewer than 2 uncensored widths)"
+    return f"drift {slope}{interval} log2(LR) per width doubling{over} ({d.noise})"
+
+
+def _optimum_words(o: Optimum) -> str:
+    return f"C {o.width} {_fmt_lr(o.lr)}" + (" (censored: on the grid's edge)" if o.at_edge else "")
+
+
 def answer_lines(drifts: list[Drift]) -> list[str]:
     """The drift of each parametrization and the verdict: lines for the top of the report."""
     lines = []
     for d in drifts:
-        lo, hi = d.interval
-        edges = [o.width for o in d.optima if o.at_edge]
-        line = (f"Best LR under {_name(d)}: {', '.join(f'C {o.width} {_fmt_lr(o.lr)}' for o in d.optima)}; drift "
-                f"{d.slope:+.2f} [{lo:+.2f}, {hi:+.2f}] log2(LR) per width doubling ({d.noise}).")
-        if edges:
-            line += (f" At width {', '.join(map(str, edges))} the best LR is on the grid's edge: the drift there is "
-                     "a bound; widen the grid.")
+        line = f"Best LR under {_name(d)}: {', '.join(_optimum_words(o) for o in d.optima)}; {_drift_words(d)}."
+        if d.censored:
+            line += (f" At width {', '.join(map(str, d.censored))} the best LR is on the grid's edge: censored, "
+                     "only a bound; widen the grid.")
         lines.append(line)
     return lines + verdict(drifts)
 
@@ -249,19 +276,21 @@ def section(drifts: list[Drift]) -> list[str]:
     lines = ["## Learning-rate transfer", "",
              f"Final loss = mean training loss over the last {TAIL:.0%} of each trial's logged curve, averaged over "
              "seeds. The best LR per width is the grid's argmin refined by a parabola in log2(LR) through it and "
-             "its neighbours (✗: on the grid's edge); its 95% interval and the drift's come from the bootstrap "
-             "named below each table. The drift is the slope of log2(best LR) against log2(width): 0 means the "
-             "best LR transfers across widths.", ""]
+             "its neighbours; on the grid's edge (✗) it is censored: a bound, with no interval, left out of the "
+             "drift. The drift is the slope of log2(best LR) against log2(width): 0 means the best LR transfers "
+             f"across widths. Intervals need {MIN_INTERVAL_SEEDS}+ seeds and are Student t intervals across seeds "
+             "(each seed's own optima and drift).", ""]
     for d in drifts:
+        intervals = any(math.isfinite(o.interval[0]) for o in d.optima)  # no "95%" without one
         rows = [{"width C": o.width, "best LR (loss)": _fmt_lr(o.lr) + (" ✗" if o.at_edge else ""),
-                 "95% interval": f"[{_fmt_lr(o.interval[0])}, {_fmt_lr(o.interval[1])}]",
+                 **({"95% interval": f"[{_fmt_lr(o.interval[0])}, {_fmt_lr(o.interval[1])}]"
+                     if math.isfinite(o.interval[0]) else "-"} if intervals else {}),
                  "final loss there": f"{o.loss:.4f}", "best LR (val PSNR)": _fmt_lr(d.psnr_optima[o.width]),
                  **{f"loss @ {_fmt_lr(lr)}": f"{d.loss[o.width][lr]:.4f}" for lr in d.lrs if lr in d.loss[o.width]}}
                 for o in d.optima]
-        lo, hi = d.interval
         lines += [f"### {_name(d)}", "", markdown_table(rows), "",
-                  f"Drift: {d.slope:+.3f} [{lo:+.3f}, {hi:+.3f}] log2(LR) per width doubling ({d.noise}); by val "
-                  f"PSNR {d.psnr_slope:+.3f}.", ""]
+                  f"{_drift_words(d, '+.3f')[0].upper()}{_drift_words(d, '+.3f')[1:]}; by val PSNR "
+                  f"{d.psnr_slope:+.3f}.", ""]
     return lines + verdict(drifts) + [""]
 
 
@@ -299,17 +328,18 @@ def from_study(ref: str, workdir: Path) -> Transferred:
     """The best finished trial of study `ref` (a name run in `workdir`, or its directory) by that study's own
     metric and mode, over all its trials (in a transfer study: whichever width and parametrization won). Its
     axis values other than size, width and seed are taken; a μP winner brings its mup_base_dim (the width its
-    LRs are stated at), without which its LRs would mean something else at the new widths."""
+    LRs are stated at), without which its LRs would mean something else at the new widths. A μP winner trained
+    under other μP rules (`MUP_RULES_VERSION`, tagged on its run) is refused: its LRs meant another recipe."""
     found = find_study(ref, workdir)
     if found is None:
         raise HiirError(f"--transfer-from {ref}: no study of that name has run in {workdir} (no "
                         f"{study_dir(workdir, Path(ref).name)}/study.json); run it first with `hiir study run`")
     directory, state, spec = found
-    status = tracking.Store(state["tracking_uri"]).get_run(state["parent_run_id"]).info.status
+    status = tracking.Store(state.tracking_uri).get_run(state.parent_run_id).info.status
     if status != "FINISHED":
-        raise HiirError(f"--transfer-from {spec.name}: its study run {state['parent_run_id']} is {status}, not "
+        raise HiirError(f"--transfer-from {spec.name}: its study run {state.parent_run_id} is {status}, not "
                         f"finished; finish it with `hiir study resume {directory}`")
-    usable = [t for t in collect_trials(state["tracking_uri"], state["parent_run_id"])
+    usable = [t for t in collect_trials(state.tracking_uri, state.parent_run_id)
               if t.status == "FINISHED" and math.isfinite(t.metrics.get(spec.metric, math.nan))]
     if not usable:
         raise HiirError(f"--transfer-from {spec.name}: no finished trial has its metric {spec.metric}; nothing "
@@ -317,10 +347,20 @@ def from_study(ref: str, workdir: Path) -> Transferred:
     sign = 1 if spec.mode == "max" else -1
     best = max(usable, key=lambda t: sign * t.metrics[spec.metric])
     values: dict[str, Any] = {k: v for k, v in best.axes.items() if k not in SIZE_KEYS}
-    if best.params.get("resolved_model.parametrization") == "mup":
+    parametrization = best.params.get("resolved_model.parametrization", "standard")
+    width = best.params.get("resolved_model.dim")
+    rules = None
+    if parametrization == "mup":
+        rules = best.tags.get(tracking.MUP_RULES_TAG)
+        if rules != str(MUP_RULES_VERSION):
+            made = rules or "1 (untagged: from before versions were recorded)"
+            raise HiirError(f"--transfer-from {spec.name}: its best trial {best.name} trained under μP rules version "
+                            f"{made}; this hiir's are version {MUP_RULES_VERSION} (models/mup.py), so its learning "
+                            f"rates meant another recipe; run {spec.name} again")
         values.setdefault(PARAM_AXIS, "mup")
-        values["model.mup_base_dim"] = best.params["resolved_model.mup_base_dim"]
+        values["model.mup_base_dim"] = width = best.params["resolved_model.mup_base_dim"]
     if not values:
         raise HiirError(f"--transfer-from {spec.name}: its best trial {best.name} varies nothing but size and seed; "
                         "nothing to transfer")
-    return Transferred(spec.name, state["parent_run_id"], best.name, {k: str(v) for k, v in values.items()})
+    return Transferred(spec.name, state.parent_run_id, best.name, {k: str(v) for k, v in values.items()},
+                       parametrization, int(width) if width else None, int(rules) if rules else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hiir.models.networks import pixel_shuffle_params
 from hiir.platform import tracking
 from hiir.platform.evaluation.metrics import sr_convention
 from hiir.platform.results.noise import TrialScores
@@ -28,6 +29,23 @@ class Trial:
     def n_params(self) -> float | None:
         value = self.params.get("model.num_params")
         return float(value) if value else None
+
+    @property
+    def body_params(self) -> float | None:
+        """The count a size axis grows: everything but the pixel-shuffle head (`models.networks.
+        pixel_shuffle_params`; the input conv counts). None when the trial did not log its resolved model."""
+        p, n = self.params, self.n_params
+        if n is None:
+            return None
+        if "resolved_model.scale" not in p:
+            return None
+        scale = int(p["resolved_model.scale"])
+        if scale == 1 or p.get("resolved_model.arch", "columnar") != "columnar":
+            return n
+        if "resolved_model.dim" not in p or "resolved_model.upsampler_dim" not in p:
+            return None
+        return n - pixel_shuffle_params(int(p["resolved_model.dim"]), int(p.get("resolved_model.in_channels", 3)),
+                                        scale, int(p["resolved_model.upsampler_dim"]))
 
     @property
     def compute(self) -> float | None:

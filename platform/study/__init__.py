@@ -1,15 +1,12 @@
-"""Studies: a YAML spec run as Ray Tune trials, each a `train.fit.fit_run`, and the report read back from MLflow.
+"""Running studies: a YAML spec run as Ray Tune trials, each a `train.fit.fit_run`. Answering them (the report,
+read back from MLflow) is `hiir.platform.results`, which reads this package; this package never reads that one.
 
-    spec     the spec schema, scale blocks and search axes, validated once
-    run      `run_study` / `resume_study`: the Tuner, one trainable per trial, closing the MLflow runs
+    spec        `StudySpec`: the spec schema, scale blocks and their profiles (studies/profiles/), search axes,
+                validated once; `Transferred`, a small study's best values for `--transfer-from`
+    run         `run_study` / `resume_study`: the Tuner, one trainable per trial, closing the MLflow runs
+    state       `StudyState` (study.json, local and beside Tune's state on shared storage), finding a study, listing
     schedulers  `GroupedASHA`: one ASHA per size and budget, its stop decisions kept for the trial runs' tags
-    state    study.json (local and beside Tune's state on shared storage), listing, report lookup
-    report   the answer: tables with the paper's numbers, scaling-law fits, plots (from MLflow)
-    scaling  the saturating power-law fit L(N) = a N^-alpha + c with bootstrap intervals
-    noise    seed noise: mean ± sd per cell over seeds, and each axis's effect paired by seed and val image
-    transfer `kind: transfer`: the best LR per width and its drift per width doubling; `--transfer-from`
-    plots    PNG plots of a metric against size or compute, training curves, grids of panels
+    axes        the axis names running and answering share, and `size_classes` (counts within 5% are one size)
 
-Call graph: `cli study run -> run.run_study -> Tune -> run.run_trial -> train.fit.fit_run`;
-`report <- MLflow`.
+Call graph: `cli study run -> run.run_study -> Tune -> run.run_trial -> train.fit.fit_run`.
 """

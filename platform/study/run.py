@@ -28,8 +28,8 @@ from hiir.platform.errors import HiirError
 from hiir.platform.evaluation.evaluate import baseline_name, baseline_scores
 from hiir.platform.study.axes import size_classes
 from hiir.platform.study.schedulers import GroupedASHA, journal_path, read_decisions
-from hiir.platform.study.spec import StudySpec, Transferred, check_transfer, find_spec, load_spec
-from hiir.platform.study.state import read_state, state_spec, study_dir, write_state
+from hiir.platform.study.spec import StudySpec, Transferred, check_transfer, find_spec, load_spec, with_profiles
+from hiir.platform.study.state import StudyState, read_state, state_spec, study_dir, write_state
 from hiir.platform.train.checks import (
     apply_budget,
     check_cluster_paths,
@@ -42,6 +42,7 @@ from hiir.platform.train.fit import fit_run
 from hiir.platform.train.runtime import init_ray, storage_root
 
 TRIAL_ACTOR_CPU = 0.01  # the trial function only drives its TorchTrainer; Tune refuses 0
+ERROR_CHARS = 500  # a failed trial's error tag: a label in the runs table (the whole error is in Ray's log)
 
 
 def param_space(spec: StudySpec, searcher: str = "basic") -> dict[str, Any]:
@@ -70,16 +71,16 @@ def max_concurrent(per_trial: TrainConfig, total: dict[str, float] | None = None
     return int(have // need) or None
 
 
-def run_trial(params: dict[str, Any], *, study: dict[str, Any]) -> dict[str, Any]:
+def run_trial(params: dict[str, Any], *, study: StudyState) -> dict[str, Any]:
     """One Tune trial: a TorchTrainer fit under the study's parent run."""
     trial_id = tune.get_context().get_trial_id()
     # The study parsed its spec and checked every grid point once; a trial validates its own config only,
     # with Tune's values applied as they are (never through text).
-    cfg = load_config(study["base"], values={**params, "name": f"{study['name']}-{trial_id}",
-                                             "tracking.experiment": study["experiment"]})
-    tags = tracking.trial_tags(study["name"], trial_id, params)
-    result = fit_run(cfg, workdir=Path(study["workdir"]), tracking_uri=study["tracking_uri"],
-                     storage=study["trial_storage"], parent_run_id=study["parent_run_id"], tags=tags, in_tune=True)
+    cfg = load_config(study.base, values={**params, "name": f"{study.name}-{trial_id}",
+                                          "tracking.experiment": study.experiment})
+    tags = tracking.trial_tags(study.name, trial_id, params)
+    result = fit_run(cfg, workdir=Path(study.workdir), tracking_uri=study.tracking_uri,
+                     storage=study.trial_storage, parent_run_id=study.parent_run_id, tags=tags, in_tune=True)
     return {**result.metrics, "mlflow_run_id": result.run_id}
 
 
@@ -97,14 +98,14 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     """Validate the spec, create the parent run, run the trials with Ray Tune. `transferred` holds a finished
     small study's best values (`results.transfer.from_study`), which join the base, tagged on the study run."""
     path = find_spec(ref)
-    raw = yaml.safe_load(path.read_text())
     workdir = Path(workdir).resolve()
     spec, overrides = load_for_run(path, scale, overrides, transferred)
+    raw = with_profiles(yaml.safe_load(path.read_text()))  # study.json keeps the profiles as they ran
     directory = study_dir(workdir, spec.name)
     check_storage(str(directory))
     tune_root = storage_root(workdir) + "/studies"  # Tune and trial checkpoints: shared storage on a cluster
     check_storage(tune_root)
-    base = spec.trial_config(spec.finite_points()[0])  # a representative trial: resources, datasets, seed
+    base = spec.base_trial  # a representative trial: resources, datasets, seed
     resolved = resolve_datasets(base, workdir)  # build demo data / verify manifests once, here
     uri = tracking.resolve_tracking_uri(workdir, tracking_uri)
     tracking.check_reachable(uri)
@@ -122,16 +123,15 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
     if transferred is not None:
         store.set_tags(parent_run_id, transferred.tags())
     log_baseline(store, parent_run_id, resolved)
-    state = {"name": spec.name, "base": spec.base,  # what a trial needs: the base, validated here, once
-             "raw": raw, "scale": scale, "overrides": list(overrides), "workdir": str(workdir),
-             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_run_id,
-             "trial_storage": f"{tune_root}/{spec.name}/trials", "tune_path": f"{tune_root}/{spec.name}",
-             "search": search, "spec_path": str(path), "max_concurrent": concurrent,
-             "transfer_from": transferred.source if transferred else None}
+    state = StudyState(  # what a trial needs: the base, validated here, once
+        name=spec.name, base=spec.base, raw=raw, scale=scale, overrides=list(overrides), workdir=str(workdir),
+        tracking_uri=uri, experiment=experiment, parent_run_id=parent_run_id,
+        trial_storage=f"{tune_root}/{spec.name}/trials", tune_path=f"{tune_root}/{spec.name}", search=search,
+        spec_path=str(path), max_concurrent=concurrent, transfer_from=transferred.source if transferred else None)
     directory.mkdir(parents=True, exist_ok=True)
     write_state(directory, state)
-    if state["tune_path"] != str(directory):  # beside Tune's state, so a lost head loses no study
-        write_state(state["tune_path"], state)
+    if state.tune_path != str(directory):  # beside Tune's state, so a lost head loses no study
+        write_state(state.tune_path, state)
     results = _tuner(spec, state).fit()
     return _finish(spec.name, directory, state, results)
 
@@ -156,22 +156,22 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
     state = read_state(directory)
     spec = state_spec(state)
     if "://" in str(directory):  # the local directory comes back, for the report and later resumes
-        directory = study_dir(Path(state["workdir"]), spec.name)
+        directory = study_dir(Path(state.workdir), spec.name)
         write_state(directory, state)
     else:
         directory = Path(directory).resolve()
     init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
-    if not tune.Tuner.can_restore(state["tune_path"]):
-        raise HiirError(f"{state['tune_path']} holds no Tune experiment state to resume")
-    tuner = tune.Tuner.restore(state["tune_path"], trainable=_trainable(state), resume_unfinished=True,
-                               resume_errored=True, param_space=param_space(spec, state["search"]))
+    if not tune.Tuner.can_restore(state.tune_path):
+        raise HiirError(f"{state.tune_path} holds no Tune experiment state to resume")
+    tuner = tune.Tuner.restore(state.tune_path, trainable=_trainable(state), resume_unfinished=True,
+                               resume_errored=True, param_space=param_space(spec, state.search))
     return _finish(spec.name, directory, state, tuner.fit())
 
 
 def log_baseline(store: tracking.Store, run_id: str, cfg: TrainConfig) -> dict[str, float]:
     """Score the trivial restoration (bicubic for SR, the degraded input otherwise) on the study's val
     images, with the trials' metric, and log it on the study run: the bar every model must clear."""
-    model = cfg.model_config()
+    model = cfg.resolved_model
     metrics = baseline_scores(cfg.data.val, max_images=cfg.eval.max_images, channels=model.in_channels).metrics
     store.log_metrics(run_id, {f"{tracking.BASELINE_PREFIX}{k}": v for k, v in metrics.items()}, 0,
                       int(time.time() * 1000))
@@ -179,28 +179,28 @@ def log_baseline(store: tracking.Store, run_id: str, cfg: TrainConfig) -> dict[s
     return metrics
 
 
-def _trainable(state: dict[str, Any]):
+def _trainable(state: StudyState):
     return tune.with_resources(tune.with_parameters(run_trial, study=state), {"cpu": TRIAL_ACTOR_CPU})
 
 
-def _tuner(spec: StudySpec, state: dict[str, Any]):
-    base = spec.trial_config(spec.finite_points()[0])
+def _tuner(spec: StudySpec, state: StudyState):
+    base = spec.base_trial
     scheduler = None
     if spec.scheduler.kind == "asha":
         sizes: dict[str, tuple[str, int]] = {}  # a trial's values -> (its group, its step count), counted once
-        classes = size_classes([count_params(spec.trial_config(p).model_config()) for p in spec.finite_points()])
+        classes = size_classes([count_params(spec.trial_config(p).resolved_model) for p in spec.finite_points()])
 
         def size(params: dict[str, Any]) -> tuple[str, int]:
             key = json.dumps(params, sort_keys=True, default=str)
             if key not in sizes:  # resolved as run_trial and fit_run resolve it
-                cfg = load_config(state["base"], values=params)
-                count = count_params(cfg.model_config())
+                cfg = load_config(state.base, values=params)
+                count = count_params(cfg.resolved_model)
                 group, steps = f"params={classes.get(count, count)}", cfg.optim.max_steps
                 if cfg.budget.flops is not None:
                     group += f" flops={cfg.budget.flops:g}"
                     try:
                         steps = apply_budget(cfg, model_stats(cfg)["flops_per_step"]).optim.max_steps
-                    except HiirError:  # a budget too small for this size: the trial fails on its own, as before
+                    except HiirError:  # a budget too small for this size: its trial fails on its own, saying so
                         pass
                 sizes[key] = group, steps
             return sizes[key]
@@ -211,34 +211,34 @@ def _tuner(spec: StudySpec, state: dict[str, Any]):
         scheduler = GroupedASHA(lambda params: size(params)[0], lambda params: size(params)[1] + 1,
                                 time_attr=spec.scheduler.time_attr, grace_period=spec.scheduler.grace_period,
                                 reduction_factor=spec.scheduler.reduction_factor,
-                                journal=journal_path(state["tune_path"], state["parent_run_id"]))
+                                journal=journal_path(state.tune_path, state.parent_run_id))
     search_alg = None
     num_samples = spec.num_samples
-    if state["search"] == "optuna":
+    if state.search == "optuna":
         search_alg = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=base.seed)
         num_samples = spec.trial_count
     return tune.Tuner(
         _trainable(state),
-        param_space=param_space(spec, state["search"]),
+        param_space=param_space(spec, state.search),
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     search_alg=search_alg, num_samples=num_samples,
-                                    max_concurrent_trials=state.get("max_concurrent") or max_concurrent(base)),
-        run_config=tune.RunConfig(name=spec.name, storage_path=state["tune_path"].rsplit("/", 1)[0],
+                                    max_concurrent_trials=state.max_concurrent or max_concurrent(base)),
+        run_config=tune.RunConfig(name=spec.name, storage_path=state.tune_path.rsplit("/", 1)[0],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
 
-def _finish(name: str, directory: Path, state: dict[str, Any], results) -> StudyRun:
+def _finish(name: str, directory: Path, state: StudyState, results) -> StudyRun:
     """Close the MLflow runs as Tune saw the trials: finished, stopped early by the scheduler, or failed."""
     errors = sum(1 for r in results if r.error is not None)
     try:  # ASHA's stop decisions, for the stopped runs' tags; the runs close without them too
-        stops = {d.trial_id: d for d in read_decisions(journal_path(state["tune_path"], state["parent_run_id"]))}
-    except Exception as exc:  # noqa: BLE001
+        stops = {d.trial_id: d for d in read_decisions(journal_path(state.tune_path, state.parent_run_id))}
+    except Exception as exc:  # noqa: BLE001 (the journal is on shared storage, which may fail in any way)
         logging.getLogger("hiir.study").warning("could not read the scheduler's stop decisions: %r", exc)
         stops = {}
     try:
-        store = tracking.Store(state["tracking_uri"])
-        runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in store.children(state["parent_run_id"])}
+        store = tracking.Store(state.tracking_uri)
+        runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in store.children(state.parent_run_id)}
         seen = set()
         for result in results:
             run = runs.get((result.metrics or {}).get("trial_id"))
@@ -246,8 +246,7 @@ def _finish(name: str, directory: Path, state: dict[str, Any], results) -> Study
                 continue
             seen.add(run.info.run_id)
             if result.error is not None:
-                reason = str(result.error).strip().splitlines()[-1][:500]
-                store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: reason})
+                store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: _last_line(result.error)})
             elif run.info.status != "FINISHED":  # the scheduler stopped it before its last step
                 tags = {tracking.STOPPED_EARLY_TAG: "true"}
                 stop = stops.get(result.metrics["trial_id"])
@@ -259,7 +258,13 @@ def _finish(name: str, directory: Path, state: dict[str, Any], results) -> Study
         for run in runs.values():  # a trial that died before its first report left no result to match
             if run.info.run_id not in seen and run.info.status == "RUNNING":
                 store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: "the trial ended before its first report"})
-        store.close(state["parent_run_id"], "FINISHED" if errors < len(results) else "FAILED")
+        store.close(state.parent_run_id, "FINISHED" if errors < len(results) else "FAILED")
     except Exception as exc:  # noqa: BLE001 (a down server must not lose the results on disk)
         logging.getLogger("hiir.study").warning("could not close the study's MLflow runs: %s", exc)
-    return StudyRun(name, directory, state["parent_run_id"], results)
+    return StudyRun(name, directory, state.parent_run_id, results)
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line of a trial's error, cut to ERROR_CHARS with the cut marked (the full error is in Ray's log)."""
+    line = str(error).strip().splitlines()[-1] if str(error).strip() else error.__class__.__name__
+    return line if len(line) <= ERROR_CHARS else line[:ERROR_CHARS - 40] + f" ... (cut from {len(line)} characters)"

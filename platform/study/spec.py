@@ -1,18 +1,22 @@
 """A study spec: YAML data (a base train config, a search space, a scheduler) parsed and validated once.
 
-Spec keys (top level) are the fields of `Spec`. `search` axes are dotted config keys or the paper's axis
+Spec keys (top level) are the fields of `StudySpec`. `search` axes are dotted config keys or the paper's axis
 names (`warmup`, `attention`, `conv`, `tree_depth`, `size`, `mixer_l2`, `layout`). A `scale` block
-(`scale: {smoke: ...}`) shrinks the study to minutes on a laptop. pydantic checks the document's shape;
-the base config and every grid point are validated when the spec is loaded, not in a trial hours later.
+(`scale: {smoke: ...}`) shrinks the study to minutes on a laptop. What every paper study's smoke block shares
+(one CPU worker, batch 8, one checkpoint kept, the smoke experiment, frequent logs) is a profile, a scale
+block kept once under studies/profiles/ that a block names with `profile: smoke` and extends; the loader
+applies nothing a spec does not name. pydantic checks the document's shape; the base config and every
+finite point of the space are validated when the spec is loaded, not in a trial hours later.
 `study_schema()` is the JSON Schema an editor completes a spec with (`hiir schema study`).
 """
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +52,8 @@ AXIS_ALIASES = {
 }
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+MAX_POINTS = 5000  # finite points of a space validated at load (a product of choices can be huge)
+PROFILES = "profiles"  # the directory under studies/ that holds shared scale blocks
 
 
 class _Block(BaseModel):
@@ -67,6 +73,9 @@ class Scheduler(_Block):
 
 
 class Scale(_Block):
+    # a shared scale block under studies/profiles/ (`profile: smoke` -> profiles/smoke.yaml) that this one
+    # extends: its set, presets and search keys and scheduler fields apply unless this block gives them too
+    profile: str | None = None
     set: dict[str, Any] = {}             # base keys (dotted, or axis names) -> value
     presets: dict[str, str] = {}         # preset -> the small one that replaces it, in the base and the size axis
     search: dict[str, Any] = {}          # axes replaced or added
@@ -75,7 +84,19 @@ class Scale(_Block):
     seeds: int = Field(1, ge=1)          # replicates of every cell
 
 
-class Spec(_Block):
+@dataclass
+class Axis:
+    key: str                 # dotted config key
+    kind: str                # one of DISTRIBUTIONS
+    values: list[Any]        # grid/choice values, or [low, high]
+
+
+# One shape for the YAML document and the study that runs: `parse_spec` returns the study at one scale, whose
+# `base` holds the datasets, resources, the scale block and the overrides, whose `search`, `scheduler`,
+# `num_samples` and `seeds` are the scale's, and whose `axes` and trials follow from them.
+class StudySpec(_Block):
+    """A study: a base train config, a search space over it, a scheduler, and smaller scales of it."""
+
     name: str                            # the study's name: its MLflow parent run and results directory
     question: str = ""                   # what the study answers (the report's first line)
     base: dict[str, Any]                 # the train config every trial starts from
@@ -90,7 +111,7 @@ class Spec(_Block):
     expected: dict[str, Any] | None = None  # the paper's numbers: {table, rows: [{match, values}], baselines}
     scale: dict[str, Scale] = {}         # name -> a smaller version of the study (`--scale smoke`)
     # transfer: a learning-rate sweep crossed with widths of one family (and parametrizations); the report
-    # adds the best LR per width and its drift per width doubling (platform/study/transfer.py)
+    # adds the best LR per width and its drift per width doubling (platform/results/transfer.py)
     kind: Literal["sweep", "transfer"] = "sweep"
 
     @field_validator("scale", mode="before")
@@ -98,33 +119,14 @@ class Spec(_Block):
     def _empty_scales(cls, value: Any) -> Any:  # `smoke:` with nothing under it runs the study as it is
         return {k: v if v is not None else {} for k, v in value.items()} if isinstance(value, dict) else value
 
-
-SPEC_KEYS = tuple(Spec.model_fields)
-SCALE_KEYS = tuple(Scale.model_fields)
-
-
-@dataclass
-class Axis:
-    key: str                 # dotted config key
-    kind: str                # one of DISTRIBUTIONS
-    values: list[Any]        # grid/choice values, or [low, high]
-
-
-@dataclass
-class StudySpec:
-    name: str
-    question: str
-    base: dict[str, Any]
-    axes: list[Axis]
-    num_samples: int = 1
-    scheduler: Scheduler = field(default_factory=Scheduler)
-    metric: str = "val_psnr"
-    mode: Literal["max", "min"] = "max"
-    expected: dict[str, Any] | None = None
-    seeds: int = 1
-    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
-    path: Path | None = None
-    kind: str = "sweep"
+    @functools.cached_property
+    def axes(self) -> list[Axis]:
+        """The search as Tune's axes (config keys), and the seed axis when `seeds` > 1."""
+        axes = [_parse_axis(k, v) for k, v in self.search.items()]
+        if self.seeds > 1:
+            first = int(self.base.get("seed", 0))
+            axes.append(Axis(SEED_AXIS, "grid", list(range(first, first + self.seeds))))
+        return axes
 
     @property
     def trial_count(self) -> int:
@@ -136,18 +138,32 @@ class StudySpec:
         grid = [a for a in self.axes if a.kind == "grid"]
         return [dict(zip([a.key for a in grid], combo)) for combo in itertools.product(*(a.values for a in grid))]
 
-    def finite_points(self, limit: int = 5000) -> list[dict[str, Any]]:
+    def finite_points(self, limit: int = MAX_POINTS) -> list[dict[str, Any]]:
         """The grid crossed with every value of the choice axes and both ends of the ranges: what a trial
-        can be handed, which validation checks one by one. The first is a representative trial."""
+        can be handed, which validation checks one by one (the first `limit` of them, with a warning when there
+        are more). The first is a representative trial."""
         ends = {"randint": lambda lo, hi: [lo, hi - 1]}
         values = [a.values if a.kind in ("grid", "choice") else ends.get(a.kind, lambda lo, hi: [lo, hi])(*a.values)
                   for a in self.axes]
+        total = math.prod(len(v) for v in values)
+        if total > limit:
+            log.warning("%s: its space has %d finite points (grid x choices x range ends); only the first %d are "
+                        "validated and counted", self.name, total, limit)
         points = itertools.islice(itertools.product(*values), limit)
         return [dict(zip([a.key for a in self.axes], combo)) for combo in points]
 
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         """The validated config of one trial: the base with the trial's values set as they are."""
         return load_config(self.base, values=params)
+
+    @functools.cached_property
+    def base_trial(self) -> TrainConfig:
+        """The first finite point's config, built once: a representative trial (resources, datasets, seed)."""
+        return self.trial_config(self.finite_points()[0])
+
+
+SPEC_KEYS = tuple(StudySpec.model_fields)
+SCALE_KEYS = tuple(Scale.model_fields)
 
 
 def find_spec(ref: str | Path) -> Path:
@@ -169,24 +185,27 @@ def studies_root() -> Path:
 
 def load_spec(ref: str | Path, *, scale: str = "full", overrides: tuple[str, ...] = ()) -> StudySpec:
     path = find_spec(ref)
+    if path.resolve().parent == (studies_root() / PROFILES).resolve():
+        raise ConfigError(f"{path.name} is a scale profile, not a study: a study's scale block names it with "
+                          f"`profile: {path.stem}`")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     try:
-        return parse_spec(raw, scale=scale, overrides=overrides, path=path)
+        return parse_spec(raw, scale=scale, overrides=overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path.name}: {exc}") from None
 
 
-def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str, ...] = (),
-               path: Path | None = None) -> StudySpec:
+def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str, ...] = ()) -> StudySpec:
+    """The study at `scale` with `overrides` (`key=value`) set, every finite point of its space validated."""
     if not isinstance(raw, dict):
         raise ConfigError("a study spec must be a mapping")
     try:
-        doc = Spec.model_validate(raw)
+        doc = StudySpec.model_validate(with_profiles(raw))
     except ValidationError as exc:
-        raise validation_error(exc, root=Spec, unknown=_unknown_key) from None
+        raise validation_error(exc, root=StudySpec, unknown=_unknown_key) from None
     if scale != "full" and scale not in doc.scale:
         raise ConfigError(f"scale={scale!r} is not defined; this study has: full, {', '.join(doc.scale) or '(none)'}")
     _check_presets(doc.scale)
@@ -205,16 +224,10 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
         key, value = parse_override(item)
         set_key(base, _axis_key(key), value)
     search = _size_families(base, search)
-    axes = [_parse_axis(k, v) for k, v in search.items()]
-    if seeds > 1:
-        if any(a.key == SEED_AXIS for a in axes):
-            raise ConfigError("seeds and a seed axis exclude each other: seeds: K replicates every cell K times")
-        first = int(base.get("seed", 0))
-        axes.append(Axis(SEED_AXIS, "grid", list(range(first, first + seeds))))
-    spec = StudySpec(
-        name=doc.name, question=doc.question, base=base, axes=axes, num_samples=num_samples, scheduler=scheduler,
-        metric=doc.metric, mode=doc.mode, expected=doc.expected, seeds=seeds,
-        scales={k: b.model_dump(exclude_unset=True) for k, b in doc.scale.items()}, path=path, kind=doc.kind)
+    if seeds > 1 and any(_axis_key(name) == SEED_AXIS for name in search):
+        raise ConfigError("seeds and a seed axis exclude each other: seeds: K replicates every cell K times")
+    spec = doc.model_copy(update={"base": base, "search": search, "scheduler": scheduler,
+                                  "num_samples": num_samples, "seeds": seeds})
     if spec.trial_count < 1:
         raise ConfigError("the search space is empty: every grid axis needs at least one value")
     if seeds > 1 and scheduler.kind == "asha":
@@ -224,6 +237,47 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
         _check_transfer(spec)
     _check_trials(spec)
     return spec
+
+
+def with_profiles(raw: dict[str, Any]) -> dict[str, Any]:
+    """The spec with every `profile:` of its scale blocks written out: the profile's block (a YAML file under
+    studies/profiles/) with the study's block over it: `set`, `presets` and `search` key by key, `scheduler`
+    field by field, the rest whole. What a study ran with stays in its study.json, whatever the profile says later."""
+    scales = raw.get("scale")
+    if not isinstance(scales, dict) or not any(isinstance(b, dict) and "profile" in b for b in scales.values()):
+        return raw
+    out = {**raw, "scale": dict(scales)}
+    for scale, block in scales.items():
+        if isinstance(block, dict) and "profile" in block:
+            block = dict(block)
+            profile = load_profile(block.pop("profile"))
+            merged = {**profile, **block}
+            for key in ("set", "presets", "search", "scheduler"):
+                if isinstance(profile.get(key), dict) and isinstance(block.get(key), dict):
+                    merged[key] = {**profile[key], **block[key]}
+            out["scale"][scale] = merged
+    return out
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in (studies_root() / PROFILES).glob("*.yaml"))
+
+
+def load_profile(name: Any) -> dict[str, Any]:
+    """A shared scale block by name (studies/profiles/<name>.yaml); an unknown name is a one-line error."""
+    if not isinstance(name, str) or name not in profile_names():
+        raise ConfigError(f"scale profile {name!r} is not one of studies/{PROFILES}/: {', '.join(profile_names())}")
+    block = yaml.safe_load((studies_root() / PROFILES / f"{name}.yaml").read_text()) or {}
+    where = f"studies/{PROFILES}/{name}.yaml"
+    if not isinstance(block, dict) or "profile" in block:
+        raise ConfigError(f"{where} must be a scale block ({', '.join(k for k in SCALE_KEYS if k != 'profile')}) "
+                          "and name no other profile")
+    try:
+        Scale.model_validate(block)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: " + str(validation_error(exc, root=Scale, unknown=lambda key, loc: (
+            f"{key} is not a scale field ({', '.join(SCALE_KEYS)})")))) from None
+    return copy.deepcopy(block)
 
 
 def _check_transfer(spec: StudySpec) -> None:
@@ -266,9 +320,9 @@ def _check_trials(spec: StudySpec) -> None:
     """Every trial the space can produce (the grid crossed with the choices) validates now, not in a
     trial hours later; a cell with no path across patch borders is named once, as a warning."""
     isolated = []
-    for point in spec.finite_points():
+    for i, point in enumerate(spec.finite_points()):
         try:
-            cfg = spec.trial_config(point)
+            cfg = spec.base_trial if i == 0 else spec.trial_config(point)
             check_patch(cfg)
         except ConfigError as exc:
             raise ConfigError(f"trial {point}: {exc}") from None
@@ -342,10 +396,10 @@ def _parse_axis(name: str, value: Any) -> Axis:
 
 
 def study_schema() -> dict[str, Any]:
-    """The JSON Schema of a study spec (`hiir schema study`; studies/schema/study.schema.json): the Spec
+    """The JSON Schema of a study spec (`hiir schema study`; studies/schema/study.schema.json): the StudySpec
     document with `base` as a train config, `datasets`/`resources` as its data/scaling sections, and
     search axes and `set` keys completed from the config keys and the paper's axis names."""
-    schema, train = Spec.model_json_schema(), train_schema()
+    schema, train = StudySpec.model_json_schema(), train_schema()
     defs = {**train.pop("$defs"), **schema.pop("$defs")}
     train.pop("$schema")
     defs["TrainConfig"] = train
@@ -363,6 +417,7 @@ def study_schema() -> dict[str, Any]:
     for search in (props["search"], scale["search"]):
         search.update(propertyNames=keys, additionalProperties=axis)
     scale["set"]["propertyNames"] = keys
+    scale["profile"] = {"enum": profile_names(), "description": scale["profile"]["description"]}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "$defs": defs}
 
 
@@ -374,13 +429,19 @@ class Transferred:
     parent_run_id: str          # its MLflow study run
     trial: str                  # the trial the values come from (run name)
     values: dict[str, str]      # config key -> value, as the trial's axis tags hold it
+    parametrization: str = "standard"  # the trial's: what its learning rates mean ...
+    base_dim: int | None = None        # ... at which width (μP: its mup_base_dim; standard: its own width)
+    mup_rules: int | None = None       # μP: the rules' version it trained under (models.mup.MUP_RULES_VERSION)
 
     def overrides(self) -> tuple[str, ...]:
         return tuple(f"{k}={v}" for k, v in self.values.items())
 
     def tags(self) -> dict[str, str]:
+        source = {tracking.TRANSFER_PARAMETRIZATION_TAG: self.parametrization,
+                  **({tracking.TRANSFER_BASE_DIM_TAG: str(self.base_dim)} if self.base_dim else {}),
+                  **({tracking.MUP_RULES_TAG: str(self.mup_rules)} if self.mup_rules else {})}
         return {tracking.TRANSFER_FROM_TAG: f"{self.source} (run {self.parent_run_id}, trial {self.trial})",
-                **{f"{tracking.TRANSFER_TAG}{k}": v for k, v in self.values.items()}}
+                **{f"{tracking.TRANSFER_TAG}{k}": v for k, v in self.values.items()}, **source}
 
 
 def check_transfer(transferred: Transferred, spec: StudySpec) -> None:

@@ -158,7 +158,7 @@ def checkpoint_bytes(cfg: TrainConfig, num_params: int) -> int:
 
 def model_stats(cfg: TrainConfig) -> dict[str, float]:
     """Parameter count and training FLOPs per step (forward + backward ~ 3x forward, all workers)."""
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.resolved_model
     with torch.device("meta"):  # counts without allocating, so the 110M preset costs nothing here
         model = build(model_cfg)
         p = cfg.data.lq_patch
@@ -186,7 +186,7 @@ def check_patch(cfg: TrainConfig) -> None:
     """A training patch smaller than the model's largest group is reflect-padded up to it: several times the
     compute, and the largest groups hold mirror images of the patch where, at test time on whole images,
     they hold real distant tokens. Train and test would then see different models: refuse it."""
-    model = cfg.model_config()
+    model = cfg.resolved_model
     multiple, patch = model.pad_multiple, cfg.data.lq_patch
     if patch < multiple:
         largest = model.tree.pad  # the per-stage size it pads to: patch, or patch2 at tree depth 4
@@ -198,4 +198,4 @@ def check_patch(cfg: TrainConfig) -> None:
 
 def crosses_patches(cfg: TrainConfig) -> bool:
     """Whether the run's model has any path for information across its P x P patch borders."""
-    return cfg.model_config().crosses_patches
+    return cfg.resolved_model.crosses_patches

@@ -4,7 +4,8 @@ It runs the pre-start checks (`checks`), creates the MLflow run (SQLite has one 
 here, workers only log into them), then builds and fits a `TorchTrainer` whose workers run
 `worker.train_loop_per_worker`. A re-run with the same name auto-restores from its latest checkpoint (Train
 V2 semantics), and the MLflow run with that name is continued. At the end the final weights are copied out
-of the last checkpoint into `<workdir>/runs/<name>/`.
+of the last checkpoint into `<workdir>/runs/<name>/` and logged as the run's MLflow model
+(`evaluation.mlflow_model`).
 """
 from __future__ import annotations
 
@@ -12,23 +13,27 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow.fs as pafs
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from tqdm import tqdm
 
+from hiir.data_prep.files import atomic_path
+from hiir.models.mup import MUP_RULES_VERSION
 from hiir.platform import tracking
 from hiir.platform.config import TrainConfig, flatten
 from hiir.platform.errors import HiirError
+from hiir.platform.evaluation.mlflow_model import log_arguments
 from hiir.platform.train.checks import (
     apply_budget,
     check_cluster_paths,
@@ -58,6 +63,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
             parent_run_id: str | None = None, tags: dict[str, str] | None = None,
             in_tune: bool = False, address: str | None = None) -> RunResult:
     """Validate, track, train. Returns the final metrics and where the exported weights are."""
+    entered = time.time()
     workdir = Path(workdir).resolve()
     storage = storage or run_storage(workdir)
     check_patch(cfg)
@@ -77,6 +83,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
         check_cluster_paths(cfg, address, [storage], uri)
     run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {}, stats)
     trainer = _trainer(cfg, storage, run_id, uri, workdir, in_tune)
+    fit_called = time.time()
     try:
         with _progress(uri, run_id, cfg.optim.max_steps, enabled=not in_tune):
             result = trainer.fit()
@@ -84,9 +91,13 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
         if not in_tune:  # in a study, Tune's verdict (failed, or stopped by the scheduler) closes the run
             _end_mlflow_run(uri, run_id, "FAILED")
         raise HiirError(f"run {cfg.name!r} failed: {_root_cause(exc)}") from exc
-    metrics = dict(result.return_value or result.metrics or {})
+    fit_done = time.time()
+    returned = result.return_value or {}  # rank 0's: {"metrics": ..., "timeline": ...}
+    metrics = dict(returned.get("metrics") or result.metrics or {})
     export = _export(result, workdir / "runs" / cfg.name)
-    _finish_mlflow_run(uri, run_id, workdir, export)
+    _log_timeline(uri, run_id, int(metrics.get("step", cfg.optim.max_steps)),
+                  _timeline(entered, fit_called, fit_done, returned.get("timeline"), in_tune))
+    _finish_mlflow_run(uri, run_id, workdir, export, step=int(metrics.get("step", cfg.optim.max_steps)))
     return RunResult(cfg.name, run_id, metrics, export)
 
 
@@ -115,9 +126,11 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
     exp_id = store.experiment(cfg.tracking.experiment, workdir)
     if parent_run_id:
         tags = {**tags, tracking.PARENT_TAG: parent_run_id}
+    if cfg.resolved_model.parametrization == "mup":  # which μP rules its LRs mean (--transfer-from checks them)
+        tags = {**tags, tracking.MUP_RULES_TAG: str(MUP_RULES_VERSION)}
     run_id, resumed = store.find_or_create_run(exp_id, cfg.name, tags)
     if not resumed:
-        model_cfg = cfg.model_config()
+        model_cfg = cfg.resolved_model
         model = {**dataclasses.asdict(model_cfg), "crosses_patches": model_cfg.crosses_patches}
         store.log_params(run_id, {**flatten(cfg.to_dict()), **{f"resolved_model.{k}": v for k, v in model.items()},
                                   **stats})
@@ -128,13 +141,14 @@ def _start_mlflow_run(cfg: TrainConfig, uri: str, workdir: Path, parent_run_id: 
     return run_id
 
 
-def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None) -> None:
+def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None, *, step: int) -> None:
+    """Replay what the workers spooled, log the exported weights as the run's MLflow model (or tag the run
+    that it was not logged), and end the run."""
     spool = tracking.RunLogger(uri, run_id, workdir / "spool")
     try:
-        if export:
-            for name in ("model.safetensors", "model.json"):
-                spool.artifact(export / name, "model")
         left_clean = spool.flush()
+        if export:
+            spool.model(export, log_arguments(export), step=step)
         spool.store.close(run_id, "FINISHED")
     except Exception as exc:  # noqa: BLE001 (the weights are on disk; tracking may be down)
         log.warning("could not finish MLflow run %s (%s); records stay in %s", run_id, exc, spool.spool)
@@ -143,11 +157,42 @@ def _finish_mlflow_run(uri: str, run_id: str, workdir: Path, export: Path | None
         log.warning("MLflow records of run %s could not all be sent; they are kept in %s", run_id, spool.spool)
 
 
+def _timeline(entered: float, fit_called: float, fit_done: float, worker: dict[str, float] | None,
+              in_tune: bool) -> dict[str, float]:
+    """Where the run's wall time went, in seconds: the `time/*` metrics (bench/study_overhead.py reads them).
+    `worker` holds rank 0's stamps (`worker.train_loop_per_worker`); on a cluster, ray_start and teardown
+    also hold the clock difference between the driver's node and rank 0's."""
+    out = {"time/prestart_s": fit_called - entered}  # checks, datasets, the MLflow run
+    if in_tune:  # Tune starts a process per trial, which imports the platform before it calls fit_run
+        out["time/trial_setup_s"] = entered - psutil.Process().create_time()
+    if worker:
+        out.update({
+            "time/ray_start_s": worker["started"] - fit_called,  # Train controller, placement, worker process
+            "time/worker_setup_s": worker["loop"] - worker["started"],  # imports, torch.distributed
+            "time/engine_init_s": worker["engine"] - worker["loop"],  # model, engine, EMA
+            "time/data_open_s": worker["data"] - worker["engine"],
+            "time/tracking_init_s": worker["tracking"] - worker["data"],  # MLflow logger, tags, node ids
+            "time/steps_s": worker["ended"] - worker["tracking"] - worker["validation_s"] - worker["checkpoint_s"],
+            "time/validation_s": worker["validation_s"],
+            "time/checkpoint_s": worker["checkpoint_s"],  # engine save, weights files, integrity, Ray report
+            "time/teardown_s": fit_done - worker["ended"],  # Ray Train noticing the end, stopping the workers
+        })
+    out["time/export_s"] = time.time() - fit_done
+    return out
+
+
+def _log_timeline(uri: str, run_id: str, step: int, values: dict[str, float]) -> None:
+    try:
+        tracking.Store(uri).log_metrics(run_id, values, step, int(time.time() * 1000))
+    except Exception as exc:  # noqa: BLE001 (timings are a diagnostic; tracking may be down)
+        log.warning("could not log the timeline of MLflow run %s: %s", run_id, exc)
+
+
 def _end_mlflow_run(uri: str, run_id: str, status: str) -> None:
     """Mark a run ended unless something already closed it."""
     try:
         tracking.Store(uri).end_if_running(run_id, status)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 (the run's own failure is the error to raise; tracking may be down)
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
 
 
@@ -190,14 +235,11 @@ def _export(result, target: Path) -> Path | None:
              if fs.get_file_info(f"{root}/{n}").type == pafs.FileType.File]
     if "model.safetensors" not in names:
         return None
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in names:
-        with fs.open_input_stream(f"{root}/{name}") as src, open(tmp / name, "wb") as dst:
-            shutil.copyfileobj(src, dst, 2**22)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        for name in names:
+            with fs.open_input_stream(f"{root}/{name}") as src, open(tmp / name, "wb") as dst:
+                shutil.copyfileobj(src, dst, 2**22)
     return target
 
 

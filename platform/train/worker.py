@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import ray
 import ray.train
 import torch
@@ -41,6 +42,9 @@ FAULT_WAIT_S = 120.0  # how long the hook waits for Ray Train to register this w
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Returns {"metrics": the last report's metrics, "timeline": when each start-up phase ended (Unix
+    seconds) and the seconds spent validating and checkpointing}, which `fit.fit_run` logs as `time/*`."""
+    marks = {"started": psutil.Process().create_time(), "loop": time.time()}  # the worker process, this call
     # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates: noise, not a problem of ours.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
@@ -58,14 +62,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(cfg.seed + rank)  # drop-path and the `random` mixer differ per rank, reproducibly
 
     # ---- model, engine, EMA, data -------------------------------------------------------------------
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.resolved_model
     engine = make_engine(cfg, build(model_cfg).to(device), device, rank)
     ema = EMA(engine.module, cfg.optim.ema_decay, keep=rank == 0 and cfg.optim.ema_decay > 0,
               gathered=engine.gathered)
+    marks["engine"] = time.time()
     reader = make_train_reader(cfg.data.train, degrade=cfg.data.degrade, mixture=cfg.data.mixture, rank=rank,
                                world_size=world, batch_size=cfg.data.batch_size, lq_patch=cfg.data.lq_patch,
                                seed=cfg.seed, augment=cfg.data.augment)  # one set, online, or a task mixture
     mix = {}  # samples per task since the last log (a mixture's batch composition, batch_frac/<task>)
+    marks["data"] = time.time()
     logger = RunLogger(tracking_uri, run_id, spool_dir) if rank == 0 and run_id else None
     nodes = _worker_nodes(world)  # a collective: every rank takes part
     if logger:
@@ -73,6 +79,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     if logger and cfg.tracking.system_metrics_s > 0:
         logger.start_system_metrics(cfg.tracking.system_metrics_s)
     loss_fn = _losses[cfg.optim.loss]
+    marks["tracking"] = time.time()
+    spent = {"validation_s": 0.0, "checkpoint_s": 0.0}
 
     # ---- resume --------------------------------------------------------------------------------------
     step, state = 0, {}
@@ -83,7 +91,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             logger.tags({RESUMED_TAG: str(step), SKIPPED_TAG: ",".join(skipped_ckpts)})
     bad_in_a_row, skipped = state.get("bad_in_a_row", 0), state.get("skipped", 0)
     ema.updates = state.get("ema_updates", 0)
-    window, since_eval = _Window(), _Window()  # reset at each log / at each eval
+    since_log, since_eval = _StepSums(), _StepSums()  # reset at each log / at each eval
     final: dict[str, Any] = {}
 
     # ---- loop ----------------------------------------------------------------------------------------
@@ -103,8 +111,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             grad_norm = engine.step()
             ema.update(engine.module)
             bad_in_a_row = 0
-            for w in (window, since_eval):
-                w.add(loss.item(), grad_norm, t_data, time.perf_counter() - t0, lq.shape[0] * world)
+            for sums in (since_log, since_eval):
+                sums.add(loss.item(), grad_norm, t_data, time.perf_counter() - t0, lq.shape[0] * world)
         else:
             engine.skip()
             bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
@@ -114,24 +122,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         step += 1
 
         if logger and (step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps):
-            logger.metrics({**window.summary(), "step": step, "lr": engine.lr(), "skipped_steps": skipped,
+            logger.metrics({**since_log.summary(), "step": step, "lr": engine.lr(), "skipped_steps": skipped,
                             "peak_mem_mb": _peak_mem_mb(device),
                             **{f"batch_frac/{t}": n / max(sum(mix.values()), 1) for t, n in mix.items()}}, step)
-            window.reset()
+            since_log.reset()
             mix = {}
 
         if step % cfg.eval.every == 0 or step == cfg.optim.max_steps:
             metrics = {"step": step, "loss": since_eval.mean_loss(), "skipped_steps": skipped}
             since_eval.reset()
+            t_eval = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="hiir-ckpt-") as tmp:
                 tmp = Path(tmp)
                 _maybe_fault("save", rank, step)
                 engine.save(tmp, {"step": step, "bad_in_a_row": bad_in_a_row, "skipped": skipped,
                                    "ema_updates": ema.updates})
+                t_val = time.perf_counter()
                 weights = _eval_weights(cfg, ema, engine)  # all ranks: a ZeRO-3 gather is a collective
                 _maybe_fault("validate", rank, step)
                 model = _eval_model(model_cfg, weights, device, world)  # rank 0's weights, on every rank
                 metrics.update(_validate(cfg, model, logger, final=step == cfg.optim.max_steps, shard=(rank, world)))
+                spent["validation_s"] += time.perf_counter() - t_val
                 if rank == 0:
                     _write_rank0_files(tmp, cfg, model_cfg, model, ema, step)
                 del model
@@ -141,12 +152,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                         logger.metrics({k: v for k, v in metrics.items() if k not in ("step", "loss")}, step)
                 has_files = any(tmp.iterdir())
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
+            spent["checkpoint_s"] += time.perf_counter() - t_eval
             final = metrics
+    spent["checkpoint_s"] -= spent["validation_s"]
 
     if logger:
         logger.stop_system_metrics()
         logger.flush()
-    return final
+    return {"metrics": final, "timeline": {**marks, **spent, "ended": time.time()}}
 
 
 # ---------------------------------------------------------------- helpers
@@ -164,8 +177,8 @@ def _to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
-class _Window:
-    """Running sums between two logs."""
+class _StepSums:
+    """Running sums of the steps' loss, grad norm, data wait, step time and images, since the last reset."""
 
     def __init__(self) -> None:
         self.reset()
