@@ -27,7 +27,7 @@ import time
 
 CHILD = """
 import json, sys, time
-import torch
+from pathlib import Path
 from hiir.models import build, solve
 from hiir.platform import tracking
 from hiir.platform.config import load_config

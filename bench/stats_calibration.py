@@ -16,7 +16,8 @@ The lines:
     trend      size means on a known slope per doubling plus per-size departures, through `sizes.size_trend`:
                how often its 95% interval covers the slope (target >= 0.93)
     heldout    a true law L(N) = a N^-alpha + c with 5 sizes, through `sizes.held_out`: how often the measured
-               held-out size mean falls inside its 95% prediction interval (target >= 0.90)
+               held-out size mean falls inside its 95% prediction interval (target >= 0.90), and how often the
+               report says the law predicts (its power; reported, no target)
     law        a flat truth (no size effect) with 5 sizes, through `sizes.held_out`: how often the report would
                say the law predicts (target <= 0.10)
     transfer   a known drift of the best LR with 3 seeds, through `transfer.analyse_transfer`: how often the
@@ -133,14 +134,17 @@ def transfer_study(rng: np.random.Generator, seeds: int, drift: float = -0.5) ->
 # ------------------------------------------------------------------------------------------- the run
 
 
-def _rate(name: str, studies: int, draw: Callable[[np.random.Generator], bool | None], rng: np.random.Generator,
-          rows: list[tuple[str, int, int, float]]) -> float:
-    results = [draw(rng) for _ in range(studies)]
+def _row(name: str, results: list[bool | None]) -> float:
+    """Print one line of the table: the rate over the studies that gave a verdict (None: no interval)."""
     judged = [r for r in results if r is not None]
     rate = float(np.mean(judged)) if judged else math.nan
-    rows.append((name, studies, len(judged), rate))
-    print(f"{name:<46} {studies:>7} {len(judged):>7} {rate:>7.3f}", flush=True)
+    print(f"{name:<58} {len(results):>7} {len(judged):>7} {rate:>7.3f}", flush=True)
     return rate
+
+
+def _rate(name: str, studies: int, draw: Callable[[np.random.Generator], bool | None],
+          rng: np.random.Generator) -> float:
+    return _row(name, [draw(rng) for _ in range(studies)])
 
 
 def main() -> None:
@@ -149,20 +153,22 @@ def main() -> None:
     args = parser.parse_args()
     per_line, per_law = (200, 50) if args.quick else (2000, 500)
     rng = np.random.default_rng(SEED)
-    rows: list[tuple[str, int, int, float]] = []
     start = time.time()
-    print(f"{'line':<46} {'studies':>7} {'judged':>7} {'rate':>7}")
+    print(f"{'line':<58} {'studies':>7} {'judged':>7} {'rate':>7}")
     fwer = [_rate(f"effects: null, {lv} levels x {s} seeds x {c} contexts, any real", per_line,
-                  lambda r, lv=lv, s=s, c=c: effects_study(r, lv, s, c), rng, rows)
+                  lambda r, lv=lv, s=s, c=c: effects_study(r, lv, s, c), rng)
             for lv in (4, 6) for s in (2, 3) for c in (1, 3)]
     trend = [_rate(f"trend: {k} sizes x {s} seeds, 95% interval covers", per_line,
-                   lambda r, k=k, s=s: trend_study(r, k, s), rng, rows) for k, s in ((4, 2), (6, 3))]
-    heldout = [_rate(f"law: true, 5 sizes x {s} seeds, held-out inside", per_law,
-                     lambda r, s=s: law_study(r, s, flat=False)[0], rng, rows) for s in (2, 3)]
+                   lambda r, k=k, s=s: trend_study(r, k, s), rng) for k, s in ((4, 2), (6, 3))]
+    heldout = []
+    for s in (2, 3):
+        studies = [law_study(rng, s, flat=False) for _ in range(per_law)]
+        heldout.append(_row(f"law: true, 5 sizes x {s} seeds, held-out inside", [i for i, _ in studies]))
+        _row(f"law: true, 5 sizes x {s} seeds, 'predicts' (power, reported)", [p for _, p in studies])
     false_predicts = [_rate(f"law: flat, 5 sizes x {s} seeds, 'predicts'", per_law,
-                            lambda r, s=s: law_study(r, s, flat=True)[1], rng, rows) for s in (2, 3)]
+                            lambda r, s=s: law_study(r, s, flat=True)[1], rng) for s in (2, 3)]
     transfer = [_rate("transfer: drift -0.5, 3 seeds, 95% interval covers", per_line,
-                      lambda r: transfer_study(r, 3), rng, rows)]
+                      lambda r: transfer_study(r, 3), rng)]
     print(f"wall time {time.time() - start:.0f} s")
     print(f"calibration: fwer={max(fwer):.3f} trend_coverage={min(trend):.3f} heldout_coverage={min(heldout):.3f} "
           f"transfer_coverage={min(transfer):.3f} law_false_predicts={max(false_predicts):.3f}")

@@ -161,10 +161,6 @@ class TrainConfig:
         this as the `resolved_model.*` params."""
         return resolve_model(self.model)
 
-    def model_config(self) -> HiIRConfig:
-        """The resolved model, for callers outside the platform (`resolved_model` is the attribute)."""
-        return self.resolved_model
-
     def with_values(self, values: dict[str, Any]) -> TrainConfig:
         """A copy with dotted keys set (`{"optim.lr": 1e-3, "data.val": [...]}`), validated again as a whole;
         with no `model.*` key among them it carries the resolved model over instead of solving it again."""

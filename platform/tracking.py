@@ -13,7 +13,7 @@
 - A finished run's weights become an MLflow model (`Store.log_model`), linked to the run, so the experiment's
   Models tab lists it; a study's best is registered as `hiir-<study>` (`Store.register`). When MLflow is
   down at the end of a run, the run is tagged (through the spool) that its model was not logged.
-- Experiments are tagged as training experiments, so the UI opens them on their runs table.
+- Experiments are tagged as training experiments (`mlflow.experimentKind`).
 - The tag names below are the MLflow layout the README documents; no other module spells them.
 """
 from __future__ import annotations
@@ -72,8 +72,8 @@ TRANSFER_PARAMETRIZATION_TAG = "hiir.transfer_parametrization"  # on a study run
 TRANSFER_BASE_DIM_TAG = "hiir.transfer_base_dim"  # the width they were found at (μP: the source's mup_base_dim)
 MUP_RULES_TAG = "hiir.mup_rules"  # on a μP run (and a study run given μP values): models.mup.MUP_RULES_VERSION
 MODEL_TAG = "hiir.model"  # on a run: "models:/<model id>" of its logged model, or "not logged: <why>; <weights>"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the UI opens an experiment on; untagged, it guesses GenAI
-TRAINING_KIND = "custom_model_development"  # MLflow 3's kind for model training: the runs table
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's experiment kind (3.17's UI follows its own switch)
+TRAINING_KIND = "custom_model_development"  # the kind for model training
 METRIC_TAG = "hiir.metric"  # on a registered version: the study's metric, its value and mode, "val_psnr=21.3 (max)"
 STUDY_RUN_TAG = "hiir.study_run"  # on a registered version: the study run it is the best trial of
 MODEL_NAME = "model"  # a run's logged model when its run name cannot name it
@@ -320,11 +320,6 @@ class Store:
         outputs = run.outputs.model_outputs if run.outputs else []
         return max(outputs, key=lambda o: o.step).model_id if outputs else None
 
-    def model_versions(self, name: str) -> list:
-        """The versions of registered model `name`, newest first; none when it does not exist."""
-        found = locked_retry(self._client.search_model_versions, f"name = '{name}'")
-        return sorted(found, key=lambda v: int(v.version), reverse=True)
-
 
 @contextlib.contextmanager
 def _fluent_tracking_uri(uri: str):
@@ -387,8 +382,8 @@ class RunLogger:
             self.store.log_model(self.run_id, arguments, step=step)
             return True
         except Exception as exc:  # noqa: BLE001 (the weights are on disk; tracking may be down)
-            reason = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:200]}" if str(exc).strip() \
-                else exc.__class__.__name__
+            first = str(exc).strip().splitlines()
+            reason = f"{exc.__class__.__name__}: {first[0][:200]}" if first else exc.__class__.__name__
             log.warning("MLflow model of run %s not logged (%s); the weights stay in %s", self.run_id, reason,
                         export_dir)
             self.tags({MODEL_TAG: f"not logged: {reason}; the weights are in {export_dir}"})

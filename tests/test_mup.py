@@ -97,8 +97,8 @@ def test_the_engine_gets_the_groups_and_reports_the_base_lr():
     train = load_config({"model": {"family": "tiny", "params": "0.327M", "parametrization": "mup",
                                    "mup_base_dim": BASE},
                          "optim": {"lr": LR, "weight_decay": WD, "warmup_steps": 0}, "engine": {"kind": "ddp"}})
-    assert train.model_config().dim == 64
-    engine = make_engine(train, build(train.model_config()), torch.device("cpu"), 0)
+    assert train.resolved_model.dim == 64
+    engine = make_engine(train, build(train.resolved_model), torch.device("cpu"), 0)
     # decayed x1 (the input conv, L3's depthwise, the fixed upsampler and position-bias MLP), decayed x1/2 (hidden,
     # readout), not decayed x1 (biases, norms)
     assert [g["lr"] for g in engine.optimizer.param_groups] == pytest.approx([LR, LR / 2, LR])
@@ -176,7 +176,7 @@ def losses(kind, parametrization):
                        "optim": {"lr": 2e-3, "weight_decay": 0.01, "warmup_steps": 3, "max_steps": 20},
                        "engine": {"kind": kind, "zero_stage": 2}})
     torch.manual_seed(0)
-    e = make_engine(cfg, build(cfg.model_config()), torch.device("cpu"), 0)
+    e = make_engine(cfg, build(cfg.resolved_model), torch.device("cpu"), 0)
     out = []
     for i in range(20):
         g = torch.Generator().manual_seed(i)
@@ -209,11 +209,11 @@ def test_standard_is_todays_model_and_optimizer():
            "engine": {"kind": "ddp"}}
     explicit = load_config({**raw, "model": {"preset": "tiny_x2", "parametrization": "standard"}})
     absent = load_config(raw)
-    assert absent.model_config() == explicit.model_config()
+    assert absent.resolved_model == explicit.resolved_model
     torch.manual_seed(0)
-    model = build(absent.model_config())
+    model = build(absent.resolved_model)
     torch.manual_seed(0)
-    twin = build(explicit.model_config())
+    twin = build(explicit.resolved_model)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
 
     groups = _param_groups(model, WD, 2e-3)
@@ -226,7 +226,7 @@ def test_standard_is_todays_model_and_optimizer():
 
     engine = make_engine(explicit, twin, torch.device("cpu"), 0)
     torch.manual_seed(0)
-    plain = build(absent.model_config())
+    plain = build(absent.resolved_model)
     opt = torch.optim.AdamW([{"params": [p for n, p in plain.named_parameters() if p.ndim > 1 and n not in skip],
                               "weight_decay": WD},
                              {"params": [p for n, p in plain.named_parameters() if p.ndim <= 1 or n in skip],
@@ -284,7 +284,7 @@ def engine(kind):
                        "optim": {"lr": 2e-3, "weight_decay": 0.01, "warmup_steps": 3, "max_steps": 9},
                        "engine": {"kind": kind, "zero_stage": 2}})
     torch.manual_seed(0)
-    return make_engine(cfg, build(cfg.model_config()), torch.device("cpu"), 0)
+    return make_engine(cfg, build(cfg.resolved_model), torch.device("cpu"), 0)
 
 def groups(e):
     return [{"n": sum(p.numel() for p in g["params"]), **{k: g[k] for k in ("lr", "weight_decay", "lr_scale")}}

@@ -131,6 +131,12 @@ def test_five_sizes_give_a_law_and_a_held_out_line_that_the_study_run_and_result
     assert results["quantity"] == "val_psnr" and len(results["trials"]) == 10
     assert law["law"].startswith("law on 5 size means") and law["size_count"] == "body"
     assert law["held_out"]["measured_psnr"] == pytest.approx(metrics["heldout_measured_psnr"])
+    # one quantity: the held-out value and every size mean are means of the trials' val_psnr, the table's column
+    largest = [t["metrics"]["val_psnr"] for t in results["trials"] if t["n_params"] == 815_600]
+    assert law["held_out"]["measured_psnr"] == pytest.approx(np.mean(largest))
+    for size in law["sizes"]:
+        same = [t["metrics"]["val_psnr"] for t in results["trials"] if t["n_params"] == size["params"]]
+        assert size["psnr"] == pytest.approx(np.mean(same)) and size["size"] == size["body"]
     assert store.get_run(parent).data.tags[LAW_TAG] == law["law"]
 
 

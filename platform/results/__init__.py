@@ -1,9 +1,12 @@
 """Answering a study: what its finished trials say, read back from MLflow (the source of truth).
 
     trials    `Trial` and `collect_trials`: every trial run under a study run, read once
-    noise     seed noise: mean ± sd per cell over seeds, and each axis's effect paired by seed and val image
-    scaling   the saturating power-law fit L(N) = a N^-alpha + c with bootstrap intervals; the held-out check
-    analysis  the answer computed once: baseline, effects, size laws and trends, budgets, early stops
+    noise     seed noise: mean ± sd per cell over seeds; each axis's levels against its reference, paired by
+              seed and val image, with Dunnett's family-wise control and each level's own interval
+    scaling   the saturating power-law fit L(N) = a N^-alpha + c with bootstrap intervals (N_BOOT draws)
+    sizes     the size axis on size means: the trend with its lack of fit, the law's held-out check against
+              naive predictors (5+ sizes), the best size at a compute budget
+    analysis  the answer computed once: baseline, effects, size trends and laws, budgets, early stops
     transfer  `kind: transfer`: the best LR per width and its drift per width doubling; `from_study` for
               `hiir study run --transfer-from`
     markdown  the answer in words and tables

@@ -13,7 +13,8 @@
   the trend per doubling, and with `sizes.LAW_MIN_SIZES`+ sizes the law L(N) = a N^-alpha + c and the largest
   size held out (`sizes`); below that, "no law: N sizes". Preset or ablation axes that happen to change the
   count (depth, layout) are not a size axis and are never fitted.
-- **Budgets**: with `budget.flops`, the best size per budget (IsoFLOP: `sizes.best_size`).
+- **Budgets**: with `budget.flops`, the best size per budget (IsoFLOP: `sizes.best_size`), and no size law
+  (at fixed compute PSNR against size is U-shaped, not a monotone law).
 - **Early stops**: which trials the scheduler stopped, where, and against whom (tags of `GroupedASHA`).
 """
 from __future__ import annotations
@@ -136,8 +137,10 @@ def analyse(trials: list[Trial], *, parent_metrics: dict[str, float], parent_tag
 
 
 def size_laws(done: list[Trial]) -> list[SizeLaw]:
-    """Per context (the axes other than size and seed), the size sweep within a family."""
-    family = [t for t in done if SIZE_AXIS in t.axes and t.params.get("model.family") and t.n_params]
+    """Per context (the axes other than size and seed), the size sweep within a family. Not at a compute budget:
+    there PSNR against size is U-shaped, and `budget_table` answers with the best size."""
+    family = [t for t in done if SIZE_AXIS in t.axes and BUDGET_AXIS not in t.axes and t.params.get("model.family")
+              and t.n_params]
     contexts: dict[tuple, list[Trial]] = defaultdict(list)
     for t in family:
         contexts[tuple(sorted((k, v) for k, v in t.axes.items() if k not in (SIZE_AXIS, SEED_AXIS)))].append(t)

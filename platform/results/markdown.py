@@ -95,7 +95,7 @@ def answer(a: Analysis) -> list[str]:
     elif a.effects:
         out.append("No replicate seeds: no difference here can be told from seed noise (add `seeds: K`).")
     for budget, best in a.budgets:
-        out.append(f"At {budget:.3g} training FLOPs (body parameters), {best.words}.")
+        out.append(f"At {budget:.3g} training FLOPs (sizes in body parameters), {best.words}.")
     if a.stops:
         out.append(f"{len(a.stops)} trial(s) stopped early, each compared only with trials of its own size and budget "
                    "(see Early stopping).")

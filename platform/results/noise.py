@@ -251,16 +251,10 @@ def _judge(axis: str, ref: Any, by_level: dict[Any, list[tuple[Key, Any, float, 
            ) -> list[AxisEffect]:
     """One axis's family of comparisons with the reference (see the module docstring)."""
     levels = list(by_level)
-    seeds = sorted({p[1] for pairs in by_level.values() for p in pairs}, key=str)
-    table = np.full((len(levels), len(seeds)), np.nan)  # per level and seed: the mean difference over contexts
-    for i, level in enumerate(levels):
-        per_seed: dict[Any, list[float]] = {}
-        for _context, seed, diff, _on_means in by_level[level]:
-            per_seed.setdefault(seed, []).append(diff)
-        for seed, diffs in per_seed.items():
-            table[i, seeds.index(seed)] = float(np.mean(diffs))
+    table = _seed_table(by_level)
     counts = np.isfinite(table).sum(axis=1)
-    means = np.array([np.nanmean(row) if n else math.nan for row, n in zip(table, counts)])
+    own_mean = np.array([np.nanmean(row) if n else math.nan for row, n in zip(table, counts)])
+    means = own_mean.copy()
     own_sd = np.array([np.nanstd(row, ddof=1) if n > 1 else math.nan for row, n in zip(table, counts)])
     own_half = np.array([float(stats.t.ppf(0.5 + ci / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
                          for sd, n in zip(own_sd, counts)])
@@ -278,7 +272,8 @@ def _judge(axis: str, ref: Any, by_level: dict[Any, list[tuple[Key, Any, float, 
     out = []
     for i, level in enumerate(levels):
         pairs = by_level[level]
-        ci_db, own_ci = (means[i] - half[i], means[i] + half[i]), (means[i] - own_half[i], means[i] + own_half[i])
+        ci_db = (means[i] - half[i], means[i] + half[i])
+        own_ci = (own_mean[i] - own_half[i], own_mean[i] + own_half[i])
         if counts[i] < 2 or not math.isfinite(half[i]):
             verdict, ci_db, own_ci = NO_REPLICATES, (math.nan, math.nan), (math.nan, math.nan)
         else:
@@ -290,6 +285,20 @@ def _judge(axis: str, ref: Any, by_level: dict[Any, list[tuple[Key, Any, float, 
                               tuple(float(v) for v in own_ci), float(max(half[i], own_half[i])), dof, m,
                               bool(unequal[i]), pooled_sd))
     return out
+
+
+def _seed_table(by_level: dict[Any, list[tuple[Key, Any, float, bool]]]) -> np.ndarray:
+    """Levels x seeds: each level's difference from the reference averaged over the contexts of that seed (NaN
+    where the seed has no pair for the level). The seed is the unit: its contexts share its batches."""
+    seeds = sorted({p[1] for pairs in by_level.values() for p in pairs}, key=str)
+    table = np.full((len(by_level), len(seeds)), np.nan)
+    for i, pairs in enumerate(by_level.values()):
+        per_seed: dict[Any, list[float]] = {}
+        for _context, seed, diff, _on_means in pairs:
+            per_seed.setdefault(seed, []).append(diff)
+        for seed, diffs in per_seed.items():
+            table[i, seeds.index(seed)] = float(np.mean(diffs))
+    return table
 
 
 def _unequal(own_sd: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -25,9 +25,13 @@ class EMA:
         self.updates = 0
         if decay <= 0:
             return  # EMA off on every rank alike: no gather at all
+        # The engines keep these parameter objects for the whole run (ZeRO repoints their data, and gathers
+        # under ZeRO-3 fill them in place): listed once, not by walking the module tree at every step.
+        self._module, self._params = module, [p for _, p in _params(module)]
         with self.gathered():
             if keep:
                 self.shadow = {k: v.detach().float().clone() for k, v in _params(module)}
+        self._targets = list(self.shadow.values())
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
@@ -38,8 +42,10 @@ class EMA:
                 return
             self.updates += 1
             decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-            params = [p.detach().float() for _, p in _params(module)]
-            torch._foreach_lerp_(list(self.shadow.values()), params, 1.0 - decay)
+            params = self._params if module is self._module else [p for _, p in _params(module)]
+            if any(p.dtype != torch.float32 for p in params):
+                params = [p.float() for p in params]
+            torch._foreach_lerp_(self._targets, params, 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.cpu() for k, v in self.shadow.items()}  # `updates` travels in the checkpoint's client state
@@ -50,6 +56,7 @@ class EMA:
             raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
         if self.keep:
             self.shadow = {k: state[k].to(v.device, torch.float32).clone() for k, v in self.shadow.items()}
+            self._targets = list(self.shadow.values())
 
 
 def _params(module: nn.Module):
