@@ -66,6 +66,7 @@ WORKER_NODES_TAG = "hiir.worker_nodes"  # where the ranks run: "rank0=<Ray node 
 VAL_IMAGES = "val_images.json"  # artifact of a trial: its final headline PSNR per val image, per set
 BASELINE_TAG = "hiir.baseline"  # on a study run: what its baseline_* metrics score (bicubic, or the input)
 BASELINE_PREFIX = "baseline/"  # a study run's metrics of the baseline on the val sets: baseline/val/<set>/psnr_y
+LAW_TAG = "hiir.scaling_law"  # on a study run: "no law: N sizes", or what each size law was fitted on
 TRANSFER_FROM_TAG = "hiir.transfer_from"  # on a study run: the small study (and its run, trial) it took values from
 TRANSFER_TAG = "hiir.transfer."  # prefix: one tag per value taken, hiir.transfer.optim.lr = "0.002"
 TRANSFER_PARAMETRIZATION_TAG = "hiir.transfer_parametrization"  # on a study run: the values' parametrization

@@ -19,6 +19,7 @@ import pytest
 
 from hiir.platform.errors import HiirError
 from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, Store, default_tracking_uri
+from hiir.platform.train.checkpoint import verify
 from hiir.platform.train.fit import fit_run
 
 pytestmark = pytest.mark.slow
@@ -46,17 +47,16 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_good_one(workdir
     assert newest.name in run.data.tags[SKIPPED_TAG]
 
 
-@pytest.mark.parametrize("phase, step", [("save", 10), ("validate", 10)])
-def test_worker_killed_while_saving_or_validating_completes(workdir, train_config, tmp_path, monkeypatch, phase, step):
-    cfg = train_config(f"kill-{phase}", max_failures=1)
-    marker = tmp_path / "killed"
-    monkeypatch.setenv("HIIR_FAULT", f"{phase}:{1 if phase == 'save' else 0}:{step}:{marker}")
+def test_worker_killed_while_validating_then_while_saving_completes(workdir, train_config, tmp_path, monkeypatch):
+    # One run, two faults: rank 0 dies validating at step 10 (no checkpoint yet: the retry starts over),
+    # then rank 1 dies writing the step-20 checkpoint (the retry resumes from step 10).
+    cfg = train_config("kill-validate-save", max_failures=2)
+    markers = {phase: tmp_path / f"killed-{phase}" for phase in ("validate", "save")}
+    monkeypatch.setenv("HIIR_FAULT", f"validate:0:10:{markers['validate']};save:1:20:{markers['save']}")
     result = fit_run(cfg, workdir=workdir)
-    assert marker.exists() and result.metrics["step"] == 20
+    assert all(m.exists() for m in markers.values()) and result.metrics["step"] == 20
     # Whatever was half-written when the worker died is refused by its integrity record, never used.
-    from hiir.platform.train.checkpoint import verify
-
-    ckpts = _checkpoints(workdir / "ray_results", f"kill-{phase}")
+    ckpts = _checkpoints(workdir / "ray_results", "kill-validate-save")
     assert ckpts, "the run left no checkpoint to check"
     refused = []
     for ckpt in ckpts:

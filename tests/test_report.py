@@ -16,8 +16,9 @@ import torch
 from hiir.models import build, solve
 from hiir.models.networks import pixel_shuffle_params
 from hiir.platform import tracking
-from hiir.platform.results.report import LAW_TAG, write_report
+from hiir.platform.results.report import write_report
 from hiir.platform.results.trials import Trial
+from hiir.platform.tracking import LAW_TAG
 
 SIZES = {"0.05M": 50_730, "0.1M": 101_900, "0.2M": 203_900, "0.4M": 407_800}
 DIMS = {50_730: 10, 101_900: 28, 203_900: 47, 407_800: 72, 815_600: 104}  # the tiny family's widths, upsampler 32

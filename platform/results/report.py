@@ -25,8 +25,6 @@ from hiir.platform.results.scaling import mse_to_psnr
 from hiir.platform.results.trials import collect_trials
 from hiir.platform.study.state import find_study, study_dir
 
-LAW_TAG = "hiir.scaling_law"  # on the study run: "no law: N sizes" or what the law was fitted on, per context
-
 
 def report_study(ref: str, *, workdir: Path) -> Path:
     """Report for a study given by directory or name (the latest run of that name in `workdir`)."""
@@ -69,7 +67,7 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
         store.log_artifact(parent_run_id, path, "report")
     store.log_metrics(parent_run_id, headline_metrics(analysis), 0, int(time.time() * 1000))
     if analysis.laws:
-        store.set_tags(parent_run_id, {LAW_TAG: "; ".join(
+        store.set_tags(parent_run_id, {tracking.LAW_TAG: "; ".join(
             (f"{', '.join(f'{k}={v}' for k, v in law.context.items())}: " if law.context else "") + law.law_words
             for law in analysis.laws)})
     return report

@@ -37,7 +37,7 @@ from hiir.platform.train.checkpoint import candidates, verify, write_integrity
 from hiir.platform.train.ema import EMA
 from hiir.platform.train.engine import all_ranks_finite, make_engine
 
-FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE" sends SIGKILL once (tests/test_train.py)
+FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE[;...]" sends SIGKILL once each (tests)
 FAULT_WAIT_S = 120.0  # how long the hook waits for Ray Train to register this worker's reports before it kills
 
 
@@ -289,11 +289,9 @@ def _maybe_fault(phase: str, rank: int, step: int) -> None:
     returns; a kill before that loses the report, and resume falls back to the checkpoint before. So the
     hook first waits until every report of this worker is registered (and the run's snapshot written):
     a resume then starts from the last checkpoint reported before the kill."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    want_phase, want_rank, want_step, marker = spec.split(":")
-    if (phase, rank, step) != (want_phase, int(want_rank), int(want_step)) or os.path.exists(marker):
+    faults = [f.split(":") for f in os.environ.get(FAULT_ENV, "").split(";") if f]
+    marker = next((m for p, r, s, m in faults if (p, int(r), int(s)) == (phase, rank, step)), None)
+    if marker is None or os.path.exists(marker):
         return
 
     t0 = time.monotonic()
