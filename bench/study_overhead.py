@@ -285,7 +285,8 @@ def main() -> None:
                          "study_self_ms": 1000 * self_t, "ratio_wall": wall / bare, "ratio_self": self_t / bare}
         s = per_size[key]
         params = mine[0]["num_params"] if mine else float("nan")
-        print(f"{key:>7s} {params / 1e6:7.3f}M {s['bare_ms']:8.1f}ms {s['bare_before_ms']:7.1f},{s['bare_after_ms']:7.1f} "
+        print(f"{key:>7s} {params / 1e6:7.3f}M {s['bare_ms']:8.1f}ms "
+              f"{s['bare_before_ms']:7.1f},{s['bare_after_ms']:7.1f} "
               f"{s['study_wall_ms']:8.1f}ms {s['study_self_ms']:6.1f} {s['ratio_wall']:9.3f} {s['ratio_self']:9.3f}")
 
     # ------------------------------------------------------------ per trial
@@ -316,8 +317,9 @@ def main() -> None:
     print(f"time outside the trials: {total_outside:.0f} s (target <= 60 s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in outside.items()))
     worst = max((s["ratio_wall"] for s in per_size.values()), default=float("nan"))
-    print(f"verdicts: step {worst:.2f}x bare at worst (<= 1.15), non-step {_med([t['non_step'] for t in trials]):.1f} s "
-          f"median / {max(t['non_step'] for t in trials):.1f} s max per trial (<= 10, or 15 with the floor), "
+    non_step = [t["non_step"] for t in trials]
+    print(f"verdicts: step {worst:.2f}x bare at worst (<= 1.15), non-step {_med(non_step):.1f} s "
+          f"median / {max(non_step):.1f} s max per trial (<= 10, or 15 with the floor), "
           f"efficiency {efficiency:.2f} (>= 0.75), outside {total_outside:.0f} s (<= 60)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 # name -> (trials at full scale, trials at smoke scale); None: the spec has no smoke scale
 # (smoke.yaml is itself the demo-scale study).
 TRIAL_COUNTS = {
-    "smoke": (8, 8),
+    "smoke": (10, 10),
     "transfer_smoke": (40, 40),              # 4 widths x 5 LRs x standard/mup (kind: transfer)
     "transfer_seeded": (90, None),           # 3 widths x 5 LRs x standard/mup x 3 seeds (kind: transfer)
     "paper/table3_scaling": (12, 8),         # x3: B/L x warmup no/yes x conv1/linear/conv3
@@ -45,7 +45,7 @@ ALL_IN_ONE_SETS = ("SOTS", "Rain100L", "BSD68_s25", "GoPro", "LOL")
 TEST_SETS = ("Set5", "Set14", "BSD100", "Urban100", "Manga109")
 SMOKE_MAX_TRIALS = 8
 # mini studies sized for 2 cores (bench/RESULTS.md): their own trial counts
-DEMOS = {"smoke": 8, "transfer_smoke": 40, "transfer_seeded": 90}
+DEMOS = {"smoke": 10, "transfer_smoke": 40, "transfer_seeded": 90}
 
 
 def spec_names() -> list[str]:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pyarrow.fs as pafs
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -45,10 +44,11 @@ from hiir.platform.train.checks import (
     resolve_datasets,
     synthetic_val_sets,
 )
-from hiir.platform.train.runtime import init_ray, run_storage, worker_env, worker_resources
+from hiir.platform.train.runtime import init_ray, process_started_at, run_storage, worker_env, worker_resources
 from hiir.platform.train.worker import train_loop_per_worker
 
 log = logging.getLogger("hiir.train")
+_returned_at = [0.0]  # when this process's last fit_run returned: Tune may run the next trial in the same process
 
 
 @dataclass
@@ -98,6 +98,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     _log_timeline(uri, run_id, int(metrics.get("step", cfg.optim.max_steps)),
                   _timeline(entered, fit_called, fit_done, returned.get("timeline"), in_tune))
     _finish_mlflow_run(uri, run_id, workdir, export, step=int(metrics.get("step", cfg.optim.max_steps)))
+    _returned_at[0] = time.time()
     return RunResult(cfg.name, run_id, metrics, export)
 
 
@@ -163,8 +164,8 @@ def _timeline(entered: float, fit_called: float, fit_done: float, worker: dict[s
     `worker` holds rank 0's stamps (`worker.train_loop_per_worker`); on a cluster, ray_start and teardown
     also hold the clock difference between the driver's node and rank 0's."""
     out = {"time/prestart_s": fit_called - entered}  # checks, datasets, the MLflow run
-    if in_tune:  # Tune starts a process per trial, which imports the platform before it calls fit_run
-        out["time/trial_setup_s"] = entered - psutil.Process().create_time()
+    if in_tune:  # from the trial's process start (its imports), or from its previous trial's end
+        out["time/trial_setup_s"] = entered - max(process_started_at(), _returned_at[0])
     if worker:
         out.update({
             "time/ray_start_s": worker["started"] - fit_called,  # Train controller, placement, worker process

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
+import psutil
 import ray
 
 from hiir.platform.config import TrainConfig
@@ -21,8 +23,12 @@ from hiir.platform.config import TrainConfig
 # Fixed thresholds keep freed memory for the next step; a worker's RSS stays at its peak, as it would anyway.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**35), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
 
+# The embedded instance's Ray settings (why: `init_ray`). They are set in the environment before Ray starts,
+# so every Ray process inherits them: the raylet's, and Ray Train's, which Ray Train hands on from whichever
+# process creates a TorchTrainer (the CLI, or a study's trial) to its controller.
 LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_prestart_worker_first_driver": "0",
-                 "RAY_enable_worker_prestart": "0"}
+                 "RAY_enable_worker_prestart": "0",
+                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def worker_env() -> dict[str, str]:
@@ -47,7 +53,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         # On a small machine whose cores the training worker holds, every other Ray process that wakes
         # preempts a torch thread and stalls its parallel region (bench/RESULTS.md, "training overhead"):
         # run workers at normal priority (Ray nices them to 15) and start no idle workers ahead of need
-        # (each wakes ~150 times a second; together they cost a bare loop 3-8% on 2 cores).
+        # (each wakes ~150 times a second; together they cost a bare loop 3-8% on 2 cores). Ray Train
+        # starts a preemption watcher per run (a process polling for node drains, which one machine never
+        # has; its start costs ~2 CPU-seconds a trial), and polls its workers every 2 s: a run's end is
+        # seen up to 2 s late, at every trial; 0.5 s costs a poll call four times a second.
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
         # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
@@ -55,6 +64,17 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING,
                  log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
+
+
+def process_started_at() -> float:
+    """When this process started, in Unix seconds: to the clock tick on Linux (psutil's rounds the boot time
+    to whole seconds), psutil's elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, AttributeError, ValueError, IndexError):
+        return psutil.Process().create_time()
 
 
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import ray
 import ray.train
 import torch
@@ -36,6 +35,7 @@ from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, WORKER_NODES_TAG, R
 from hiir.platform.train.checkpoint import candidates, verify, write_integrity
 from hiir.platform.train.ema import EMA
 from hiir.platform.train.engine import all_ranks_finite, make_engine
+from hiir.platform.train.runtime import process_started_at
 
 FAULT_ENV = "HIIR_FAULT"  # test hook: "PHASE:RANK:STEP:MARKER_FILE[;...]" sends SIGKILL once each (tests)
 FAULT_WAIT_S = 120.0  # how long the hook waits for Ray Train to register this worker's reports before it kills
@@ -44,7 +44,7 @@ FAULT_WAIT_S = 120.0  # how long the hook waits for Ray Train to register this w
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Returns {"metrics": the last report's metrics, "timeline": when each start-up phase ended (Unix
     seconds) and the seconds spent validating and checkpointing}, which `fit.fit_run` logs as `time/*`."""
-    marks = {"started": psutil.Process().create_time(), "loop": time.time()}  # the worker process, this call
+    marks = {"started": process_started_at(), "loop": time.time()}  # the worker process, this call
     # DeepSpeed 0.19 calls torch.distributed APIs that torch 2.13 deprecates: noise, not a problem of ours.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
