@@ -21,12 +21,12 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from hiir.models import count_params
+from hiir.models import count_params, parse_size
 from hiir.platform import tracking
 from hiir.platform.config import TrainConfig, load_config
 from hiir.platform.errors import HiirError
 from hiir.platform.evaluation.evaluate import baseline_name, baseline_scores
-from hiir.platform.study.axes import size_classes
+from hiir.platform.study.axes import WIDTH_AXES, size_classes
 from hiir.platform.study.schedulers import GroupedASHA, journal_path, read_decisions
 from hiir.platform.study.spec import StudySpec, Transferred, check_transfer, find_spec, load_spec, with_profiles
 from hiir.platform.study.state import StudyState, read_state, state_spec, study_dir, write_state
@@ -49,7 +49,10 @@ def param_space(spec: StudySpec, searcher: str = "basic") -> dict[str, Any]:
     space = {}
     for axis in spec.axes:
         if axis.kind == "grid" and searcher == "basic":
-            space[axis.key] = tune.grid_search(axis.values)
+            # Tune starts trials in the grid's order: the largest sizes first, so that the trials still
+            # running when the rest are done are the shortest ones (a sweep ends sooner).
+            values = sorted(axis.values, key=parse_size, reverse=True) if axis.key in WIDTH_AXES else axis.values
+            space[axis.key] = tune.grid_search(values)
         elif axis.kind in ("grid", "choice"):
             space[axis.key] = tune.choice(axis.values)
         else:
