@@ -164,8 +164,9 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
         assert len(steps) == len(set(steps)), steps
 
 
-@pytest.mark.skip(reason="hangs with its one trial PENDING after the ASHA study in the same Ray session "
-                         "(found at the end of the 2026-12-03 session, not yet diagnosed; see that session's note)")
+# Once seen to hang with its one trial PENDING after the other two studies in one Ray session, on a machine at
+# load 20+ (cause unknown); on a quiet machine the three pass in order. The timeout makes a hang a failure.
+@pytest.mark.timeout(300)
 def test_optuna_search_samples_a_continuous_space(workdir, tmp_path):
     from hiir.platform.study.run import run_study
 
