@@ -85,10 +85,9 @@ def collect_trials(tracking_uri: str, parent_run_id: str) -> list[Trial]:
     # Tune numbers its trials in the space's order (..._00000, _00001, ...): the report keeps that order, not
     # the order in which concurrent trials happened to open their runs, except that sizes read smallest
     # first (a sweep runs its largest first, hiir.platform.study.run.param_space).
-    runs = sorted(store.children(parent_run_id), key=lambda r: (r.data.tags.get(tracking.TRIAL_TAG, ""),
-                                                                  r.info.start_time or 0))
-    runs.sort(key=lambda r: [parse_size(v) for k, v in sorted(tracking.trial_axes(r.data.tags).items())
-                             if k in WIDTH_AXES])
+    runs = sorted(store.children(parent_run_id), key=lambda r: (
+        [parse_size(v) for k, v in sorted(tracking.trial_axes(r.data.tags).items()) if k in WIDTH_AXES],
+        r.data.tags.get(tracking.TRIAL_TAG, ""), r.info.start_time or 0))
     for run in runs:
         history = store.history(run.info.run_id, "loss")
         tags = run.data.tags
