@@ -177,3 +177,20 @@ def test_trials_below_the_baseline_and_a_flat_size_curve_are_said_plainly(tmp_pa
     assert "scaling_alpha" not in run.metrics and run.tags[LAW_TAG] == "no law: 4 sizes"
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["sizes"][0]["law"] == "no law: 4 sizes" and results["sizes"][0]["fit"] is None
+
+
+def test_a_law_that_is_not_identified_is_named_so_and_neither_tabulated_plotted_nor_logged(tmp_path):
+    """Five sizes of a flat truth (seed noise only): alpha's fit sits on a bound, so the report names the law
+    unidentified and shows no coefficients, no curve and no scaling_alpha metric (the demo once printed
+    a = 0.0005777 [1e-300, 1.07e+08] and drew its curve)."""
+    five = {**SIZES, "0.8M": 815_600}
+    store, parent = _study(tmp_path, lambda n, att: 33.6, sizes=five)
+    text = write_report(tmp_path / "out", spec=_spec(), tracking_uri=store.uri, parent_run_id=parent).read_text()
+    (size_line,) = [ln for ln in text.split("## Results")[0].splitlines() if ln.startswith("- Size: ")]
+    assert "The law on the 5 size means is not identified (" in size_line, size_line
+    assert "Law on the 5 size means: alpha" not in text and "| coef |" not in text
+    run = store.get_run(parent).data
+    assert "scaling_alpha" not in run.metrics and run.metrics["size_count"] == 5
+    assert run.tags[LAW_TAG] == "law on 5 size means, not identified"
+    (law,) = json.loads((tmp_path / "out" / "results.json").read_text())["sizes"]
+    assert law["fit"]["unidentified"] and law["law"] == "law on 5 size means, not identified"

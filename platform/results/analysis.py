@@ -36,7 +36,16 @@ from hiir.platform.results.noise import (
     seed_noise,
 )
 from hiir.platform.results.scaling import PowerLawFit, fit_power_law, psnr_to_mse
-from hiir.platform.results.sizes import LAW_MIN_SIZES, BestSize, HeldOut, Trend, best_size, held_out, size_trend
+from hiir.platform.results.sizes import (
+    LAW_MIN_SIZES,
+    BestSize,
+    HeldOut,
+    Trend,
+    best_size,
+    held_out,
+    size_trend,
+    unidentified,
+)
 from hiir.platform.results.trials import Trial
 from hiir.platform.study.axes import BUDGET_AXIS, SEED_AXIS, SIZE_AXIS, size_classes
 
@@ -61,12 +70,23 @@ class SizeLaw:
         return all(b["psnr"] > a["psnr"] for a, b in zip(self.sizes, self.sizes[1:]))
 
     @property
+    def unidentified(self) -> tuple[str, ...]:
+        """Why the law on every size mean carries no information (empty when it does, or with no law)."""
+        return () if self.fit is None else unidentified(self.fit, self.trend)
+
+    @property
+    def identified_fit(self) -> PowerLawFit | None:
+        """The law on every size mean where it is identified: the only one a plot or a metric shows."""
+        return None if self.fit is None or self.unidentified else self.fit
+
+    @property
     def law_words(self) -> str:
         """"no law: N sizes" or what the law was fitted on: the words results.json and the study run carry."""
         if self.fit is None:
             return f"no law: {len(self.sizes)} sizes"
-        return f"law on {len(self.sizes)} size means" + ("" if self.held_out is None or not
-                                                        self.held_out.unidentified else ", not identified")
+        held_unidentified = self.held_out is not None and self.held_out.unidentified
+        return f"law on {len(self.sizes)} size means" + (", not identified" if self.unidentified or held_unidentified
+                                                         else "")
 
     @property
     def span(self) -> tuple[float, float]:
@@ -83,7 +103,7 @@ class SizeLaw:
                     "per_doubling_db": trend.per_doubling, "ci": list(trend.ci), "n_sizes": trend.n_sizes,
                     "detectable_db": trend.detectable_db, "direction": trend.direction,
                     "lack_of_fit": None if trend.lack_of_fit is None else vars(trend.lack_of_fit)},
-                "fit": None if self.fit is None else self.fit.to_dict(),
+                "fit": None if self.fit is None else {**self.fit.to_dict(), "unidentified": list(self.unidentified)},
                 "held_out": None if self.held_out is None else self.held_out.to_dict()}
 
 
@@ -240,7 +260,7 @@ def headline_metrics(analysis: Analysis) -> dict[str, float]:
         out["psnr_per_doubling_db"] = law.trend.per_doubling
         out["psnr_per_doubling_ci_lo"], out["psnr_per_doubling_ci_hi"] = law.trend.ci
         out["psnr_per_doubling_detectable_db"] = law.trend.detectable_db
-    if law.fit is not None:
+    if law.identified_fit is not None:  # an unidentified alpha is a bound of the fit, not a measurement
         out["scaling_alpha"] = law.fit.alpha
         out.update({f"scaling_alpha_ci_{e}": v for e, v in zip(("lo", "hi"), law.fit.alpha_ci) if math.isfinite(v)})
     if law.held_out is not None:

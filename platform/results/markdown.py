@@ -116,7 +116,11 @@ def _law_sentence(law: SizeLaw) -> str:
         return text + f" **No law: {len(law.sizes)} sizes** (a law needs {LAW_MIN_SIZES}+)."
     lo, hi = law.fit.alpha_ci
     ci = f" [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else " (no interval: too few points)"
-    text += f" Law on the {len(law.sizes)} size means: alpha = {law.fit.alpha:.3g}{ci}."
+    if law.unidentified:
+        text += (f" The law on the {len(law.sizes)} size means is not identified ({'; '.join(law.unidentified)}): "
+                 "its coefficients are not estimates, and neither the tables nor the plots show it.")
+    else:
+        text += f" Law on the {len(law.sizes)} size means: alpha = {law.fit.alpha:.3g}{ci}."
     if law.held_out is not None:
         sentence = law.held_out.sentence
         text += f" {sentence[0].upper()}{sentence[1:]}."
@@ -237,7 +241,7 @@ def _law_section(a: Analysis) -> list[str]:
                                   for s in law.sizes]), ""]
         if not law.body:
             lines += ["(Some trial did not log its resolved model, so sizes are total parameters here.)", ""]
-        if law.fit is not None:
+        if law.identified_fit is not None:
             lines += [markdown_table([{"coef": k, "value": f"{getattr(law.fit, k):.4g}",
                                        "95% interval": _interval(getattr(law.fit, k + "_ci"), ".4g")}
                                       for k in ("a", "alpha", "c")]), ""]

@@ -82,7 +82,7 @@ def draw_plots(name: str, a: Analysis, directory: Path) -> list[Path]:
     points = [{"label": label(t), size_key: count[i], "compute": t.compute, "psnr": t.metrics[HEADLINE],
                "loss": t.metrics.get("loss"), "size": f"{t.n_params / 1e6:.3g}M"} for i, t in enumerate(done)]
     hlines = {a.baseline_name: a.baseline[HEADLINE]} if HEADLINE in a.baseline else None
-    fits = [law.fit for law in a.laws if law.fit is not None]
+    fits = [law.identified_fit for law in a.laws if law.identified_fit is not None]  # no curve without a law
     plots: list[Path] = []
     if points:
         labelled = len(points) <= 12  # beyond that, labels pile up; the table names every trial

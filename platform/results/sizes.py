@@ -279,10 +279,10 @@ def held_out(params: Any, psnrs: Any, seeds: Any = None, *, ci: float = 0.95, n_
     trend = size_trend(np.repeat(sizes, groups.counts[:-1]), np.concatenate(groups.values[:-1]), ci=ci)
     return HeldOut(largest, int(held.size), float(mse_to_psnr(fit.predict(largest))), interval, measured, se,
                    float(means.mean()), float(np.polyval(line, math.log2(largest))), inside,
-                   _unidentified(fit, trend), float(ci), fit)
+                   unidentified(fit, trend), float(ci), fit)
 
 
-def _unidentified(fit: PowerLawFit, trend: Trend | None) -> tuple[str, ...]:
+def unidentified(fit: PowerLawFit, trend: Trend | None) -> tuple[str, ...]:
     """Why a law carries no information: alpha on (or its interval reaching) a bound, or the fitted sizes not
     rising beyond their scatter (a flat law is a constant: the mean predictor under another name)."""
     why = []
