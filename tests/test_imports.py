@@ -1,5 +1,6 @@
-"""Imports run one way, read from the source (imports inside functions included): no circles among the
-`hiir.*` modules, no import that climbs a layer, and few imports inside functions, each with its reason."""
+"""Imports run one way, read from the source (imports inside functions and relative imports included): no
+circles among the `hiir.*` modules but the one named in KNOWN_CIRCLES, no import that climbs a layer, and few
+imports inside functions, each with its reason."""
 from __future__ import annotations
 
 import ast
@@ -21,6 +22,15 @@ LAYERS = [
     ("models", ("hiir.models",)),
     ("data_prep", ("hiir.data_prep",)),
 ]
+# The one circle left, named so that no other can join it unseen (and this entry goes when it is broken):
+# a μP network builds its base-width twin at init, so networks -> mup -> presets (build) -> networks, and the
+# base's shape comes from its size family: mup -> families -> presets -> networks -> mup. Both imports in
+# mup.py sit inside functions. Breaking it means splitting the preset configs (data) from `build`, and the
+# family rules from `count_params`'s build fallback, so that mup can import the data and rules alone.
+KNOWN_CIRCLES = {
+    "hiir.models.families -> hiir.models.presets -> hiir.models.networks -> hiir.models.mup -> hiir.models.families",
+    "hiir.models.presets -> hiir.models.networks -> hiir.models.mup -> hiir.models.presets",
+}
 MAX_FUNCTION_IMPORTS = 20  # in platform/: each one buys start-up time or loads a heavy optional part
 
 
@@ -42,7 +52,10 @@ def modules() -> dict[str, Path]:
 
 
 def imports(path: Path, known: set[str]) -> list[tuple[str, int, bool]]:
-    """(imported hiir module, line, inside a function) for every import of `path`."""
+    """(imported hiir module, line, inside a function) for every import of `path`; relative imports
+    (`from .presets import build`) are resolved against the module's own package."""
+    own = next(m for m, p in modules().items() if p == path)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
     tree = ast.parse(path.read_text())
     inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
               for n in ast.walk(f)}
@@ -50,8 +63,12 @@ def imports(path: Path, known: set[str]) -> list[tuple[str, int, bool]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+            base = node.module or ""
+            if node.level:  # relative: climb level - 1 packages from this one
+                root = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{root}.{base}" if base else root
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
         else:
             continue
         for name in names:
@@ -81,7 +98,7 @@ def test_models_and_data_prep_do_not_know_each_other():
     assert not edges, edges
 
 
-def test_no_circles():
+def test_no_circles_but_the_known_one():
     edges = graph()
     state: dict[str, int] = defaultdict(int)  # 0 new, 1 on the path, 2 done
     cycles = []
@@ -98,7 +115,7 @@ def test_no_circles():
     for node in sorted(edges):
         if state[node] == 0:
             visit(node, [])
-    assert not cycles, "\n".join(cycles)
+    assert set(cycles) == KNOWN_CIRCLES, "\n".join(sorted(set(cycles) ^ KNOWN_CIRCLES))
 
 
 def test_imports_inside_functions_are_few_and_each_says_why():
