@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
+import ray
 
 from hiir.data_prep.degrade import SYNTHETIC, TASKS, degrade_image, mod_crop
 from hiir.data_prep.errors import DatasetError
@@ -31,6 +32,7 @@ from hiir.data_prep.manifest import (
     dataset_state,
     write_manifest,
 )
+from hiir.data_prep.online import validate_pipeline
 from hiir.data_prep.scan import MAX_PIXELS, SourceImage, load_image, scan_source
 from hiir.data_prep.shards import image_rows, write_shard
 
@@ -66,8 +68,6 @@ def degradation_params(task: str, scale, sigma, quality, lq_source, pipeline=Non
         return 1, {"kind": f"synthetic_{task}", "synthetic_stand_in": True, "model": SYNTHETIC_MODELS[task],
                    "seeded_by": "seed+image name"}
     if task == "online":  # HR-only: the reader degrades on the fly (hiir.data_prep.online)
-        from hiir.data_prep.online import validate_pipeline
-
         return 1, {"kind": "online", "online": True, "pipeline": validate_pipeline(pipeline, "pipeline (--degrade)")}
     return scale or 1, {"kind": "given", "lq_source": str(lq_source)}
 
@@ -150,8 +150,6 @@ def ray_session() -> Iterator[None]:
     """Reuse a running Ray, or start one for the block and stop it after: the cluster at RAY_ADDRESS when
     it is set, else always a new embedded instance (`address="local"`), never the cluster that a past
     `ray start` left named in /tmp/ray (it may be dead, and a live one is not ours to fill)."""
-    import ray
-
     if ray.is_initialized():
         yield
         return
@@ -165,8 +163,6 @@ def ray_session() -> Iterator[None]:
 
 def run_on_ray(items: list[dict], params: dict, progress: bool) -> list[dict]:
     """Map `process_chunk` over the items with Ray Data, in `ray_session`."""
-    import ray
-
     with ray_session():
         return _map_chunks(ray, items, params, progress)
 

@@ -14,6 +14,7 @@ all-in-one tasks (`*_synth`, train + val, labelled `synthetic_stand_in` in their
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from hiir.data_prep.degrade import to_uint8
 from hiir.data_prep.errors import DatasetError
 from hiir.data_prep.files import atomic_path
 from hiir.data_prep.imresize import imresize
+from hiir.data_prep.manifest import load_manifest
 
 DEMO_MAX_SIDE, DEMO_SUB, DEMO_STEP = 256, 96, 48  # 96 and 48 divide by 2, 3 and 4
 # skimage.data loaders that ship inside the wheel (checked offline with scikit-image 0.26).
@@ -46,7 +48,7 @@ DEGRADATION_SETS = {
 
 def export_photos(folder: Path) -> Path:
     """Write the downscaled demo photos as PNG into `folder` (skipped if already there)."""
-    import skimage.data
+    import skimage.data  # scikit-image and its scipy load in seconds: only when photos are missing
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, loader in DEMO_PHOTOS.items():
@@ -65,8 +67,6 @@ def export_photos(folder: Path) -> Path:
 
 def _subset(photos: Path, folder: Path, names: list[str]) -> Path:
     """A folder with copies of some demo photos (skipped if already there)."""
-    import shutil
-
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         if not (folder / f"{name}.png").exists():
@@ -83,8 +83,6 @@ def build_demo(root: Path, progress: bool = True, keys=None) -> dict[str, Path]:
     """Build the demo datasets under `root` unless they exist; returns {"sr_x2": dir, ...}.
     The check is cheap (manifest present and loadable); a leftover is rebuilt. `keys` picks sets
     from DEMO_SETS and DEGRADATION_SETS (default: DEMO_SETS); unknown keys are a DatasetError."""
-    from hiir.data_prep.manifest import load_manifest
-
     unknown = [k for k in (keys or ()) if k not in DEMO_SETS and k not in DEGRADATION_SETS]
     if unknown:
         raise DatasetError(f"unknown demo dataset {unknown[0]!r}; "

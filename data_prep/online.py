@@ -27,6 +27,8 @@ import numpy as np
 from hiir.data_prep.degrade import add_gaussian_noise, gaussian_blur, jpeg, to_uint8
 from hiir.data_prep.errors import DatasetError
 from hiir.data_prep.imresize import imresize
+from hiir.data_prep.manifest import load_manifest
+from hiir.data_prep.reader import TrainReader
 
 # kind -> (parameter, (allowed low, allowed high), integer?)
 STEPS = {"bicubic": ("scale", (2, 4), True), "blur": ("sigma", (0.1, 10.0), False),
@@ -82,8 +84,6 @@ def train_pipeline(dataset: str, steps, where: str) -> tuple[list[dict] | None, 
     An online set with neither fails, naming `where`."""
     if steps:
         return list(steps), where
-    from hiir.data_prep.manifest import load_manifest
-
     deg = load_manifest(dataset, verify=False).degradation
     if not deg.get("online"):
         return None, where
@@ -182,8 +182,6 @@ def make_train_reader(train: str, *, degrade=(), mixture=(), rank: int, world_si
     """The reader of a train config: one dataset (paired, or online when `degrade` is given or the
     manifest is an online dataset with a pipeline) or a mixture of such entries
     (`{task, dataset, weight, degrade?}`; see hiir.platform.config.DataConfig)."""
-    from hiir.data_prep.reader import TrainReader
-
     def one(dataset: str, steps, seed_: int, where: str):
         pipeline, label = train_pipeline(dataset, steps, where)
         hook = OnlineDegrade(pipeline, label) if pipeline else None

@@ -19,6 +19,7 @@ preset: the depth2 presets are depth3's config with `tree_depth=2`, nothing else
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -169,8 +170,6 @@ class HiIRConfig:
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
-            import difflib
-
             near = {k: difflib.get_close_matches(k, fields, n=3) for k in unknown}
             raise ValueError("unknown config field(s): " + "; ".join(
                 f"{k} (nearest: {', '.join(v) or 'none'})" for k, v in near.items()))

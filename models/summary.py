@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .families import count_params
 from .presets import PRESETS, build
@@ -23,8 +24,6 @@ def model_flops(model: nn.Module, input_shape: tuple[int, ...], backward: bool =
     depthwise conv of L3 as a dense one (796 of 1155 GFLOP for a Hi-IR-B step). The backward
     of a convolution (grad input + grad weight) is counted here as twice its forward instead.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = next(model.parameters()).device
     x = torch.rand(input_shape, device=device) if device.type != "meta" else torch.empty(input_shape, device=device)
     with FlopCounterMode(display=False) as counter:
