@@ -59,10 +59,11 @@ Choices the paper leaves open (each one is a knob; default in brackets)
     - no mean-shift of the input (SwinIR subtracts the DIV2K mean); res-post-norm; qkv bias.
 """
 from .config import HiIRConfig
+from .factory import build
 from .families import FAMILIES, Solved, count_params, format_size, parse_size, solve
 from .flows import DispersedAttention, WindowAttention
 from .networks import HiIRColumnar, HiIRUNet, checkpoint_filter_fn
-from .presets import PRESETS, build
+from .presets import PRESETS
 
 __all__ = ["HiIRConfig", "PRESETS", "build", "checkpoint_filter_fn", "WindowAttention",
            "DispersedAttention", "HiIRColumnar", "HiIRUNet", "FAMILIES", "Solved", "solve", "format_size", "parse_size",

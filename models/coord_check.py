@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .factory import build
 from .families import get_family
 from .mup import param_groups
-from .presets import build
 
 # kind of layer -> pattern on the module's name, first match wins (what the plot draws one line for)
 KINDS: tuple[tuple[str, str], ...] = (

@@ -75,7 +75,8 @@ from functools import cache
 import torch
 
 from .config import TREE_DEPTHS, HiIRConfig
-from .presets import PRESETS, build
+from .networks import NETWORKS
+from .presets import PRESETS
 
 # ---------------------------------------------------------------------------------------------
 # helpers: parameter counts without building anything
@@ -135,10 +136,10 @@ def _layer(cfg: HiIRConfig, c: int, heads: int, index: int) -> int:
 
 def count_params(cfg: HiIRConfig) -> int:
     """Exact parameter count of `build(cfg)`, without building it (analytic for columnar
-    configs; the U-shape is built on the meta device)."""
+    configs; the U-shape is built on the meta device, without μP's rescaling, which moves no count)."""
     if cfg.arch != "columnar":
         with torch.device("meta"):
-            return build(cfg).num_params()
+            return NETWORKS[cfg.arch](cfg).num_params()
     c, ch, stage_conv = cfg.dim, cfg.in_channels, _STAGE_CONVS[cfg.stage_conv]
     n = _conv(ch, c, 3) + 2 * c + stage_conv(c)  # conv_first, the body-end norm and stage conv
     for layers, heads in zip(cfg.per_stage("layers_per_stage"), cfg.per_stage("heads")):

@@ -56,7 +56,7 @@ Why each rule:
 
 `MUP_RULES_VERSION` names these rules: runs record it (platform/tracking.py), and `--transfer-from`
 refuses a μP source made under other rules, whose learning rates meant something else.
-`parametrize(model)` applies the init and the attention scale (the network calls it when it is built);
+`parametrize(model)` applies the init and the attention scale (`factory.build` calls it on every μP network);
 `param_groups(model, lr, weight_decay)` gives the optimizer's groups, each with its `lr`, `weight_decay`
 and `lr_scale` (its multiplier of `optim.lr`): the engines hand them to torch's AdamW, DeepSpeed ZeRO 0-3
 keeps them, and checkpoints store them (resume rebuilds the same groups in the same order).
@@ -70,7 +70,9 @@ from functools import cache
 import torch
 from torch import nn
 
+from .families import FAMILIES
 from .flows import DotSimilarity, FlowAttention
+from .networks import NETWORKS
 
 # The rules below, as a number runs are tagged with: raise it when a rule changes what a μP run trains.
 MUP_RULES_VERSION = 2
@@ -117,8 +119,6 @@ class Scaling:
 def base_config(config):
     """The config at the base width B = `mup_base_dim`, by the shape rule its width-following fields follow:
     a size family's (`Family.follows`), else the preset's own (C moves, heads and the rest stay)."""
-    from .families import FAMILIES  # families -> presets -> networks -> this module
-
     base = config.mup_base_dim
     for family in FAMILIES.values():
         if family.follows(config):
@@ -135,10 +135,9 @@ def base_config(config):
 @cache
 def base_shapes(config) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """The base model's parameter shapes by name, and its q/k head width by attention module (a meta build)."""
-    from .presets import build  # presets -> networks -> this module
-
+    base_cfg = base_config(config).replace(parametrization="standard")
     with torch.device("meta"):
-        base = build(base_config(config).replace(parametrization="standard"))
+        base = NETWORKS[base_cfg.arch](base_cfg)
     return ({name: tuple(p.shape) for name, p in base.named_parameters()},
             {name: m.dq for name, m in base.named_modules() if isinstance(m, FlowAttention)})
 

@@ -15,7 +15,6 @@ from torch.utils.checkpoint import checkpoint
 from .config import HiIRConfig
 from .flows import to_nchw, to_nhwc
 from .layer import LayerSpec, make_layer
-from .mup import parametrize
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -198,9 +197,7 @@ class HiIRColumnar(_Network):
         self.norm = nn.LayerNorm(cfg.dim)
         self.stage_conv = make_stage_conv(cfg.stage_conv, cfg.dim)
         self.head = HEADS[cfg.scale](cfg.dim, cfg.in_channels, cfg.scale, cfg.upsampler_dim)
-        self.apply(_init_weights)
-        if cfg.parametrization == "mup":  # rescales the init above (the readout's too) and the attention logits
-            parametrize(self)
+        self.apply(_init_weights)  # μP rescales this init afterwards, in `factory.build`
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Padded (B, C, H, W) -> (B, C, H*scale, W*scale)."""
@@ -235,9 +232,7 @@ class HiIRUNet(_Network):
         self.decoders = nn.ModuleList(_stage(cfg, sp) for sp in specs[4:7])
         self.refine = _stage(cfg, specs[7])
         self.head = ResidualHead(dims[0], cfg.in_channels)
-        self.apply(_init_weights)
-        if cfg.parametrization == "mup":
-            parametrize(self)
+        self.apply(_init_weights)  # μP rescales this init afterwards, in `factory.build`
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Padded (B, C, H, W) -> (B, C, H, W)."""

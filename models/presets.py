@@ -8,12 +8,7 @@ Heads: 6 at C 180, 8 at C 256. Window p = 8 and patch P = 64, so an L2 group has
 """
 from __future__ import annotations
 
-import difflib
-
-from torch import nn
-
 from .config import HiIRConfig
-from .networks import NETWORKS
 
 _B = HiIRConfig(dim=180, stages=6, layers_per_stage=6, heads=6)
 _L = _B.replace(stages=12, layers_per_stage=12)
@@ -65,18 +60,3 @@ PRESETS: dict[str, HiIRConfig] = {
                             refine_layers=1, window=(4, 4, 2, 2), patch=(8, 8, 4, 4), ffn_ratio=2.0,
                             cpb_hidden=32, stage_conv="linear"),
 }
-
-
-def build(name_or_config: str | HiIRConfig, **overrides) -> nn.Module:
-    """The network for a preset name or a config, with `overrides` applied by `dataclasses.replace`."""
-    if isinstance(name_or_config, str):
-        if name_or_config not in PRESETS:
-            near = difflib.get_close_matches(name_or_config, PRESETS, n=5, cutoff=0.4)
-            raise ValueError(f"unknown preset {name_or_config!r}; nearest: {', '.join(near) or 'none'} "
-                             f"(all: {', '.join(PRESETS)})")
-        config = PRESETS[name_or_config]
-    else:
-        config = name_or_config
-    if overrides:
-        config = config.replace(**overrides)
-    return NETWORKS[config.arch](config)

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .factory import build
 from .families import count_params
-from .presets import PRESETS, build
+from .presets import PRESETS
 
 SR_INPUT = 64     # LR side for SR presets (and the columnar scale-1 ones)
 UNET_INPUT = 256  # side for the U-shaped presets
