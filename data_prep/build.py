@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
-import ray
 
 from hiir.data_prep.degrade import SYNTHETIC, TASKS, degrade_image, mod_crop
 from hiir.data_prep.errors import DatasetError
@@ -150,6 +149,8 @@ def ray_session() -> Iterator[None]:
     """Reuse a running Ray, or start one for the block and stop it after: the cluster at RAY_ADDRESS when
     it is set, else always a new embedded instance (`address="local"`), never the cluster that a past
     `ray start` left named in /tmp/ray (it may be dead, and a live one is not ours to fill)."""
+    import ray  # only when a build runs: the CLI imports this module, and `hiir --help` must not load Ray
+
     if ray.is_initialized():
         yield
         return
@@ -163,6 +164,8 @@ def ray_session() -> Iterator[None]:
 
 def run_on_ray(items: list[dict], params: dict, progress: bool) -> list[dict]:
     """Map `process_chunk` over the items with Ray Data, in `ray_session`."""
+    import ray  # as in ray_session
+
     with ray_session():
         return _map_chunks(ray, items, params, progress)
 
