@@ -223,9 +223,13 @@ def _tuner(spec: StudySpec, state: StudyState):
     return tune.Tuner(
         _trainable(state),
         param_space=param_space(spec, state.search),
+        # A trial's process imports the platform (~5 s on 2 busy cores): without a scheduler the next trial
+        # reuses it. A trial that a scheduler stops would keep training in a reused process until Tune gave
+        # up on it, so with one every trial gets its own.
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     search_alg=search_alg, num_samples=num_samples,
-                                    max_concurrent_trials=state.max_concurrent or max_concurrent(base)),
+                                    max_concurrent_trials=state.max_concurrent or max_concurrent(base),
+                                    reuse_actors=scheduler is None),
         run_config=tune.RunConfig(name=spec.name, storage_path=state.tune_path.rsplit("/", 1)[0],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
