@@ -42,11 +42,10 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def imports(path: Path, known: set[str]) -> list[tuple[str, int, bool]]:
-    """(imported hiir module, line, inside a function) for every import of `path`; relative imports
-    (`from .presets import build`) are resolved against the module's own package."""
-    own = next(m for m, p in modules().items() if p == path)
-    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+def imports(module: str, path: Path, known: set[str]) -> list[tuple[str, int, bool]]:
+    """(imported hiir module, line, inside a function) for every import of `module` (its source at `path`);
+    relative imports (`from .presets import build`) are resolved against the module's own package."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text())
     inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
               for n in ast.walk(f)}
@@ -73,13 +72,13 @@ def imports(path: Path, known: set[str]) -> list[tuple[str, int, bool]]:
 
 def graph() -> dict[str, set[str]]:
     found = modules()
-    return {m: {name for name, _, _ in imports(p, set(found))} - {m} for m, p in found.items()}
+    return {m: {name for name, _, _ in imports(m, p, set(found))} - {m} for m, p in found.items()}
 
 
 def test_no_import_climbs_a_layer():
     found = modules()
     upward = [f"{found[m].relative_to(ROOT)}:{line} imports {name} ({LAYERS[layer(m)][0]} -> {LAYERS[layer(name)][0]})"
-              for m, p in found.items() for name, line, _ in imports(p, set(found)) if layer(name) < layer(m)]
+              for m, p in found.items() for name, line, _ in imports(m, p, set(found)) if layer(name) < layer(m)]
     assert not upward, "\n".join(upward)
 
 

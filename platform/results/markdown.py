@@ -114,12 +114,12 @@ def _law_sentence(law: SizeLaw) -> str:
             f"span {span:.3g}x in {count} parameters" + (f" ({total:.3g}x in total)" if law.body else "") + ".")
     if law.fit is None:
         return text + f" **No law: {len(law.sizes)} sizes** (a law needs {LAW_MIN_SIZES}+)."
-    lo, hi = law.fit.alpha_ci
-    ci = f" [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else " (no interval: too few points)"
     if law.unidentified:
         text += (f" The law on the {len(law.sizes)} size means is not identified ({'; '.join(law.unidentified)}): "
                  "its coefficients are not estimates, and neither the tables nor the plots show it.")
     else:
+        lo, hi = law.fit.alpha_ci
+        ci = f" [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else " (no interval: too few points)"
         text += f" Law on the {len(law.sizes)} size means: alpha = {law.fit.alpha:.3g}{ci}."
     if law.held_out is not None:
         sentence = law.held_out.sentence
