@@ -122,3 +122,35 @@ def mlflow_server(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _group_members(group: int) -> list[int]:
+    """Pids whose process group is `group`, read from /proc (field 5 of stat, after the parenthesised name)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we read
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.fixture
+def stop_verb():
+    """SIGTERM to a `hiir ui`/`hiir serve` process alone, as a service manager sends it: returns its output and
+    asserts that no process of the server it started (MLflow's uvicorn and job consumers included) is left."""
+    def stop(proc: subprocess.Popen, timeout: float = 60) -> str:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        groups = {os.getpgid(int(pid)) for pid in children}
+        assert groups and proc.pid not in groups, "the server should lead a process group of its own"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, out
+        left = [pid for group in groups for pid in _group_members(group)]
+        for pid in left:  # don't leave them to the next test
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes left behind by {proc.args}: {left}"
+        return out
+    return stop

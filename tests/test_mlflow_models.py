@@ -8,12 +8,10 @@ before models were logged (plain `model/` files). The study's end registers the 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -203,7 +201,7 @@ def test_tracking_down_at_the_end_keeps_the_weights_and_the_run_says_its_model_w
 
 
 @pytest.mark.timeout(300)
-def test_hiir_serve_answers_a_post_with_hiir_restores_output(study, tmp_path):
+def test_hiir_serve_answers_a_post_with_hiir_restores_output(study, tmp_path, stop_verb):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -227,9 +225,7 @@ def test_hiir_serve_answers_a_post_with_hiir_restores_output(study, tmp_path):
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
     finally:
-        with contextlib.suppress(ProcessLookupError):  # the whole group: hiir, mlflow and uvicorn
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=30)
+        out = stop_verb(proc) if proc.poll() is None else proc.communicate()[0]
     assert f"serving {study_model_uri(STUDY, study.wd)[0]}" in out  # the study's latest registered version
     restored = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["predictions"][0]["image"]))))
     np.testing.assert_array_equal(restored, _hiir_restore(study.wd / "runs" / f"{STUDY}-1", image, tmp_path / "o"))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(180)
-def test_ui_serves_the_store_and_stops(tmp_path):
+def test_ui_serves_the_store_and_stops_with_everything_it_started(tmp_path, stop_verb):
     from hiir.platform.tracking import Store, default_tracking_uri
 
     store = Store(default_tracking_uri(tmp_path))
@@ -46,8 +45,7 @@ def test_ui_serves_the_store_and_stops(tmp_path):
         assert body is not None, "MLflow UI did not come up"
         assert "probe-experiment" in {e["name"] for e in body["experiments"]}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out = stop_verb(proc) if proc.poll() is None else proc.communicate()[0]
     assert f"http://127.0.0.1:{port}" in out
     # a link straight to the studies' runs table (MLflow 3 would open on its empty GenAI traces page)
     assert f"studies in probe-studies: http://127.0.0.1:{port}/#/experiments/{studies}/runs" \

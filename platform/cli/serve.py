@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import click
 
+from hiir.platform.cli.foreground import run_in_foreground
 from hiir.platform.cli.options import resolve_workdir, tracking_uri_option, workdir_option
 from hiir.platform.cli.ui import exposure_warning
 from hiir.platform.errors import HiirError
@@ -51,7 +51,4 @@ def serve(model: str, workdir: Path, tracking_uri: str | None, host: str, port: 
     # MLflow starts `uvicorn` by name: put this interpreter's scripts first, as an activated venv would.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    try:
-        raise SystemExit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        pass
+    raise SystemExit(run_in_foreground(cmd, env=env))

@@ -4,12 +4,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import click
 
+from hiir.platform.cli.foreground import run_in_foreground
 from hiir.platform.cli.options import resolve_workdir, tracking_uri_option, workdir_option
 from hiir.platform.tracking import Store, resolve_tracking_uri
 
@@ -41,10 +41,7 @@ def ui(workdir: Path, tracking_uri: str | None, host: str, port: int) -> None:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port),
            "--workers", "1"]  # one reader: each extra worker is another MLflow import before the page answers
-    try:
-        raise SystemExit(subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
-    except KeyboardInterrupt:
-        pass
+    raise SystemExit(run_in_foreground(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
 
 
 def study_links(uri: str, base_url: str) -> dict[str, str]:
