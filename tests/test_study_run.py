@@ -165,7 +165,8 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
 
 
 # Once seen to hang with its one trial PENDING after the other two studies in one Ray session, on a machine at
-# load 20+ (cause unknown); on a quiet machine the three pass in order. The timeout makes a hang a failure.
+# load 20+; on a quiet machine the three pass in order. The likely cause, seen under pytest-xdist: an ASHA-stopped
+# trial's worker placement group left behind (bench/RESULTS.md, "study overhead"). The timeout makes a hang a failure.
 @pytest.mark.timeout(300)
 def test_optuna_search_samples_a_continuous_space(workdir, tmp_path):
     from hiir.platform.study.run import run_study
