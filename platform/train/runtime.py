@@ -54,7 +54,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         # run workers at normal priority (Ray nices them to 15) and start no idle workers ahead of need
         # (each wakes ~150 times a second; together they cost a bare loop 3-8% on 2 cores). Ray Train's
         # controller polls its workers every 0.5 s, not 2: a run's end is noticed ~1.7 s sooner (a tiny run's
-        # teardown 3.0 -> 1.3 s, bench/RESULTS.md "study overhead"), at one status call a poll.
+        # teardown 3.0 -> 1.3 s, bench/RESULTS.md "study overhead"), for ~1% of a core per running trial.
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
         # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
