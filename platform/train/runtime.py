@@ -27,7 +27,8 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**35), "MALLOC_TRIM_THRESHOLD_": st
 # so every Ray process inherits them: the raylet's, and Ray Train's, which Ray Train hands on from whichever
 # process creates a TorchTrainer (the CLI, or a study's trial) to its controller.
 LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_prestart_worker_first_driver": "0",
-                 "RAY_enable_worker_prestart": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+                 "RAY_enable_worker_prestart": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def worker_env() -> dict[str, str]:
@@ -55,6 +56,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         # (each wakes ~150 times a second; together they cost a bare loop 3-8% on 2 cores). Ray Train's
         # controller polls its workers every 0.5 s, not 2: a run's end is noticed ~1.7 s sooner (a tiny run's
         # teardown 3.0 -> 1.3 s, bench/RESULTS.md "study overhead"), for ~1% of a core per running trial.
+        # No preemption watcher: a local instance has no preemptible nodes, and each trial's watcher process
+        # takes ~1.6% of the two cores.
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
         # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
