@@ -184,10 +184,12 @@ def test_a_run_the_embedded_ray_cannot_hold_is_refused_instead_of_waiting_foreve
 
 
 @pytest.mark.timeout(240)
-def test_embedded_ray_ignores_a_stale_cluster_file_on_every_path(tmp_path):
+def test_embedded_ray_ignores_a_stale_cluster_file_and_its_workers_find_their_own_state_api(ray_session, tmp_path):
     """A `ray start --head` that died uncleanly leaves its address in <ray tmp>/ray_current_cluster. A bare
     `ray.init()` would try to join it (and hang on the dead GCS); train, studies and data builds must
-    start their own Ray instead."""
+    start their own Ray instead. That Ray runs beside the session's, as two studies on one machine do: its
+    workers must still reach its State API, which Ray Train's PlacementGroupCleaner asks whether a stopped
+    trial's controller is gone (without an address, the State API refuses when two Ray instances run)."""
     import subprocess
     import sys
     import tempfile
@@ -203,6 +205,13 @@ with ray_session():                      # data build / demo path
     print("DATA", ray.cluster_resources().get("CPU"))
 init_ray(num_cpus=1)                     # train / study path
 print("TRAIN", ray.cluster_resources().get("CPU"))
+
+@ray.remote(num_cpus=0)
+def controller_alive() -> bool:          # what the PlacementGroupCleaner asks, from a worker of this Ray
+    from ray.train.v2._internal.state.util import is_actor_alive
+    return is_actor_alive("ff" * 16, timeout=30)  # an actor id no actor has
+
+print("STATE", ray.get(controller_alive.remote()))
 ray.shutdown()
 """
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
@@ -212,3 +221,4 @@ ray.shutdown()
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert "DATA" in out.stdout and "TRAIN 1.0" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "STATE " in out.stdout, out.stderr[-3000:]  # the State API answered (an unknown actor: not alive)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -62,9 +63,25 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
             os.environ.setdefault(key, value)
         # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
         # it, a trial stopped by ASHA leaks its workers' placement group and starves later trials.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING,
-                 log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
+        # The cleaner finds the State API from RAY_ADDRESS, else by scanning the machine for Ray
+        # instances, which fails once a second one runs (two studies at once, a study beside `hiir
+        # train`); so the GCS port is chosen here and every worker is told its own instance's address.
+        gcs_port = _free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read when the head starts; not for children
+        try:
+            env_vars = {**worker_env(), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{gcs_port}"}
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING,
+                     log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
+        finally:
+            del os.environ["RAY_GCS_SERVER_PORT"]
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def process_started_at() -> float:
