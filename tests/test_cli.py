@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
-from hiir.platform.cli import COMMANDS, cli
+from hiir.platform.cli import COMMANDS, cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,34 +41,52 @@ def _hiir(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> su
 
 
 def test_missing_config_file_is_one_line(tmp_path):
+    """The whole way, as a user meets it: `python -m hiir.platform.cli` in a process of its own."""
     out = _hiir("train", str(tmp_path / "nope.yaml"), "--workdir", str(tmp_path))
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [f"error: config file {tmp_path / 'nope.yaml'} does not exist"]
 
 
-def test_bad_config_field_is_one_line_naming_the_field(tmp_path):
+@pytest.fixture
+def hiir_main(capsys, monkeypatch):
+    """`hiir ARGS` through the entry point (`main`, which turns errors into one line and an exit code) in this
+    process: (exit code, stderr). A process of its own per case would spend ~5 s importing torch, Ray and
+    MLflow again; the test above runs that path once."""
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.chdir(ROOT)
+        monkeypatch.setattr(sys, "argv", ["hiir", *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main()
+        return exited.value.code, capsys.readouterr().err
+    return run
+
+
+def test_bad_config_field_is_one_line_naming_the_field(tmp_path, hiir_main):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {preset: tiny_x2}\noptim: {lr: 1e-3, warmpu_steps: 5}\n")
-    out = _hiir("train", str(cfg), "--workdir", str(tmp_path))
-    assert out.returncode == 1
-    lines = out.stderr.strip().splitlines()
+    code, err = hiir_main("train", str(cfg), "--workdir", str(tmp_path))
+    assert code == 1
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "optim.warmpu_steps" in lines[0] and "optim.warmup_steps" in lines[0], lines
 
 
-def test_unknown_study_is_one_line(tmp_path):
-    out = _hiir("study", "run", "smok", "--workdir", str(tmp_path))
-    assert out.returncode == 1
-    lines = out.stderr.strip().splitlines()
+def test_unknown_study_is_one_line(tmp_path, hiir_main):
+    code, err = hiir_main("study", "run", "smok", "--workdir", str(tmp_path))
+    assert code == 1
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "smoke" in lines[0], lines
 
 
 @pytest.mark.parametrize("verb", ["eval", "restore"])
 @pytest.mark.parametrize("device, says", [("cuda", "sees no CUDA GPU"), ("gpu0", "is not a torch device")])
-def test_unusable_device_is_one_line_before_any_loading(tmp_path, verb, device, says):
-    no_gpu = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # on a GPU machine too: the CPU is forced
-    out = _hiir(verb, str(tmp_path), str(tmp_path), "--device", device, env=no_gpu)  # no weights there: never read
-    assert out.returncode == 1
-    lines = out.stderr.strip().splitlines()
+def test_unusable_device_is_one_line_before_any_loading(tmp_path, verb, device, says, hiir_main, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # on a GPU machine too: the CPU is forced
+    if torch.cuda.is_available():  # CUDA read the variable when this process first asked, before this test
+        pytest.skip("this process started CUDA before the test could hide its GPUs")
+    code, err = hiir_main(verb, str(tmp_path), str(tmp_path), "--device", device)  # no weights there: never read
+    assert code == 1
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and f"--device {device}" in lines[0].replace("'", "") and says in lines[0], lines
 
 
@@ -81,12 +99,12 @@ def test_schema_verb_prints_the_committed_schema(kind):
     assert out.output == (ROOT / "studies" / "schema" / f"{kind}.schema.json").read_text()
 
 
-def test_a_patch_smaller_than_the_models_groups_is_refused_before_any_worker(tmp_path):
+def test_a_patch_smaller_than_the_models_groups_is_refused_before_any_worker(tmp_path, hiir_main):
     """tree_depth 4 groups 2P = 16 px in tiny_x2: an 8-px patch would be padded to 4x its area."""
-    out = _hiir("train", "studies/train/tiny_sr_x2.yaml", "--set", "model.tree_depth=4", "--set", "data.lq_patch=8",
-                "--workdir", str(tmp_path))
-    assert out.returncode == 1
-    lines = out.stderr.strip().splitlines()
+    code, err = hiir_main("train", "studies/train/tiny_sr_x2.yaml", "--set", "model.tree_depth=4", "--set",
+                          "data.lq_patch=8", "--workdir", str(tmp_path))
+    assert code == 1
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "data.lq_patch=8" in lines[0] and "pad multiple 16" in lines[0], lines
     assert "model.patch/model.patch2" in lines[0] and "data.lq_patch >= 16" in lines[0]
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
