@@ -49,7 +49,12 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": worker_env()})
+        # Workers need their cluster's address for the State API (why: the embedded case below). A GCS
+        # address is handed on as it is; `auto` and `ray://` name none here, and keep Ray's own lookup.
+        env_vars = worker_env()
+        if "://" not in address and address not in ("auto", "local"):
+            env_vars["RAY_ADDRESS"] = address
+        ray.init(address=address, runtime_env={"env_vars": env_vars})
     else:
         # On a small machine whose cores the training worker holds, every other Ray process that wakes
         # preempts a torch thread and stalls its parallel region (bench/RESULTS.md, "training overhead"):
@@ -64,8 +69,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         # The dashboard hosts the State API, which Ray Train's PlacementGroupCleaner needs: without
         # it, a trial stopped by ASHA leaks its workers' placement group and starves later trials.
         # The cleaner finds the State API from RAY_ADDRESS, else by scanning the machine for Ray
-        # instances, which fails once a second one runs (two studies at once, a study beside `hiir
-        # train`); so the GCS port is chosen here and every worker is told its own instance's address.
+        # instances; once a second one runs (two studies at once, a study beside `hiir train`, a test
+        # cluster beside the embedded Ray) it raises or asks the newest, maybe the wrong one: a leaked
+        # group, or every run's end waiting out the cleaner's 12 s stop timeout. So the GCS port is
+        # chosen here and every worker is told its own instance's address.
         gcs_port = _free_port()
         os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read when the head starts; not for children
         try:
