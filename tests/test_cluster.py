@@ -190,6 +190,7 @@ def test_a_run_the_embedded_ray_cannot_hold_is_refused_instead_of_waiting_foreve
         check_fits_locally(_cfg(num_workers=3), None, extra_cpu=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_embedded_ray_ignores_a_stale_cluster_file_and_its_workers_find_their_own_state_api(ray_session, tmp_path):
     """A `ray start --head` that died uncleanly leaves its address in <ray tmp>/ray_current_cluster. A bare

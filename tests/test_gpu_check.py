@@ -9,6 +9,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
@@ -26,6 +28,7 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_2(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_needs_no_installed_hiir(tmp_path):
     # `python -S` skips the .pth files, so the editable install's finder is gone and `hiir` can only
     # come from the script's shim; the venv's site-packages stay reachable through PYTHONPATH.

@@ -47,6 +47,7 @@ def test_pytest_collects_from_the_repo_root():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_ray_worker_with_repo_as_working_dir_imports_stdlib_platform():
     """Ray uploads the repo as the worker's cwd; the worker must still find the stdlib `platform`."""

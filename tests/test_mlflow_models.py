@@ -200,6 +200,7 @@ def test_tracking_down_at_the_end_keeps_the_weights_and_the_run_says_its_model_w
     assert tag.startswith("not logged: ") and str(export) in tag
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_hiir_serve_answers_a_post_with_hiir_restores_output(study, tmp_path, stop_verb):
     with socket.socket() as s:

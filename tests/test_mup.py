@@ -245,6 +245,7 @@ def test_standard_is_todays_model_and_optimizer():
     assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), plain.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_coord_check_cli_saves_slopes_flat_under_mup_and_growing_under_standard(tmp_path):
     out = tmp_path / "cc"  # the check's defaults: tiny's widths 16, 32, 64, 128, 10 steps, 2 seeds
     result = CliRunner().invoke(cli, ["models", "--coord-check", "tiny", "--out", str(out)])

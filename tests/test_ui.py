@@ -18,6 +18,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ui_serves_the_store_and_stops_with_everything_it_started(tmp_path, stop_verb):
     from hiir.platform.tracking import Store, default_tracking_uri
