@@ -73,15 +73,19 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         # cluster beside the embedded Ray) it raises or asks the newest, maybe the wrong one: a leaked
         # group, or every run's end waiting out the cleaner's 12 s stop timeout. So the GCS port is
         # chosen here and every worker is told its own instance's address.
-        gcs_port = _free_port()
-        os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read when the head starts; not for children
+        user_port = os.environ.get("RAY_GCS_SERVER_PORT")  # read when the head starts; not for children
+        gcs_port = int(user_port) if user_port else _free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)
         try:
             env_vars = {**worker_env(), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{gcs_port}"}
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                      runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING,
                      log_to_driver=os.environ.get("HIIR_WORKER_LOGS", "0") == "1")
         finally:
-            del os.environ["RAY_GCS_SERVER_PORT"]
+            if user_port is None:
+                del os.environ["RAY_GCS_SERVER_PORT"]
+            else:
+                os.environ["RAY_GCS_SERVER_PORT"] = user_port
 
 
 def _free_port() -> int:
