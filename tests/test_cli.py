@@ -49,7 +49,7 @@ def test_missing_config_file_is_one_line(tmp_path):
 
 @pytest.fixture
 def hiir_main(capsys, monkeypatch):
-    """`hiir ARGS` through the entry point (`main`, which turns errors into one line and an exit code) in this
+    """`hiir ARGS`, a command that fails, through the entry point (`main`: the error as one line, an exit code) in this
     process: (exit code, stderr). A process of its own per case would spend ~5 s importing torch, Ray and
     MLflow again; the test above runs that path once."""
     def run(*args: str) -> tuple[int, str]:
