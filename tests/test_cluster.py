@@ -197,7 +197,8 @@ def test_embedded_ray_ignores_a_stale_cluster_file_and_its_workers_find_their_ow
     `ray.init()` would try to join it (and hang on the dead GCS); train, studies and data builds must
     start their own Ray instead. That Ray runs beside the session's, as two studies on one machine do: its
     workers must still reach its State API, which Ray Train's PlacementGroupCleaner asks whether a stopped
-    trial's controller is gone (without an address, the State API refuses when two Ray instances run)."""
+    trial's controller is gone (without an address, the State API raises, or asks the newest instance, when
+    two run)."""
     import subprocess
     import sys
     import tempfile

@@ -113,9 +113,7 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
     spec = _write_spec(tmp_path / "resume.yaml", "resume-study", {"warmup": [0, 1]},
                        optim={**BASE["optim"], "max_steps": 20})
     shared = f"file://{tmp_path}/shared"
-    # Tune saves its experiment state every second (10 s by default), so the kill need not wait for a save.
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "HIIR_STORAGE": shared,
-           "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "HIIR_STORAGE": shared}
     cmd = [sys.executable, "-m", "hiir.platform.cli", "study", "run", str(spec), "--workdir", str(workdir),
            "--no-report", "--max-concurrent", "1"]
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -124,7 +122,7 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
 
     def terminated_in_tune_state() -> set[str]:
         """The trial ids that Tune's newest experiment state on the shared storage records as TERMINATED
-        (none while no state is there whole: Tune rewrites it, every second here)."""
+        (none while no state is there whole: Tune rewrites it every ~10 s)."""
         states = sorted((tmp_path / "shared" / "studies" / "resume-study").glob("experiment_state-*.json"))
         try:
             trials = [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
