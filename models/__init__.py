@@ -56,7 +56,8 @@ Choices the paper leaves open (each one is a knob; default in brackets)
       `shift` = p x p windows rolled by p/2 with SwinIR's -100 mask; `none` = p x p windows.
     - U-shape: Restormer widths 48/96/192/384, heads 1/2/4/8, layers 4/6/6 + latent 6, decoder
       mirrors the encoder, 4 refinement layers, conv1 stage ends, p = 8/8/8/4, P = 32/32/16/16.
-    - no mean-shift of the input (SwinIR subtracts the DIV2K mean); res-post-norm; qkv bias.
+    - columnar presets subtract DIV2K's RGB mean from the input and add it back (SwinIR, HAT, GRL; the
+      paper is silent; `mean_shift`, a buffer, so counts are unchanged); res-post-norm; qkv bias.
 """
 from .config import HiIRConfig
 from .factory import build

@@ -98,6 +98,7 @@ class HiIRConfig:
     cpb_hidden: int = 512            # hidden width of the continuous position bias MLP (Swin-V2: 512)
     qkv_bias: bool = True            # bias on the qkv projection
     upsampler_dim: int = 64          # width of the pixel-shuffle upsampler (SwinIR: 64)
+    mean_shift: bool = False         # columnar: subtract DIV2K's RGB mean from the input, add it back (SwinIR)
     random_seed: int = 0             # mixer_l2=random: the fixed permutation used in eval
     paper_params: float | None = None  # the paper's parameter count in millions, where it gives one
 

@@ -16,6 +16,8 @@ from .config import HiIRConfig
 from .flows import to_nchw, to_nhwc
 from .layer import LayerSpec, make_layer
 
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)  # SwinIR's input shift for colour images (`mean_shift`)
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 
@@ -184,8 +186,9 @@ def _init_weights(m: nn.Module) -> None:
 class HiIRColumnar(_Network):
     """Columnar Hi-IR for SR (x2/x3/x4) or, at scale 1, denoising/JPEG.
 
-    conv3x3 -> stages (each: layers, stage conv, residual) -> LN -> stage conv -> long skip
-    -> pixel-shuffle upsampler (or a conv plus a global residual at scale 1).
+    (input - mean) -> conv3x3 -> stages (each: layers, stage conv, residual) -> LN -> stage conv -> long skip
+    -> pixel-shuffle upsampler (or a conv plus a global residual at scale 1) -> + mean. The mean is DIV2K's
+    RGB mean with `mean_shift` (the presets), else 0.
     """
 
     def __init__(self, config: HiIRConfig):
@@ -197,16 +200,20 @@ class HiIRColumnar(_Network):
         self.norm = nn.LayerNorm(cfg.dim)
         self.stage_conv = make_stage_conv(cfg.stage_conv, cfg.dim)
         self.head = HEADS[cfg.scale](cfg.dim, cfg.in_channels, cfg.scale, cfg.upsampler_dim)
+        # a buffer, not a parameter: counts and saved weights are the same with and without the shift
+        mean = DIV2K_RGB_MEAN if cfg.mean_shift and cfg.in_channels == 3 else (0.0,) * cfg.in_channels
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.apply(_init_weights)  # μP rescales this init afterwards, in `factory.build`
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Padded (B, C, H, W) -> (B, C, H*scale, W*scale)."""
+        x = x - self.input_mean
         shallow = to_nhwc(self.conv_first(x))  # B, H, W, C
         y = shallow
         for stage in self.stages:
             y = stage(y)
         y = self.stage_conv(self.norm(y)) + shallow
-        return self.head(to_nchw(y), x)
+        return self.head(to_nchw(y), x) + self.input_mean
 
 
 class HiIRUNet(_Network):

@@ -263,6 +263,25 @@ def test_state_dict_names_are_stable():
     assert "stages.0.layers.0.l1.qkv.weight" in v1 and "stages.0.layers.1.l2.qkv.weight" in v1
 
 
+@pytest.mark.parametrize("preset", ["tiny_x2", "tiny_x4", "tiny_denoise"])
+def test_mean_shift_is_the_same_network_on_a_shifted_image(preset):
+    """The columnar presets shift by DIV2K's RGB mean (SwinIR): with equal weights, the shifted model on x is the
+    unshifted model on x - mean, plus the mean; the shift is a buffer, so counts and saved weights are unchanged."""
+    from hiir.models.networks import DIV2K_RGB_MEAN
+
+    assert PRESETS[preset].mean_shift and not HiIRConfig().mean_shift  # old exports' configs lack it: no shift
+    shifted, plain = build(preset).eval(), build(preset, mean_shift=False).eval()
+    plain.load_state_dict(shifted.state_dict())
+    assert set(shifted.state_dict()) == set(plain.state_dict()) and shifted.num_params() == plain.num_params()
+    mean = torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(shifted(x), plain(x - mean) + mean, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(shifted(x), plain(x), atol=1e-3)
+    grey = build(preset, in_channels=1).eval()  # SwinIR shifts colour images only
+    assert not grey.input_mean.any()
+
+
 def test_checkpoint_filter_fn_unwraps_prefixes():
     torch.manual_seed(0)
     src = build("tiny_x2")
