@@ -71,7 +71,8 @@ def _study(tmp_path: Path, psnr_of, *, seeds=(0, 1), attention=("dot",),
 
 
 def _spec():
-    return SimpleNamespace(name="report-test", question="does PSNR grow with size?", expected=None, mode="max")
+    return SimpleNamespace(name="report-test", question="does PSNR grow with size?", expected=None, mode="max",
+                           claims=[], scale={})
 
 
 def test_report_answers_with_the_baseline_the_law_and_the_held_out_size(tmp_path):

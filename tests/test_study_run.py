@@ -179,3 +179,62 @@ def test_optuna_search_samples_a_continuous_space(workdir, tmp_path):
     runs = _children(workdir, done.parent_run_id)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert 1e-4 <= float(trial_axes(runs[0].data.tags)["optim.lr"]) <= 3e-3
+
+
+@pytest.mark.timeout(600)
+def test_a_folder_of_studies_runs_in_turn_skips_the_finished_resumes_the_interrupted_and_summarizes(
+        workdir, tmp_path, capsys):
+    """`hiir study run FOLDER`: each study in turn with a progress line, one summary (a file and an MLflow run)
+    with the paper's claim beside ours; run again, a finished study is skipped and an interrupted one (its study
+    run left RUNNING, as a killed driver leaves it) resumes from Tune's state without training anew."""
+    from click.testing import CliRunner
+
+    from hiir.platform.cli.study import study
+    from hiir.platform.tracking import KIND_TAG, Store
+
+    folder = tmp_path / "paper"
+    folder.mkdir()
+    claims = {"rows": [{"match": {"model.attention": "dot"}, "values": {"Set5": 34.98}},
+                       {"match": {"model.attention": "cosine"}, "values": {"Set5": 34.92}}],
+              "claims": [{"says": "dot beats cosine", "level": {"model.attention": "dot"},
+                          "reference": {"model.attention": "cosine"},
+                          "paper": [{"model.attention": "dot"}, {"model.attention": "cosine"}]}]}
+    few = {**BASE["optim"], "max_steps": 4}
+    for name, search in (("a-attention", {"attention": ["dot", "cosine"]}), ("b-one", {"warmup": [0]})):
+        spec = yaml.safe_load(_write_spec(folder / f"{name}.yaml", name, search, optim=few,
+                                          eval={"every": 4, "max_images": 1}).read_text())
+        spec["scale"] = {"smoke": {"note": f"{name} at laptop scale"}}
+        spec["expected"] = claims if name == "a-attention" else None
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump({k: v for k, v in spec.items() if v is not None}))
+    args = ["run", str(folder), "--scale", "smoke", "--workdir", str(workdir)]
+
+    first = CliRunner().invoke(study, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "[1/2] a-attention (smoke): running ..." in first.output
+    assert "[2/2] b-one (smoke): finished in " in first.output
+    summary = workdir / "studies" / "paper-smoke.md"
+    text = summary.read_text()
+    assert "| a-attention | finished |" in text and "| b-one | finished |" in text
+    assert "| a-attention | dot beats cosine | Set5 +0.06 dB |" in text
+    assert "not resolved at this scale (2 of its trials at or below bicubic)" in text  # 4 steps learn little
+    assert "No direction to check" in text and "b-one" in text.split("No direction to check")[1]
+    assert "- `a-attention`: a-attention at laptop scale" in text
+    report = (workdir / "studies" / "a-attention" / "report.md").read_text()
+    assert report.startswith("# Study `a-attention`\n\ndoes it work?\n\n> a-attention at laptop scale")
+    assert "Paper: dot beats cosine (Set5 +0.06 dB). Ours: " in report
+
+    store = Store(default_tracking_uri(workdir))
+    state = json.loads((workdir / "studies" / "b-one" / "study.json").read_text())
+    b_trials = {r.info.run_id for r in _children(workdir, state["parent_run_id"])}
+    store._client.update_run(state["parent_run_id"], status="RUNNING")  # its driver was killed
+    (workdir / "studies" / "b-one" / "results.json").unlink()
+    again = CliRunner().invoke(study, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert "[1/2] a-attention (smoke): finished before, skipped" in again.output
+    assert "[2/2] b-one (smoke): resuming ..." in again.output
+    assert {r.info.run_id for r in _children(workdir, state["parent_run_id"])} == b_trials  # nothing trained anew
+    assert store.get_run(state["parent_run_id"]).info.status == "FINISHED"
+    experiments = [e.experiment_id for e in store._client.search_experiments()]
+    runs = store._client.search_runs(experiments, filter_string=f"tags.`{KIND_TAG}` = 'summary'")
+    assert len(runs) == 1 and runs[0].info.run_name == "paper-smoke"  # the second summary updates the first
+    assert runs[0].data.metrics["claims_not_resolved"] == 1 and runs[0].data.metrics["studies_finished"] == 2

@@ -80,7 +80,7 @@ def _fake_study(workdir: Path, *, seeds=(0, 1), std_drift=-1.0, mup_drift=0.0, n
 
 def _spec(name="transfer-test"):
     return SimpleNamespace(name=name, question="does the best LR transfer?", expected=None, mode="max",
-                           kind="transfer")
+                           kind="transfer", claims=[], scale={})
 
 
 def test_refine_finds_a_parabolas_vertex_and_flags_the_edges():

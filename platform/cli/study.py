@@ -5,12 +5,16 @@ from pathlib import Path
 
 import click
 
+from hiir.platform import tracking
 from hiir.platform.cli.options import address_option, resolve_workdir, tracking_uri_option, workdir_option
+from hiir.platform.errors import HiirError
 from hiir.platform.results.finish import finish_study, study_model_uri
 from hiir.platform.results.report import report_study
+from hiir.platform.results.summary import StudyLine, study_line, write_summary
 from hiir.platform.results.transfer import from_study
 from hiir.platform.study.run import resume_study, run_study
-from hiir.platform.study.state import list_studies
+from hiir.platform.study.spec import find_specs, load_spec, spec_folder
+from hiir.platform.study.state import find_study, list_studies
 
 
 @click.group()
@@ -19,7 +23,7 @@ def study() -> None:
 
 
 @study.command("run")
-@click.argument("spec")
+@click.argument("specs", nargs=-1, required=True)
 @click.option("--scale", default="full", show_default=True, help="`full`, or a scale the spec defines (e.g. smoke).")
 @click.option("--search", type=click.Choice(["basic", "optuna"]), default="basic", show_default=True,
               help="basic: grid/random; optuna: TPE over the same space.")
@@ -34,18 +38,30 @@ def study() -> None:
 @workdir_option
 @tracking_uri_option
 @address_option
-def run(spec: str, scale: str, search: str, overrides: tuple[str, ...], no_report: bool, max_concurrent: int | None,
-        transfer_from: str | None, workdir: Path, tracking_uri: str | None, address: str | None) -> None:
-    """Run a study (a path, or a name under studies/ such as `smoke` or `paper/tree_depth`).
+def run(specs: tuple[str, ...], scale: str, search: str, overrides: tuple[str, ...], no_report: bool,
+        max_concurrent: int | None, transfer_from: str | None, workdir: Path, tracking_uri: str | None,
+        address: str | None) -> None:
+    """Run a study (a path, or a name under studies/ such as `smoke` or `paper/tree_depth`), or several in
+    turn (files, or a folder such as `paper`): a study that already finished at this scale is skipped, an
+    interrupted one resumes, and one summary (<workdir>/studies/<folder>-<scale>.md, also an MLflow run) holds
+    each study's wall time and the paper's claims beside ours.
 
     \b
     Example:
       hiir study run paper/table5_attention --scale smoke
+      hiir study run paper --scale smoke
       hiir study run big_sweep.yaml --transfer-from transfer_smoke
     """
     workdir = resolve_workdir(workdir)
+    paths = find_specs(specs)
+    if len(specs) > 1 or spec_folder(specs[0]) is not None:
+        if transfer_from:
+            raise HiirError("--transfer-from takes one study; run each study that needs it on its own")
+        _run_in_turn(specs, paths, scale=scale, search=search, overrides=overrides, concurrent=max_concurrent,
+                     workdir=workdir, tracking_uri=tracking_uri, address=address)
+        return
     transferred = from_study(transfer_from, workdir) if transfer_from else None
-    done = run_study(spec, workdir=workdir, scale=scale, overrides=overrides, tracking_uri=tracking_uri,
+    done = run_study(paths[0], workdir=workdir, scale=scale, overrides=overrides, tracking_uri=tracking_uri,
                      search=search, address=address, concurrent=max_concurrent, transferred=transferred)
     _summarize(done, no_report)
 
@@ -80,6 +96,50 @@ def list_(workdir: Path) -> None:
     """The studies in studies/ and the state of their latest run in this workdir."""
     for row in list_studies(resolve_workdir(workdir)):
         click.echo(f"{row['name']:<40} {row['trials']:>4} trials  {row['status']}")
+
+
+def _run_in_turn(refs: tuple[str, ...], paths: list[Path], *, scale: str, search: str, overrides: tuple[str, ...],
+                 concurrent: int | None, workdir: Path, tracking_uri: str | None, address: str | None) -> None:
+    """Each study in turn (skipped when it finished at this scale with these overrides, resumed when it was
+    interrupted), a progress line per study, then the summary. A study that cannot run is a line in the
+    summary, and the command exits non-zero after the rest have run."""
+    lines: list[StudyLine] = []
+    for i, path in enumerate(paths, 1):
+        head = f"[{i}/{len(paths)}] {path.stem} ({scale})"
+        try:
+            name = load_spec(path, scale=scale, overrides=overrides).name
+            found = find_study(name, workdir)
+            state = found[1] if found else None
+            same = state is not None and state.scale == scale and list(state.overrides) == list(overrides)
+            status = tracking.Store(state.tracking_uri).get_run(state.parent_run_id).info.status if same else None
+            if status in ("FINISHED", "FAILED") and (found[0] / "results.json").is_file():
+                click.echo(f"{head}: finished before, skipped")
+                directory = found[0]
+            else:
+                click.echo(f"{head}: {'resuming' if status == 'RUNNING' else 'running'} ...")
+                done = (resume_study(found[0], address=address) if status == "RUNNING" else
+                        run_study(path, workdir=workdir, scale=scale, overrides=overrides, tracking_uri=tracking_uri,
+                                  search=search, address=address, concurrent=concurrent))
+                finish_study(done)
+                directory = done.directory
+            line = study_line(directory, str(path))
+        except HiirError as exc:
+            line = StudyLine(path.stem, str(path), f"not run: {exc}")
+        lines.append(line)
+        click.echo(f"{head}: {line.words}")
+    ran = [x for x in lines if x.report]
+    if not ran:
+        raise HiirError("no study of these ran to a report, so there is no summary to write")
+    state = find_study(ran[-1].name, workdir)[1]
+    title = (Path(refs[0].rstrip("/")).name if len(refs) == 1 else "studies") + f"-{scale}"  # paper-smoke
+    summary = Path(workdir) / "studies" / f"{title}.md"
+    run_id = write_summary(summary, lines, tracking_uri=state.tracking_uri, experiment=state.experiment,
+                           workdir=workdir)
+    click.echo(summary.read_text())
+    click.echo(f"summary: {summary} (MLflow run {run_id})")
+    failed = [x.name for x in lines if x.status not in ("finished", "failed")]
+    if failed:
+        raise HiirError(f"{len(failed)} of {len(lines)} studies did not finish: {', '.join(failed)}")
 
 
 def _summarize(done, no_report: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from hiir.platform import tracking
 from hiir.platform.results.analysis import HEADLINE, Analysis, SizeLaw
+from hiir.platform.results.claims import ClaimCheck
 from hiir.platform.results.noise import NO_REPLICATES, REAL, VARIANCE_FACTOR
 from hiir.platform.results.sizes import LAW_MIN_SIZES, fmt_size
 from hiir.platform.results.trials import Trial
@@ -28,12 +29,16 @@ BODY = ("body parameters: everything but the pixel-shuffle head (the input conv 
 
 
 def render_markdown(spec, analysis: Analysis, plots: list[Path], *, more_answer: list[str] = (),
-                    more_sections: list[str] = ()) -> str:
+                    more_sections: list[str] = (), claims: list[ClaimCheck] = (), scale_note: str = "") -> str:
     """The report; `more_answer` joins the answer's lines and `more_sections` (markdown lines) follows the
-    results table (a study kind's own analysis, e.g. `transfer`)."""
+    results table (a study kind's own analysis, e.g. `transfer`); `claims` are the paper's directions checked
+    (`claims.check_claims`); `scale_note` says what the scale that ran can and cannot ask."""
     trials = analysis.trials
-    lines = [f"# Study `{spec.name}`", "", spec.question or "", "", "## The answer", ""]
-    lines += [f"- {s}" for s in [*more_answer, *answer(analysis)]] + [""]
+    lines = [f"# Study `{spec.name}`", "", spec.question or "", ""]
+    if scale_note:
+        lines += [f"> {scale_note}", ""]
+    lines += ["## The answer", ""]
+    lines += [f"- {s}" for s in [*more_answer, *answer(analysis), *(c.sentence for c in claims)]] + [""]
     lines += [_counts(trials), ""]
     lines += ["## Results", "", markdown_table(results_table(spec, analysis)), ""]
     if analysis.isolated:
@@ -43,7 +48,7 @@ def render_markdown(spec, analysis: Analysis, plots: list[Path], *, more_answer:
     if synthetic:
         lines += [f"\\* synthetic stand-in (not the real benchmark; numbers are not comparable with the paper's): "
                   f"{', '.join(synthetic)}. See each dataset's manifest.json (degradation.synthetic_stand_in).", ""]
-    lines += list(more_sections)
+    lines += list(more_sections) + _claims_section(claims)
     lines += _noise_section(analysis) + _law_section(analysis) + _budget_section(analysis) + _stop_section(analysis)
     if spec.expected:
         lines += [f"## The paper's numbers ({spec.expected.get('table', 'expected')})", "",
@@ -182,6 +187,25 @@ def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
                 break
         rows.append(row)
     return rows
+
+
+def _claims_section(claims: list[ClaimCheck]) -> list[str]:
+    if not claims:
+        return []
+    pairs = [c for c in claims if c.unit == "dB"]
+    return ["## The paper's directions beside ours", "",
+            "Each claim's paper number is the difference of its two rows in the paper's table, per val set. Ours is "
+            "the same comparison on this study's headline PSNR, paired by seed and val image and averaged over the "
+            "other axes' contexts per seed; it agrees or contradicts only beyond seed noise, by both the "
+            "simultaneous and the own interval"
+            + (f", each at {pairs[0].level:.2%} so that the study's {len(pairs)} claims together hold 95% "
+               "(Bonferroni)" if len(pairs) > 1 else "")
+            + ". A trend claim reads the size trend on the size means. Anything else is not resolved at this "
+            "scale, with why and the smallest effect the design could detect.", "",
+            markdown_table([{"paper says": c.says, "paper": c.paper_words, "ours": c.ours_words,
+                             "seeds": c.n_seeds or "-", "detectable": f"±{c.detectable_db:.2f}"
+                             if math.isfinite(c.detectable_db) else "-", "verdict": c.verdict_words}
+                            for c in claims]), ""]
 
 
 def _noise_section(a: Analysis) -> list[str]:

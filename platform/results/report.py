@@ -19,6 +19,7 @@ from hiir.platform import tracking
 from hiir.platform.errors import HiirError
 from hiir.platform.results import transfer
 from hiir.platform.results.analysis import HEADLINE, Analysis, analyse, headline_metrics, sized
+from hiir.platform.results.claims import check_claims, headline_claims
 from hiir.platform.results.markdown import label, render_markdown
 from hiir.platform.results.plots import plot_curves, plot_effects, plot_scaling
 from hiir.platform.results.scaling import mse_to_psnr
@@ -34,11 +35,12 @@ def report_study(ref: str, *, workdir: Path) -> Path:
                         f"{study_dir(workdir, Path(ref).name)}/study.json); run `hiir study run` first")
     directory, state, spec = found
     return write_report(directory, spec=spec, tracking_uri=state.tracking_uri,
-                        parent_run_id=state.parent_run_id)
+                        parent_run_id=state.parent_run_id, scale=state.scale)
 
 
-def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str) -> Path:
-    """Build report.md and the plots; log them and the headline metrics to the study run. Returns the path."""
+def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str, scale: str = "full") -> Path:
+    """Build report.md and the plots; log them and the headline metrics to the study run. Returns the path.
+    `scale` is the scale block the study ran at: its `note` opens the report."""
     store = tracking.Store(tracking_uri)
     trials = collect_trials(tracking_uri, parent_run_id)
     if not trials:
@@ -56,16 +58,21 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
         if drifts:
             plots.insert(0, transfer.plot(drifts, directory, spec.name))
         store.log_metrics(parent_run_id, transfer.headline(drifts), 0, int(time.time() * 1000))
+    claims = check_claims(spec, analysis)
     report = directory / "report.md"
-    write_atomic(report, render_markdown(spec, analysis, plots, **more))
+    block = spec.scale.get(scale) if scale != "full" else None
+    write_atomic(report, render_markdown(spec, analysis, plots, claims=claims,
+                                         scale_note=block.note if block else "", **more))
     write_atomic(directory / "results.json", json.dumps(
         {"quantity": HEADLINE,
          "trials": [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
                      "n_params": t.n_params, "body_params": t.body_params, "compute": t.compute} for t in trials],
-         "sizes": [law.to_dict() for law in analysis.laws]}, indent=1, default=float))
+         "sizes": [law.to_dict() for law in analysis.laws],
+         "claims": [c.to_dict() for c in claims]}, indent=1, default=float))
     for path in (report, directory / "results.json", *plots):
         store.log_artifact(parent_run_id, path, "report")
-    store.log_metrics(parent_run_id, headline_metrics(analysis), 0, int(time.time() * 1000))
+    store.log_metrics(parent_run_id, {**headline_metrics(analysis), **headline_claims(claims)}, 0,
+                      int(time.time() * 1000))
     if analysis.laws:
         store.set_tags(parent_run_id, {tracking.LAW_TAG: "; ".join(
             (f"{', '.join(f'{k}={v}' for k, v in law.context.items())}: " if law.context else "") + law.law_words

@@ -82,6 +82,41 @@ class Scale(_Block):
     scheduler: Scheduler = Scheduler()   # scheduler fields changed
     num_samples: int = Field(1, ge=1)    # samples of each grid point
     seeds: int = Field(1, ge=1)          # replicates of every cell
+    note: str = ""                       # what this scale can ask of the full question (the report's first lines)
+
+
+class Claim(_Block):
+    """A direction the paper states (`expected.claims`), which the report checks against the study's trials
+    (hiir.platform.results.claims).
+
+    `level` and `reference` pick the two sides' trials by config key. A `model.*` key matches the trial's
+    resolved model, so `model.tree_depth: 3` holds at every scale, whatever preset a scale swaps in; a list
+    is any of its values (`optim.warmup_steps: [10000, 100]`: the full scale's warmup and the smoke scale's);
+    a preset also matches the preset a scale's `presets` put in its place. `where` narrows both sides (the
+    larger size, say). `paper` names the two `expected.rows` (by their `match`: the level's, then the
+    reference's) whose difference is the paper's number. A `trend` claim is about the size axis instead: the
+    direction of PSNR with size, judged by the size trend on the size means."""
+
+    says: str                            # the paper's direction in words: "depth 3 beats depth 2"
+    level: dict[str, Any] = {}           # config key -> value (or [values]): the compared side
+    reference: dict[str, Any] = {}       # the side it is compared with
+    where: dict[str, Any] = {}           # only trials with these values, on both sides
+    paper: list[dict[str, Any]] = []     # [level row's match, reference row's match] in expected.rows
+    trend: Literal["rises", "falls"] | None = None  # a size claim: PSNR rises (or falls) with size
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Claim:
+        if self.trend is None and not (self.level and self.reference):
+            raise ValueError("a claim needs level and reference (two sides to compare), or trend: rises|falls")
+        if self.trend is not None and (self.level or self.reference):
+            raise ValueError("a trend claim is about the size axis: give no level or reference")
+        if self.trend is None and not self.paper:
+            raise ValueError("a level/reference claim needs paper: the two expected rows whose difference is the "
+                             "paper's number (its sign is the direction checked)")
+        if self.paper and len(self.paper) != 2:
+            raise ValueError(f"paper names two expected rows (the level's match, the reference's), got "
+                             f"{len(self.paper)}")
+        return self
 
 
 @dataclass
@@ -118,6 +153,11 @@ class StudySpec(_Block):
     @classmethod
     def _empty_scales(cls, value: Any) -> Any:  # `smoke:` with nothing under it runs the study as it is
         return {k: v if v is not None else {} for k, v in value.items()} if isinstance(value, dict) else value
+
+    @property
+    def claims(self) -> list[Claim]:
+        """The paper's directions this study checks (`expected.claims`), validated when the spec is parsed."""
+        return [Claim.model_validate(c) for c in (self.expected or {}).get("claims") or []]
 
     @functools.cached_property
     def axes(self) -> list[Axis]:
@@ -179,6 +219,30 @@ def find_spec(ref: str | Path) -> Path:
     raise HiirError(f"study {ref!r} not found{did_you_mean(ref, names, otherwise='; see `hiir study list`')}")
 
 
+def find_specs(refs: tuple[str, ...] | list[str]) -> list[Path]:
+    """Several studies: each ref a spec (as `find_spec` takes it) or a folder of specs (a path, or a name under
+    studies/ such as `paper`), whose *.yaml files run in name order. A ref named twice runs once."""
+    paths: list[Path] = []
+    for ref in refs:
+        folder = spec_folder(ref)
+        if folder is not None:
+            found = sorted(folder.glob("*.yaml"))
+            if not found:
+                raise HiirError(f"{ref}: a folder with no study (*.yaml) in it")
+            paths += found
+        else:
+            paths.append(find_spec(ref))
+    return list(dict.fromkeys(p.resolve() for p in paths))
+
+
+def spec_folder(ref: str) -> Path | None:
+    """The folder of studies `ref` names (a path, or a name under studies/ such as `paper`), or None."""
+    for folder in (Path(ref), studies_root() / str(ref)):
+        if folder.is_dir():
+            return folder
+    return None
+
+
 def studies_root() -> Path:
     return Path(list(hiir.studies.__path__)[0])
 
@@ -235,6 +299,7 @@ def parse_spec(raw: dict[str, Any], *, scale: str = "full", overrides: tuple[str
                           "which biases its mean and its seed noise; use scheduler: {kind: none} with seeds")
     if spec.kind == "transfer":
         _check_transfer(spec)
+    _check_claims(spec)
     _check_trials(spec)
     return spec
 
@@ -314,6 +379,29 @@ def _size_families(base: dict[str, Any], search: dict[str, Any]) -> dict[str, An
             params = {k: [parse_size(v) for v in bounds] for k, bounds in params.items()}
         out["model.params"] = params
     return out
+
+
+def _check_claims(spec: StudySpec) -> None:
+    """Each claim reads (`Claim`), and the expected rows its `paper` names exist: a typo is found now, not
+    as a claim with no paper number in a report hours later."""
+    raw = (spec.expected or {}).get("claims") or []
+    if not isinstance(raw, list):
+        raise ConfigError("expected.claims must be a list of claims (says, level, reference, paper | trend)")
+    matches = [_normal(r.get("match") or {}) for r in (spec.expected or {}).get("rows") or []]
+    for i, item in enumerate(raw):
+        try:
+            claim = Claim.model_validate(item)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(map(str, error["loc"]))
+            raise ConfigError(f"expected.claims[{i}]{'.' + where if where else ''}: {error['msg']}") from None
+        for row in claim.paper:
+            if _normal(row) not in matches:
+                raise ConfigError(f"expected.claims[{i}].paper: no expected row has match {row}")
+
+
+def _normal(match: dict[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in match.items()}
 
 
 def _check_trials(spec: StudySpec) -> None:
