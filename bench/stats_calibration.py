@@ -22,12 +22,16 @@ The lines:
                say the law predicts (target <= 0.10)
     transfer   a known drift of the best LR with 3 seeds, through `transfer.analyse_transfer`: how often the
                drift's 95% interval covers it (target >= 0.90)
+    claims     null studies of the tree-depth design (depth 2/3/4, the paper's two claims: 3 beats 2, 4 beats 3)
+               x 2 and 3 seeds, through `claims.check_claims` on the shipped spec: how often any claim is called
+               agreeing or contradicting (family-wise error over a study's claims; target <= 0.06)
 
     .venv/bin/python bench/stats_calibration.py            # the full run: 2,000 studies a line (500 for the law)
     .venv/bin/python bench/stats_calibration.py --quick    # 10x fewer, for development
 
 The seed is fixed, so the figures reproduce. The last line is
-`calibration: fwer=<max> trend_coverage=<min> heldout_coverage=<min> transfer_coverage=<min> law_false_predicts=<max>`.
+`calibration: fwer=<max> trend_coverage=<min> heldout_coverage=<min> transfer_coverage=<min> law_false_predicts=<max>
+claims_fwer=<max>`.
 """
 from __future__ import annotations
 
@@ -41,10 +45,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # many small numpy calls: threads
 
 import numpy as np  # noqa: E402
 
+from hiir.platform.results.analysis import analyse  # noqa: E402
+from hiir.platform.results.claims import UNRESOLVED, check_claims  # noqa: E402
 from hiir.platform.results.noise import REAL, TrialScores, axis_effects  # noqa: E402
 from hiir.platform.results.sizes import held_out, size_trend  # noqa: E402
 from hiir.platform.results.transfer import analyse_transfer  # noqa: E402
 from hiir.platform.results.trials import Trial  # noqa: E402
+from hiir.platform.study.spec import load_spec  # noqa: E402
 
 SEED = 20
 IMAGES = 8
@@ -72,6 +79,24 @@ def effects_study(rng: np.random.Generator, levels: int, seeds: int, contexts: i
                           {"val": {f"i{i}": float(v) for i, v in enumerate(scores[lv, s, c])}})
               for lv in range(levels) for s in range(seeds) for c in range(contexts)]
     return any(e.verdict == REAL for e in axis_effects(trials, {"level": "l0"}) if e.axis == "level")
+
+
+def claims_study(rng: np.random.Generator, spec, seeds: int) -> bool:
+    """One null study of a depth axis (2/3/4) judged on the spec's claims; True when any claim is decided."""
+    levels = (2, 3, 4)
+    sds = _level_sds(rng, len(levels), 0.03)
+    image = rng.normal(0.0, 1.0, IMAGES)
+    seed_offset = rng.normal(0.0, 0.1, seeds)
+    trials = []
+    for i, depth in enumerate(levels):
+        for s in range(seeds):
+            scores = 30.0 + seed_offset[s] + rng.normal(0.0, sds[i]) + image + rng.normal(0.0, 0.05, IMAGES)
+            trials.append(Trial(f"r{i}-{s}", f"t{i}-{s}", "FINISHED", {"model.tree_depth": str(depth), "seed": str(s)},
+                                {"resolved_model.tree_depth": str(depth), "resolved_model.scale": "2"},
+                                {"val_psnr": float(scores.mean())}, ([], []),
+                                per_image={"val": {f"i{j}": float(v) for j, v in enumerate(scores)}}))
+    analysis = analyse(trials, parent_metrics={}, parent_tags={})
+    return any(c.verdict != UNRESOLVED for c in check_claims(spec, analysis))
 
 
 # ------------------------------------------------------------------------------------------- trend
@@ -169,9 +194,13 @@ def main() -> None:
                             lambda r, s=s: law_study(r, s, flat=True)[1], rng) for s in (2, 3)]
     transfer = [_rate("transfer: drift -0.5, 3 seeds, 95% interval covers", per_line,
                       lambda r: transfer_study(r, 3), rng)]
+    depth = load_spec("paper/tree_depth", scale="smoke")
+    claims = [_rate(f"claims: null, tree depth 2/3/4 x {s} seeds, any decided", per_line,
+                    lambda r, s=s: claims_study(r, depth, s), rng) for s in (2, 3)]
     print(f"wall time {time.time() - start:.0f} s")
     print(f"calibration: fwer={max(fwer):.3f} trend_coverage={min(trend):.3f} heldout_coverage={min(heldout):.3f} "
-          f"transfer_coverage={min(transfer):.3f} law_false_predicts={max(false_predicts):.3f}")
+          f"transfer_coverage={min(transfer):.3f} law_false_predicts={max(false_predicts):.3f} "
+          f"claims_fwer={max(claims):.3f}")
 
 
 if __name__ == "__main__":

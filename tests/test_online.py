@@ -259,6 +259,17 @@ def test_report_marks_synthetic_sets_and_shows_task_means():
     text = render_markdown(spec, analysis, [])
     assert "synthetic stand-in" in text and "demo_derain_synth" in text and "AirNet" in text
 
+    # against the degraded input: the mean over sets is above it, derain is not, and the answer says so
+    base = {"baseline/val/demo_derain_synth/psnr": 20.5, "baseline/val/demo_denoise_s25/psnr": 20.2,
+            "baseline/val_psnr": 20.35}
+    analysis = analyse([t], parent_metrics=base, parent_tags={"hiir.baseline": "the degraded input"})
+    baseline_row = results_table(spec, analysis)[0]
+    assert baseline_row["demo_derain_synth*"] == "20.50"  # the trials' column, not one of its own
+    text = render_markdown(spec, analysis, [])
+    assert "Every finished trial is above the degraded input (20.35 dB)." in text
+    assert ("On `demo_derain_synth`, 1 of 1 finished trials score at or below the degraded input (20.50 dB there): "
+            "the mean over sets hides that.") in text and "On `demo_denoise_s25`" not in text
+
 
 # ---------------------------------------------------------------- one real run
 

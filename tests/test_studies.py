@@ -128,6 +128,7 @@ def test_paper_smoke_scales_are_small_experiments_with_seeds_and_say_what_they_a
     assert s.seeds == (1 if name.startswith("search/") else 2)
     cfg = s.base_trial
     assert cfg.optim.warmup_steps in (0, 100) and cfg.engine.zero_stage == 0 and cfg.optim.max_steps >= 1000
+    assert cfg.optim.schedule == "cosine" and cfg.optim.grad_clip == 1.0
     if not cfg.data.mixture:
         assert cfg.resolved_model.mean_shift and cfg.optim.lr == 2e-3
 

@@ -238,3 +238,13 @@ def test_a_folder_of_studies_runs_in_turn_skips_the_finished_resumes_the_interru
     runs = store._client.search_runs(experiments, filter_string=f"tags.`{KIND_TAG}` = 'summary'")
     assert len(runs) == 1 and runs[0].info.run_name == "paper-smoke"  # the second summary updates the first
     assert runs[0].data.metrics["claims_not_resolved"] == 1 and runs[0].data.metrics["studies_finished"] == 2
+    # an edited spec is not the study that finished: it runs anew (checked without running it again)
+    from hiir.platform.cli.study import _previous_run
+
+    edited = yaml.safe_load((folder / "a-attention.yaml").read_text())
+    edited["question"] = "does it still work?"
+    (folder / "a-attention.yaml").write_text(yaml.safe_dump(edited))
+    assert _previous_run(folder / "a-attention.yaml", "smoke", (), workdir)[1] == \
+        "spec edited since its last run: running anew"
+    assert _previous_run(folder / "b-one.yaml", "smoke", (), workdir)[1] == "finished"
+    assert _previous_run(folder / "b-one.yaml", "full", (), workdir)[1] == "none"  # another scale

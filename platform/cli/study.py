@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import yaml
 
 from hiir.platform import tracking
 from hiir.platform.cli.options import address_option, resolve_workdir, tracking_uri_option, workdir_option
@@ -13,7 +14,7 @@ from hiir.platform.results.report import report_study
 from hiir.platform.results.summary import StudyLine, study_line, write_summary
 from hiir.platform.results.transfer import from_study
 from hiir.platform.study.run import resume_study, run_study
-from hiir.platform.study.spec import find_specs, load_spec, spec_folder
+from hiir.platform.study.spec import find_specs, load_spec, spec_folder, with_profiles
 from hiir.platform.study.state import find_study, list_studies
 
 
@@ -100,24 +101,21 @@ def list_(workdir: Path) -> None:
 
 def _run_in_turn(refs: tuple[str, ...], paths: list[Path], *, scale: str, search: str, overrides: tuple[str, ...],
                  concurrent: int | None, workdir: Path, tracking_uri: str | None, address: str | None) -> None:
-    """Each study in turn (skipped when it finished at this scale with these overrides, resumed when it was
-    interrupted), a progress line per study, then the summary. A study that cannot run is a line in the
-    summary, and the command exits non-zero after the rest have run."""
+    """Each study in turn, a progress line per study, then the summary. A study that finished at this scale with
+    these overrides and this spec is skipped, an interrupted one resumes, an edited one runs anew. A study that
+    cannot run is a line in the summary, and the command exits non-zero after the rest have run."""
     lines: list[StudyLine] = []
     for i, path in enumerate(paths, 1):
         head = f"[{i}/{len(paths)}] {path.stem} ({scale})"
         try:
-            name = load_spec(path, scale=scale, overrides=overrides).name
-            found = find_study(name, workdir)
-            state = found[1] if found else None
-            same = state is not None and state.scale == scale and list(state.overrides) == list(overrides)
-            status = tracking.Store(state.tracking_uri).get_run(state.parent_run_id).info.status if same else None
-            if status in ("FINISHED", "FAILED") and (found[0] / "results.json").is_file():
+            directory, before = _previous_run(path, scale, overrides, workdir)
+            if before == "finished":
                 click.echo(f"{head}: finished before, skipped")
-                directory = found[0]
+                if not (directory / "results.json").is_file():  # its report was skipped, or failed
+                    report_study(str(directory), workdir=workdir)
             else:
-                click.echo(f"{head}: {'resuming' if status == 'RUNNING' else 'running'} ...")
-                done = (resume_study(found[0], address=address) if status == "RUNNING" else
+                click.echo(f"{head}: {'running' if before == 'none' else before} ...")
+                done = (resume_study(directory, address=address) if before == "resuming" else
                         run_study(path, workdir=workdir, scale=scale, overrides=overrides, tracking_uri=tracking_uri,
                                   search=search, address=address, concurrent=concurrent))
                 finish_study(done)
@@ -140,6 +138,24 @@ def _run_in_turn(refs: tuple[str, ...], paths: list[Path], *, scale: str, search
     failed = [x.name for x in lines if x.status not in ("finished", "failed")]
     if failed:
         raise HiirError(f"{len(failed)} of {len(lines)} studies did not finish: {', '.join(failed)}")
+
+
+def _previous_run(path: Path, scale: str, overrides: tuple[str, ...], workdir: Path) -> tuple[Path | None, str]:
+    """The study's directory in `workdir` and what its last run there means for this one: `finished` (at this
+    scale, with these overrides and this spec: skip it), `resuming` (it was interrupted), `spec edited since its
+    last run: running anew`, or `none`."""
+    found = find_study(load_spec(path, scale=scale, overrides=overrides).name, workdir)
+    if found is None:
+        return None, "none"
+    directory, state, _ = found
+    if state.scale != scale or list(state.overrides) != list(overrides):
+        return directory, "none"
+    if state.raw != with_profiles(yaml.safe_load(path.read_text())):  # the spec as it ran, profiles written out
+        return directory, "spec edited since its last run: running anew"
+    status = tracking.Store(state.tracking_uri).get_run(state.parent_run_id).info.status
+    if status in ("FINISHED", "FAILED"):
+        return directory, "finished"
+    return directory, "resuming" if status == "RUNNING" else "none"
 
 
 def _summarize(done, no_report: bool) -> None:

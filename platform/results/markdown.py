@@ -86,6 +86,7 @@ def answer(a: Analysis) -> list[str]:
                    f"({base:.2f} dB): they learned less than a fixed filter gives; do not read effects from them.")
     elif a.best is not None:
         out.append(f"Every finished trial is above {a.baseline_name} ({base:.2f} dB).")
+    out += _sets_below(a)
     out += [_law_sentence(law) for law in a.laws]
     if a.noise is not None and math.isfinite(a.noise.sd_db):
         out.append(f"Seed noise: a trial's PSNR varies by {a.noise.sd_db:.3f} dB (sd) from seed to seed "
@@ -106,6 +107,25 @@ def answer(a: Analysis) -> list[str]:
                    "(see Early stopping).")
     if a.isolated:
         out.append(f"{len(a.isolated)} trial(s) ({ISOLATED}) have no path across patch borders.")
+    return out
+
+
+def _sets_below(a: Analysis) -> list[str]:
+    """With several val sets, each set on which finished trials score at or below the baseline's own score there:
+    a mean over sets above the baseline can hide a task the model makes worse."""
+    done = [t for t in a.trials if t.done]
+    if not done:
+        return []
+    key = done[0].headline_key
+    base = {k.split("/")[1]: v for k, v in a.baseline.items() if k.count("/") == 2 and k.endswith(f"/{key}")}
+    if len(base) < 2:
+        return []
+    out = []
+    for name, bar in sorted(base.items()):
+        below = [t for t in done if (t.set_psnr().get(name) is not None and t.set_psnr()[name] <= bar)]
+        if below:
+            out.append(f"On `{name}`, {len(below)} of {len(done)} finished trials score at or below {a.baseline_name} "
+                       f"({bar:.2f} dB there): the mean over sets hides that.")
     return out
 
 
@@ -161,7 +181,8 @@ def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
         row = {"trial": f"baseline: {a.baseline_name}"}
         for name in sorted({k.split("/")[1] for k in base if k.count("/") == 2}, key=lambda n: (order.get(n, 99), n)):
             key = first.headline_key if first is not None else "psnr"
-            row[name] = f"{base.get(f'val/{name}/{key}', base.get(f'val/{name}/psnr')):.2f}"
+            column = name + ("*" if first is not None and name in first.synthetic else "")  # as the trials' rows
+            row[column] = f"{base.get(f'val/{name}/{key}', base.get(f'val/{name}/psnr')):.2f}"
         rows.append({**row, "mean PSNR": f"{base[HEADLINE]:.2f}"})
     expected = (spec.expected or {}).get("rows", [])
     for t in a.trials:
