@@ -247,17 +247,17 @@ def test_standard_is_todays_model_and_optimizer():
 
 @pytest.mark.slow
 def test_coord_check_cli_saves_slopes_flat_under_mup_and_growing_under_standard(tmp_path):
-    out = tmp_path / "cc"  # the check's defaults: tiny's widths 16, 32, 64, 128, 10 steps, 2 seeds
+    out = tmp_path / "cc"  # the check's defaults: tiny's widths 16, 32, 64, 128, 10 steps, 4 seeds
     result = CliRunner().invoke(cli, ["models", "--coord-check", "tiny", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "μP flat" in result.output and "standard grows" in result.output
     data = json.loads((out / "coord_check.json").read_text())
     assert (out / "coord_check.png").stat().st_size > 10_000
-    assert data["widths"] == [16, 32, 64, 128] and data["steps"] == 10 and data["seeds"] == 2
+    assert data["widths"] == [16, 32, 64, 128] and data["steps"] == 10 and data["seeds"] == 4
     mup = {k: v["slope"] for k, v in data["parametrizations"]["mup"]["kinds"].items()}
     std = {k: v["slope"] for k, v in data["parametrizations"]["standard"]["kinds"].items()}
     assert {"cpb_hidden", "cpb_logits", "readout", "upsampler", "output"} <= set(mup)  # every kind of layer
-    # measured at these settings: μP within ±0.15, standard median ~0.9
+    # measured at these settings: μP within ±0.21 (position-bias logits -0.21, upsampler -0.20), standard median ~1.0
     assert max(abs(s) for s in mup.values()) <= 0.25, mup
     assert data["summary"]["standard"]["median_slope"] > 0.6, std
     for kind in ("qkv", "proj", "fc1", "fc2", "readout"):  # the hidden layers and the readout, one by one

@@ -51,7 +51,7 @@ def _sizes(ctx, param, values: tuple[str, ...]) -> tuple[int, ...]:
 @click.option("--widths", multiple=True, type=click.IntRange(min=1),
               help="Widths C for --coord-check (repeatable, 4+ to see a trend). Default: 4 doublings from C0/2.")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Adam steps per width.")
-@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Seeds averaged per width.")
+@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True, help="Seeds averaged per width.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where --coord-check writes coord_check.json and .png. Default: <workdir>/coord_check/FAMILY.")
 @workdir_option

@@ -19,7 +19,7 @@ this scale (or both sides the same trials), or trials at or below the baseline.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -152,11 +152,11 @@ def _trend(claim: Claim, spec: StudySpec, a: Analysis) -> ClaimCheck:
 
 def _decided(check: ClaimCheck, ours: float, paper_sign: float) -> ClaimCheck:
     agree = np.sign(ours) == np.sign(paper_sign)
-    return ClaimCheck(**{**check.__dict__, "verdict": AGREES if agree else CONTRADICTS})
+    return replace(check, verdict=AGREES if agree else CONTRADICTS)
 
 
 def _unresolved(check: ClaimCheck, why: str) -> ClaimCheck:
-    return ClaimCheck(**{**check.__dict__, "verdict": UNRESOLVED, "why": why})
+    return replace(check, verdict=UNRESOLVED, why=why)
 
 
 def paper_difference(spec: StudySpec, claim: Claim) -> dict[str, float]:

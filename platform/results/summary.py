@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hiir.data_prep.files import write_atomic
 from hiir.platform import tracking
@@ -106,7 +105,7 @@ def write_summary(path: Path, lines: list[StudyLine], *, tracking_uri: str, expe
     """Write the summary to `path` and log it to MLflow as a run named after it; returns the run id."""
     write_atomic(path, render_summary(path.stem, lines))
     data = path.with_suffix(".json")
-    write_atomic(data, json.dumps([_to_dict(x) for x in lines], indent=1, default=float))
+    write_atomic(data, json.dumps([asdict(x) for x in lines], indent=1, default=float))
     store = tracking.Store(tracking_uri)
     run_id, _ = store.find_or_create_run(store.experiment(experiment, workdir), path.stem,
                                          {tracking.KIND_TAG: SUMMARY_KIND})
@@ -118,10 +117,6 @@ def write_summary(path: Path, lines: list[StudyLine], *, tracking_uri: str, expe
         store.log_artifact(run_id, artifact)
     store.close(run_id, "FINISHED")
     return run_id
-
-
-def _to_dict(x: StudyLine) -> dict[str, Any]:
-    return {**{k: v for k, v in x.__dict__.items() if k != "claims"}, "claims": [c.to_dict() for c in x.claims]}
 
 
 def _minutes(seconds: float) -> str:
