@@ -28,7 +28,7 @@ from hiir.platform.results.analysis import Analysis
 from hiir.platform.results.noise import NO_REPLICATES, REAL, TrialScores, axis_effects
 from hiir.platform.results.trials import Trial
 from hiir.platform.study.axes import SEED_AXIS
-from hiir.platform.study.spec import Claim, StudySpec
+from hiir.platform.study.spec import Claim, StudySpec, expected_values
 
 __all__ = ["ClaimCheck", "check_claims", "paper_difference", "headline_claims", "AGREES", "CONTRADICTS",
            "UNRESOLVED"]
@@ -79,11 +79,6 @@ class ClaimCheck:
     def sentence(self) -> str:
         return (f"Paper: {self.says} ({self.paper_words}). Ours: {self.ours_words}"
                 + (f" over {self.n_seeds} seeds" if self.n_seeds else "") + f": **{self.verdict_words}**")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"says": self.says, "paper": self.paper, "ours_db": self.ours_db, "ci_db": list(self.ci_db),
-                "detectable_db": self.detectable_db, "n_seeds": self.n_seeds, "verdict": self.verdict,
-                "why": self.why, "unit": self.unit, "level": self.level}
 
 
 def check_claims(spec: StudySpec, analysis: Analysis) -> list[ClaimCheck]:
@@ -163,19 +158,12 @@ def paper_difference(spec: StudySpec, claim: Claim) -> dict[str, float]:
     """The paper's level minus reference per val set, from the two expected rows the claim names."""
     if not claim.paper:
         return {}
-    rows = [_row(spec, match) for match in claim.paper]
+    rows = [expected_values(spec, match) for match in claim.paper]
     if any(r is None for r in rows):
         return {}
     level, reference = rows
     return {k: float(level[k]) - float(reference[k]) for k in level
             if k in reference and k != "params_M" and isinstance(level[k], (int, float))}
-
-
-def _row(spec: StudySpec, match: dict[str, Any]) -> dict[str, Any] | None:
-    for row in (spec.expected or {}).get("rows") or []:
-        if {str(k): str(v) for k, v in (row.get("match") or {}).items()} == {str(k): str(v) for k, v in match.items()}:
-            return row.get("values") or {}
-    return None
 
 
 def _preset_aliases(spec: StudySpec) -> dict[str, set[str]]:

@@ -114,15 +114,13 @@ def _sets_below(a: Analysis) -> list[str]:
     """With several val sets, each set on which finished trials score at or below the baseline's own score there:
     a mean over sets above the baseline can hide a task the model makes worse."""
     done = [t for t in a.trials if t.done]
-    if not done:
-        return []
-    key = done[0].headline_key
-    base = {k.split("/")[1]: v for k, v in a.baseline.items() if k.count("/") == 2 and k.endswith(f"/{key}")}
+    base = _baseline_by_set(a.baseline, done[0]) if done else {}
     if len(base) < 2:
         return []
+    sets = [t.set_psnr() for t in done]
     out = []
     for name, bar in sorted(base.items()):
-        below = [t for t in done if (t.set_psnr().get(name) is not None and t.set_psnr()[name] <= bar)]
+        below = [s for s in sets if s.get(name) is not None and s[name] <= bar]
         if below:
             out.append(f"On `{name}`, {len(below)} of {len(done)} finished trials score at or below {a.baseline_name} "
                        f"({bar:.2f} dB there): the mean over sets hides that.")
@@ -179,10 +177,9 @@ def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
     rows = []
     if HEADLINE in base:
         row = {"trial": f"baseline: {a.baseline_name}"}
-        for name in sorted({k.split("/")[1] for k in base if k.count("/") == 2}, key=lambda n: (order.get(n, 99), n)):
-            key = first.headline_key if first is not None else "psnr"
+        for name, value in sorted(_baseline_by_set(base, first).items(), key=lambda kv: (order.get(kv[0], 99), kv[0])):
             column = name + ("*" if first is not None and name in first.synthetic else "")  # as the trials' rows
-            row[column] = f"{base.get(f'val/{name}/{key}', base.get(f'val/{name}/psnr')):.2f}"
+            row[column] = f"{value:.2f}"
         rows.append({**row, "mean PSNR": f"{base[HEADLINE]:.2f}"})
     expected = (spec.expected or {}).get("rows", [])
     for t in a.trials:
@@ -208,6 +205,18 @@ def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
                 break
         rows.append(row)
     return rows
+
+
+def _baseline_by_set(baseline: dict[str, float], trial: Trial | None) -> dict[str, float]:
+    """The baseline's headline PSNR per val set, by the trial's headline (Y for SR; its RGB PSNR where the baseline
+    has no other)."""
+    key = trial.headline_key if trial is not None else "psnr"
+    out = {}
+    for name in {k.split("/")[1] for k in baseline if k.count("/") == 2}:
+        value = baseline.get(f"val/{name}/{key}", baseline.get(f"val/{name}/psnr"))
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def _claims_section(claims: list[ClaimCheck]) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from hiir.data_prep.files import write_atomic
@@ -68,7 +69,7 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
          "trials": [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
                      "n_params": t.n_params, "body_params": t.body_params, "compute": t.compute} for t in trials],
          "sizes": [law.to_dict() for law in analysis.laws],
-         "claims": [c.to_dict() for c in claims]}, indent=1, default=float))
+         "claims": [asdict(c) for c in claims]}, indent=1, default=float))
     for path in (report, directory / "results.json", *plots):
         store.log_artifact(parent_run_id, path, "report")
     store.log_metrics(parent_run_id, {**headline_metrics(analysis), **headline_claims(claims)}, 0,

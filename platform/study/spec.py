@@ -387,7 +387,6 @@ def _check_claims(spec: StudySpec) -> None:
     raw = (spec.expected or {}).get("claims") or []
     if not isinstance(raw, list):
         raise ConfigError("expected.claims must be a list of claims (says, level, reference, paper | trend)")
-    matches = [_normal(r.get("match") or {}) for r in (spec.expected or {}).get("rows") or []]
     for i, item in enumerate(raw):
         try:
             claim = Claim.model_validate(item)
@@ -396,12 +395,19 @@ def _check_claims(spec: StudySpec) -> None:
             where = ".".join(map(str, error["loc"]))
             raise ConfigError(f"expected.claims[{i}]{'.' + where if where else ''}: {error['msg']}") from None
         for row in claim.paper:
-            if _normal(row) not in matches:
+            if expected_values(spec, row) is None:
                 raise ConfigError(f"expected.claims[{i}].paper: no expected row has match {row}")
 
 
-def _normal(match: dict[str, Any]) -> dict[str, str]:
-    return {str(k): str(v) for k, v in match.items()}
+def expected_values(spec: StudySpec, match: dict[str, Any]) -> dict[str, Any] | None:
+    """The values of the `expected.rows` entry whose `match` is `match` (compared as text: YAML may give 0 or
+    "0"), or None when no row has it."""
+    def text(m: dict[str, Any]) -> dict[str, str]:
+        return {str(k): str(v) for k, v in m.items()}
+    for row in (spec.expected or {}).get("rows") or []:
+        if text(row.get("match") or {}) == text(match):
+            return row.get("values") or {}
+    return None
 
 
 def _check_trials(spec: StudySpec) -> None:
