@@ -106,8 +106,10 @@ def test_smoke_scale_fits_two_cpu_cores(name):
         assert not cfg.scaling.use_gpu
         assert cfg.scaling.num_workers * cfg.scaling.cpus_per_worker <= 2
         # smoke scales are small experiments, each measured on 2 cores (bench/RESULTS.md, "the demo's sizes" and
-        # "the paper at laptop scale"); the tests run a pipeline check of a few steps, not these
-        assert cfg.optim.max_steps <= 2500 and cfg.optim.max_steps % cfg.eval.every == 0
+        # "the paper at laptop scale"); the tests run a pipeline check of a few steps, not these. The U-shaped
+        # restoration nets step about 2.5x faster than the columnar ones (2,000 steps of all_in_one in 3.6 minutes)
+        step_cap = 5000 if cfg.data.mixture else 2500
+        assert cfg.optim.max_steps <= step_cap and cfg.optim.max_steps % cfg.eval.every == 0
         assert 1 <= cfg.eval.max_images <= 3 and cfg.data.lq_patch <= 32
         # demo widths reach C 128 (the coordinate check's 16 to 128; tiny's 0.4M is C 72); full sizes start at 180
         assert cfg.resolved_model.dim <= 128, f"{point}: a full-size preset survived the smoke scale"
