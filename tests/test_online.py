@@ -238,6 +238,7 @@ def test_report_marks_synthetic_sets_and_shows_task_means():
 
     from hiir.platform.results.analysis import analyse
     from hiir.platform.results.markdown import render_markdown, results_table
+    from hiir.platform.results.summary import StudyLine, render_summary
     from hiir.platform.results.trials import Trial
 
     params = {"model.num_params": "220000", "resolved_model.scale": "1",
@@ -269,6 +270,12 @@ def test_report_marks_synthetic_sets_and_shows_task_means():
     assert "Every finished trial is above the degraded input (20.35 dB)." in text
     assert ("On `demo_derain_synth`, 1 of 1 finished trials score at or below the degraded input (20.50 dB there): "
             "the mean over sets hides that.") in text and "On `demo_denoise_s25`" not in text
+    assert analysis.sets_below == {"demo_derain_synth": (1, 20.5)}
+    # and a folder run's summary carries it beside the count by the mean (results.json -> StudyLine)
+    line = StudyLine("all_in_one", "all_in_one.yaml", "finished", 200.0, trials=1, finished=1, seeds=1,
+                     sets_below={"demo_derain_synth": 1})
+    assert line.words.startswith("finished in 3m20s: 1 of 1 trials finished, 1 at or below it on demo_derain_synth,")
+    assert "| all_in_one | finished | 3m20s | 1/1 | 1 | 0 | demo_derain_synth (1) |" in render_summary("s", [line])
 
 
 # ---------------------------------------------------------------- one real run

@@ -123,6 +123,7 @@ class Analysis:
     baseline: dict[str, float]   # the baseline's metrics, val/<set>/... and val_psnr
     best: Trial | None
     below_baseline: list[Trial]
+    sets_below: dict[str, tuple[int, float]]  # with 2+ val sets: set -> (finished trials at or below, the bar)
     cells: list[CellStats]
     noise: SeedNoise | None
     effects: list[AxisEffect]
@@ -145,15 +146,32 @@ def analyse(trials: list[Trial], *, parent_metrics: dict[str, float], parent_tag
     sign = 1 if mode == "max" else -1
     best = max(done, key=lambda t: sign * t.metrics[HEADLINE], default=None)
     below = [t for t in done if HEADLINE in baseline and t.metrics[HEADLINE] <= baseline[HEADLINE]]
+    bars = baseline_by_set(baseline, done[0]) if done else {}
+    per_set = [t.set_psnr() for t in done]
+    counts = {name: (sum(s.get(name) is not None and s[name] <= bar for s in per_set), bar)
+              for name, bar in sorted(bars.items())} if len(bars) > 1 else {}
+    sets_below = {name: count for name, count in counts.items() if count[0]}
     scores = [t.scores() for t in done]
     replicated = any(SEED_AXIS in t.axes for t in done)
     return Analysis(
         trials=trials, mode=mode, baseline_name=parent_tags.get(tracking.BASELINE_TAG, "baseline"), baseline=baseline,
-        best=best, below_baseline=below, cells=cell_stats(scores) if replicated else [],
+        best=best, below_baseline=below, sets_below=sets_below, cells=cell_stats(scores) if replicated else [],
         noise=seed_noise(scores) if replicated else None,
         effects=axis_effects(scores, _references(done)) if done else [],
         laws=size_laws(done) if laws else [], budgets=budget_table(done), stops=early_stops(trials),
         isolated=[t for t in trials if not t.crosses_patches])
+
+
+def baseline_by_set(baseline: dict[str, float], trial: Trial | None) -> dict[str, float]:
+    """The baseline's headline PSNR per val set, by the trial's headline (Y for SR; its RGB PSNR where the baseline
+    has no other)."""
+    key = trial.headline_key if trial is not None else "psnr"
+    out = {}
+    for name in {k.split("/")[1] for k in baseline if k.count("/") == 2}:
+        value = baseline.get(f"val/{name}/{key}", baseline.get(f"val/{name}/psnr"))
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def size_laws(done: list[Trial]) -> list[SizeLaw]:

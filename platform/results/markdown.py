@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hiir.platform import tracking
-from hiir.platform.results.analysis import HEADLINE, Analysis, SizeLaw
+from hiir.platform.results.analysis import HEADLINE, Analysis, SizeLaw, baseline_by_set
 from hiir.platform.results.claims import ClaimCheck
 from hiir.platform.results.noise import NO_REPLICATES, REAL, VARIANCE_FACTOR
 from hiir.platform.results.sizes import LAW_MIN_SIZES, fmt_size
@@ -111,20 +111,11 @@ def answer(a: Analysis) -> list[str]:
 
 
 def _sets_below(a: Analysis) -> list[str]:
-    """With several val sets, each set on which finished trials score at or below the baseline's own score there:
-    a mean over sets above the baseline can hide a task the model makes worse."""
-    done = [t for t in a.trials if t.done]
-    base = _baseline_by_set(a.baseline, done[0]) if done else {}
-    if len(base) < 2:
-        return []
-    sets = [t.set_psnr() for t in done]
-    out = []
-    for name, bar in sorted(base.items()):
-        below = [s for s in sets if s.get(name) is not None and s[name] <= bar]
-        if below:
-            out.append(f"On `{name}`, {len(below)} of {len(done)} finished trials score at or below {a.baseline_name} "
-                       f"({bar:.2f} dB there): the mean over sets hides that.")
-    return out
+    """Each val set on which finished trials score at or below the baseline's own score there: a mean over sets
+    above the baseline can hide a task the model makes worse."""
+    done = sum(t.done for t in a.trials)
+    return [f"On `{name}`, {count} of {done} finished trials score at or below {a.baseline_name} ({bar:.2f} dB "
+            "there): the mean over sets hides that." for name, (count, bar) in a.sets_below.items()]
 
 
 def _law_sentence(law: SizeLaw) -> str:
@@ -177,7 +168,7 @@ def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
     rows = []
     if HEADLINE in base:
         row = {"trial": f"baseline: {a.baseline_name}"}
-        for name, value in sorted(_baseline_by_set(base, first).items(), key=lambda kv: (order.get(kv[0], 99), kv[0])):
+        for name, value in sorted(baseline_by_set(base, first).items(), key=lambda kv: (order.get(kv[0], 99), kv[0])):
             column = name + ("*" if first is not None and name in first.synthetic else "")  # as the trials' rows
             row[column] = f"{value:.2f}"
         rows.append({**row, "mean PSNR": f"{base[HEADLINE]:.2f}"})
@@ -205,18 +196,6 @@ def results_table(spec, a: Analysis) -> list[dict[str, Any]]:
                 break
         rows.append(row)
     return rows
-
-
-def _baseline_by_set(baseline: dict[str, float], trial: Trial | None) -> dict[str, float]:
-    """The baseline's headline PSNR per val set, by the trial's headline (Y for SR; its RGB PSNR where the baseline
-    has no other)."""
-    key = trial.headline_key if trial is not None else "psnr"
-    out = {}
-    for name in {k.split("/")[1] for k in baseline if k.count("/") == 2}:
-        value = baseline.get(f"val/{name}/{key}", baseline.get(f"val/{name}/psnr"))
-        if value is not None:
-            out[name] = value
-    return out
 
 
 def _claims_section(claims: list[ClaimCheck]) -> list[str]:

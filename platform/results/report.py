@@ -69,6 +69,8 @@ def write_report(directory: Path, *, spec, tracking_uri: str, parent_run_id: str
          "trials": [{"run_id": t.run_id, "status": t.status, "axes": t.axes, "metrics": t.metrics,
                      "n_params": t.n_params, "body_params": t.body_params, "compute": t.compute} for t in trials],
          "sizes": [law.to_dict() for law in analysis.laws],
+         "sets_below": {name: {"trials": count, "baseline_db": bar}
+                        for name, (count, bar) in analysis.sets_below.items()},
          "claims": [asdict(c) for c in claims]}, indent=1, default=float))
     for path in (report, directory / "results.json", *plots):
         store.log_artifact(parent_run_id, path, "report")

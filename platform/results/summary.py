@@ -34,7 +34,8 @@ class StudyLine:
     wall_s: float = math.nan                      # its MLflow run's start to end
     trials: int = 0
     finished: int = 0
-    below_baseline: int = 0
+    below_baseline: int = 0                       # by the mean over val sets
+    sets_below: dict[str, int] = field(default_factory=dict)  # val set -> finished trials at or below its baseline
     seeds: int = 0
     claims: list[ClaimCheck] = field(default_factory=list)
     report: str = ""
@@ -48,6 +49,7 @@ class StudyLine:
         counts = ", ".join(f"{sum(c.verdict == v for c in self.claims)} {v}" for v in (AGREES, CONTRADICTS, UNRESOLVED)
                            if any(c.verdict == v for c in self.claims)) or "no claim to check"
         below = f", {self.below_baseline} at or below the baseline" if self.below_baseline else ""
+        below += "".join(f", {n} at or below it on {name}" for name, n in self.sets_below.items())
         return (f"{self.status} in {_minutes(self.wall_s)}: {self.finished} of {self.trials} trials finished{below}, "
                 f"{self.seeds} seed{'s' * (self.seeds != 1)}; claims: {counts}")
 
@@ -71,6 +73,7 @@ def study_line(directory: Path, spec_path: str) -> StudyLine:
         line.finished = len(done)
         base = run.data.metrics.get(f"{tracking.BASELINE_PREFIX}val_psnr")
         line.below_baseline = sum(base is not None and t["metrics"]["val_psnr"] <= base for t in done)
+        line.sets_below = {name: s["trials"] for name, s in data.get("sets_below", {}).items()}
         line.seeds = len({t["axes"].get(SEED_AXIS, "0") for t in trials}) if trials else 0
         line.claims = [ClaimCheck(**{**c, "ci_db": tuple(c["ci_db"])}) for c in data.get("claims", [])]
         line.report = str(directory / "report.md")
@@ -85,7 +88,9 @@ def render_summary(title: str, lines: list[StudyLine]) -> str:
            "by the study report's rules (beyond seed noise, or not resolved at this scale).", "",
            markdown_table([{"study": x.name, "status": x.status, "wall": _minutes(x.wall_s),
                             "trials": f"{x.finished}/{x.trials}", "seeds": x.seeds or "-",
-                            "at or below baseline": x.below_baseline, "claims": len(x.claims),
+                            "at or below baseline": x.below_baseline,
+                            "val sets where some are": ", ".join(f"{k} ({n})" for k, n in x.sets_below.items()) or "-",
+                            "claims": len(x.claims),
                             "report": x.report or "-"} for x in lines]), ""]
     rows = [{"study": x.name, "paper says": c.says, "paper": c.paper_words, "ours": c.ours_words,
              "verdict": c.verdict_words} for x in lines for c in x.claims]
