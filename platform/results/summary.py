@@ -71,8 +71,7 @@ def study_line(directory: Path, spec_path: str) -> StudyLine:
         line.trials = len(trials)
         done = [t for t in trials if t["status"] == "FINISHED" and "val_psnr" in t["metrics"]]
         line.finished = len(done)
-        base = run.data.metrics.get(f"{tracking.BASELINE_PREFIX}val_psnr")
-        line.below_baseline = sum(base is not None and t["metrics"]["val_psnr"] <= base for t in done)
+        line.below_baseline = int(run.data.metrics.get("trials_at_or_below_baseline", 0))  # the report's count
         line.sets_below = {name: s["trials"] for name, s in data.get("sets_below", {}).items()}
         line.seeds = len({t["axes"].get(SEED_AXIS, "0") for t in trials}) if trials else 0
         line.claims = [ClaimCheck(**{**c, "ci_db": tuple(c["ci_db"])}) for c in data.get("claims", [])]
