@@ -25,8 +25,10 @@ demo: venv
 	$(BIN)/hiir study run studies/smoke.yaml
 
 test: venv
+	# Two pytest processes: the tests that need a Ray in one, the rest beside them (tests/conftest.py says why).
 	# pytest exits 5 when it collects no tests; that is not a failure.
-	$(BIN)/python -m pytest tests --durations=25 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest tests -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 clean:
 	rm -rf hiir-work .cache

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,27 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest processes (pytest-xdist, `--dist loadgroup`). The tests that use the session's
+    embedded Ray all go to one of them, in file order: one such Ray serves them all (a second would add ~10
+    processes contending for the two cores), and the other process takes the rest on the CPU they leave idle.
+    Tests that start a Ray of their own in a subprocess (a data build, a test cluster) run beside it, as two
+    studies on one machine would."""
+    for item in items:
+        if "ray_session" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def pytest_collection_finish(session):
+    """Say so when xdist did not take the group (it marks it in the node id; pytest 9.2's ids undo that):
+    the suite still passes, with two Rays at once, slower."""
+    grouped = [item for item in session.items if item.get_closest_marker("xdist_group")]
+    if getattr(session.config.option, "loadgroup", False) and grouped and not grouped[0].nodeid.endswith("@ray"):
+        warnings.warn(f"pytest-xdist did not group the Ray tests under pytest {pytest.__version__} "
+                      "(pytest-dev/pytest-xdist#1386): they run in both processes", stacklevel=1)
 
 
 @pytest.fixture(scope="session")

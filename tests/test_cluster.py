@@ -108,14 +108,17 @@ finally:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_real_two_node_cluster_refuses_node_local_paths_and_spreads_a_zero2_run(workdir, train_config,
-                                                                                  mlflow_server, tmp_path):
+def test_a_real_two_node_cluster_refuses_node_local_paths_and_spreads_a_zero2_run(train_config, mlflow_server,
+                                                                                  tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from hiir.data_prep import build_demo
     from hiir.platform.tracking import WORKER_NODES_TAG
     from hiir.platform.train.checkpoint import verify
 
     _, url = mlflow_server
+    workdir = tmp_path / "workdir"  # data of its own: with no session Ray, it runs beside the tests that use it
+    build_demo(workdir / "data", progress=False, keys=["sr_x2"])
     cfg = train_config("cluster-z2", optim={"max_steps": 4}, eval={"every": 2, "max_images": 1},
                        tracking={"log_every": 2, "sample_images": 0, "system_metrics_s": 0.0})
     http, both = "http://mlflow:5000", ["s3://b/hiir", "file:///mnt/shared/hiir"]

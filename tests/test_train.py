@@ -2,8 +2,9 @@
 
 One uninterrupted ZeRO-2 run is the reference; a second run of the same config is SIGKILLed mid-step
 (no retries, so it fails), then re-run under the same name: it resumes from its checkpoint and must
-land where the reference did. DDP runs with two workers too. ZeRO-3 in bf16 runs with workers killed and
-FailureConfig retrying them in tests/test_reliability.py.
+land where the reference did; with its newest checkpoint then truncated, it continues from the one before.
+DDP runs with two workers too. ZeRO-3 in bf16 runs with workers killed and FailureConfig retrying them in
+tests/test_reliability.py.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import math
 import pytest
 
 from hiir.platform.errors import HiirError
-from hiir.platform.tracking import WORKER_NODES_TAG, Store, default_tracking_uri
+from hiir.platform.tracking import RESUMED_TAG, SKIPPED_TAG, WORKER_NODES_TAG, Store, default_tracking_uri
 from hiir.platform.train.fit import fit_run
 from hiir.platform.train.runtime import MALLOC_ENV
 
@@ -101,6 +102,16 @@ def test_killed_run_resumes_where_it_stopped(reference, workdir, train_config, t
 
     steps = [m.step for m in store.history(resumed.run_id, "loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 20  # one run, one continuous curve
+
+    # Its newest checkpoint truncated on disk, the run continued to step 30 falls back to the one before.
+    newest = sorted(p for p in (workdir / "ray_results" / "resume-z2").glob("checkpoint_*") if p.is_dir())[-1]
+    victim = max((p for p in newest.rglob("*.pt") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    longer = fit_run(train_config("resume-z2", model=DROP_PATH, eval={"every": 5, "max_images": 3},
+                                  optim={"max_steps": 30}), workdir=workdir)
+    assert longer.metrics["step"] == 30
+    tags = store.get_run(longer.run_id).data.tags
+    assert tags[RESUMED_TAG] == "15" and newest.name in tags[SKIPPED_TAG]  # the step-20 checkpoint was refused
 
 
 def test_ddp_two_workers_learns_and_exports(workdir, train_config):
