@@ -50,10 +50,11 @@ def test_which_runs_leave_the_drivers_node(this_node):
     check_cluster_paths(_cfg(), ADDRESS, ["/work/ray_results"], "sqlite:///w/mlflow.db", nodes=[node], here=here)
 
 
-# Run in a subprocess (the test process holds the session's embedded Ray): a head and a second node of one CPU
-# each, so that a run of 2 workers x 1 CPU must put one worker on each. argv: the train config (JSON), the
-# workdir, a scratch directory, the MLflow server's URL, and the path checks to make (JSON: [address?, storage,
-# tracking URI]). Writes <scratch>/out.json: each refusal's message (null when accepted), the nodes, the run.
+# Run in a subprocess (beside the session's embedded Ray, in this or the other pytest process): a head and a
+# second node of one CPU each, so that a run of 2 workers x 1 CPU must put one worker on each. argv: the train
+# config (JSON), the workdir (its demo data is built here, on the cluster), a scratch directory, the MLflow
+# server's URL, and the path checks to make (JSON: [address?, storage, tracking URI]). Writes
+# <scratch>/out.json: each refusal's message (null when accepted), the nodes, the run.
 _CLUSTER_SCENARIO = """
 import json, os, sys
 from pathlib import Path
@@ -64,6 +65,7 @@ os.environ.update(LOCAL_RAY_ENV)  # as the embedded Ray: workers unniced, none s
 import ray
 from ray.cluster_utils import Cluster
 
+from hiir.data_prep import build_demo
 from hiir.platform.config import load_config
 from hiir.platform.errors import HiirError
 from hiir.platform.train.checks import check_cluster_paths
@@ -88,6 +90,9 @@ try:
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     out, address = {}, cluster.address
+    os.environ["RAY_ADDRESS"] = address  # the run's data is built on this cluster (a build joins RAY_ADDRESS)
+    build_demo(workdir / "data", progress=False, keys=["sr_x2"])
+    del os.environ["RAY_ADDRESS"]
     out["local_storage"] = refusal(lambda: fit_run(load_config(raw, values={"name": "local-storage"}),
                                                    workdir=workdir, tracking_uri=url, address=address,
                                                    storage=str(scratch / "local")))
@@ -112,13 +117,11 @@ def test_a_real_two_node_cluster_refuses_node_local_paths_and_spreads_a_zero2_ru
                                                                                   tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from hiir.data_prep import build_demo
     from hiir.platform.tracking import WORKER_NODES_TAG
     from hiir.platform.train.checkpoint import verify
 
     _, url = mlflow_server
-    workdir = tmp_path / "workdir"  # data of its own: with no session Ray, it runs beside the tests that use it
-    build_demo(workdir / "data", progress=False, keys=["sr_x2"])
+    workdir = tmp_path / "workdir"  # data of its own, built on the cluster: it needs no session Ray (conftest)
     cfg = train_config("cluster-z2", optim={"max_steps": 4}, eval={"every": 2, "max_images": 1},
                        tracking={"log_every": 2, "sample_images": 0, "system_metrics_s": 0.0})
     http, both = "http://mlflow:5000", ["s3://b/hiir", "file:///mnt/shared/hiir"]
@@ -197,11 +200,11 @@ def test_a_run_the_embedded_ray_cannot_hold_is_refused_instead_of_waiting_foreve
 @pytest.mark.timeout(240)
 def test_embedded_ray_ignores_a_stale_cluster_file_and_its_workers_find_their_own_state_api(ray_session, tmp_path):
     """A `ray start --head` that died uncleanly leaves its address in <ray tmp>/ray_current_cluster. A bare
-    `ray.init()` would try to join it (and hang on the dead GCS); train, studies and data builds must
-    start their own Ray instead. That Ray runs beside the session's, as two studies on one machine do: its
-    workers must still reach its State API, which Ray Train's PlacementGroupCleaner asks whether a stopped
-    trial's controller is gone (without an address, the State API raises, or asks the newest instance, when
-    two run)."""
+    `ray.init()` would try to join it (and hang on the dead GCS); train and studies must start their own Ray
+    instead (data builds: tests/test_reliability.py's killed build, under the same stale file). That Ray runs
+    beside the session's, as two studies on one machine do: its workers must still reach its State API, which
+    Ray Train's PlacementGroupCleaner asks whether a stopped trial's controller is gone (without an address,
+    the State API raises, or asks the newest instance, when two run)."""
     import subprocess
     import sys
     import tempfile
@@ -211,10 +214,7 @@ def test_embedded_ray_ignores_a_stale_cluster_file_and_its_workers_find_their_ow
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing listens on port 1
     code = """
 import ray
-from hiir.data_prep.build import ray_session
 from hiir.platform.train.runtime import init_ray
-with ray_session():                      # data build / demo path
-    print("DATA", ray.cluster_resources().get("CPU"))
 init_ray(num_cpus=1)                     # train / study path
 print("TRAIN", ray.cluster_resources().get("CPU"))
 
@@ -232,5 +232,5 @@ ray.shutdown()
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=200)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert "DATA" in out.stdout and "TRAIN 1.0" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "TRAIN 1.0" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
     assert "STATE " in out.stdout, out.stderr[-3000:]  # the State API answered (an unknown actor: not alive)
