@@ -25,7 +25,7 @@ demo: venv
 	$(BIN)/hiir study run studies/smoke.yaml
 
 test: venv
-	# Two pytest processes: the tests that need a Ray in one, the rest beside them (tests/conftest.py says why).
+	# Two pytest processes: the tests that use the session's Ray in one, the rest beside them (tests/conftest.py).
 	# pytest exits 5 when it collects no tests; that is not a failure.
 	$(BIN)/python -m pytest tests -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
