@@ -3,10 +3,12 @@ MLflow server on loopback."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import warnings
@@ -114,6 +116,18 @@ def run_in_one_process_world():
                               env={**os.environ, "DS_ACCELERATOR": "cpu", **env}, capture_output=True, text=True,
                               timeout=timeout)
     return run
+
+
+@pytest.fixture
+def stale_ray_tmp() -> Path:
+    """A RAY_TMPDIR where a `ray start --head` that died uncleanly left its address (ray/ray_current_cluster):
+    a bare `ray.init()` would try to join it and hang on the dead GCS. Under /tmp: Ray's socket paths must stay
+    short."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing listens on port 1
+    yield ray_tmp
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture

@@ -198,7 +198,8 @@ def test_a_run_the_embedded_ray_cannot_hold_is_refused_instead_of_waiting_foreve
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_embedded_ray_ignores_a_stale_cluster_file_and_its_workers_find_their_own_state_api(ray_session, tmp_path):
+def test_embedded_ray_ignores_a_stale_cluster_file_and_its_workers_find_their_own_state_api(ray_session,
+                                                                                           stale_ray_tmp):
     """A `ray start --head` that died uncleanly leaves its address in <ray tmp>/ray_current_cluster. A bare
     `ray.init()` would try to join it (and hang on the dead GCS); train and studies must start their own Ray
     instead (data builds: tests/test_reliability.py's killed build, under the same stale file). That Ray runs
@@ -207,11 +208,7 @@ def test_embedded_ray_ignores_a_stale_cluster_file_and_its_workers_find_their_ow
     the State API raises, or asks the newest instance, when two run)."""
     import subprocess
     import sys
-    import tempfile
 
-    ray_tmp = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))  # Ray's socket paths must stay short
-    (ray_tmp / "ray").mkdir()
-    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing listens on port 1
     code = """
 import ray
 from hiir.platform.train.runtime import init_ray
@@ -226,11 +223,8 @@ def controller_alive() -> bool:          # what the PlacementGroupCleaner asks, 
 print("STATE", ray.get(controller_alive.remote()))
 ray.shutdown()
 """
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_TMPDIR": str(stale_ray_tmp), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    try:
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=200)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=200)
     assert "TRAIN 1.0" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
     assert "STATE " in out.stdout, out.stderr[-3000:]  # the State API answered (an unknown actor: not alive)

@@ -268,12 +268,10 @@ def _build_cmd(source: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_killed_data_build_is_refused_then_rebuilt_with_overwrite(tmp_path):
+def test_killed_data_build_is_refused_then_rebuilt_with_overwrite(tmp_path, stale_ray_tmp):
     """Also: a build starts a Ray of its own even where a dead `ray start --head` left its address in
-    <ray tmp>/ray_current_cluster (a bare `ray.init()` would try to join it and hang on the dead GCS; the train
-    path's case is tests/test_cluster.py's stale-file test)."""
+    <ray tmp>/ray_current_cluster (the train path's case is tests/test_cluster.py's stale-file test)."""
     import shutil
-    import tempfile
 
     from hiir.data_prep import load_manifest
     from hiir.data_prep.demo import export_photos
@@ -285,20 +283,7 @@ def test_killed_data_build_is_refused_then_rebuilt_with_overwrite(tmp_path):
         for photo in photos:
             shutil.copy(photo, source / f"{copy}-{photo.name}")
     out = tmp_path / "ds"
-    ray_tmp = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))  # Ray's socket paths must stay short
-    (ray_tmp / "ray").mkdir()
-    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing listens on port 1
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)}
-    try:
-        _kill_refuse_rebuild(source, out, env)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    manifest = load_manifest(out, verify=True)
-    assert manifest.rows("train") > 0 and not any(p.name.startswith(".tmp-") for p in out.iterdir())
-
-
-def _kill_refuse_rebuild(source: Path, out: Path, env: dict[str, str]) -> None:
-    """Kill a build mid-way; the same build again is refused; with --overwrite it completes."""
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(stale_ray_tmp)}
     proc = subprocess.Popen(_build_cmd(source, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
@@ -314,3 +299,5 @@ def _kill_refuse_rebuild(source: Path, out: Path, env: dict[str, str]) -> None:
     rebuilt = subprocess.run(_build_cmd(source, out, "--overwrite"), env=env, capture_output=True, text=True,
                              timeout=300)
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    manifest = load_manifest(out, verify=True)
+    assert manifest.rows("train") > 0 and not any(p.name.startswith(".tmp-") for p in out.iterdir())
