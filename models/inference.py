@@ -36,6 +36,13 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
+def check_tiling(multiple: int, tile: int, overlap: int) -> None:
+    """Raise ValueError unless tiles of `tile` px overlapping by `overlap` line up with the model's grid."""
+    if tile % multiple or overlap % multiple or not 0 <= overlap < tile:
+        raise ValueError(f"tile={tile} and overlap={overlap} must be multiples of the model's pad multiple "
+                         f"{multiple} (its largest patch), with 0 <= overlap < tile")
+
+
 @torch.no_grad()
 def tiled_forward(model: nn.Module, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
     """Run `model` on overlapping tiles of `x` and cross-fade the seams.
@@ -47,9 +54,7 @@ def tiled_forward(model: nn.Module, x: torch.Tensor, tile: int, overlap: int) ->
     `model(x)` exactly; with a deeper network, take a larger overlap.
     """
     m = model.pad_multiple
-    if tile % m or overlap % m or not 0 <= overlap < tile:
-        raise ValueError(f"tile={tile} and overlap={overlap} must be multiples of the patch size {m}, "
-                         f"with 0 <= overlap < tile")
+    check_tiling(m, tile, overlap)
     h, w = x.shape[-2:]
     s = model.config.scale
     x = pad_reflect(x, m)

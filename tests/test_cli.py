@@ -1,7 +1,9 @@
 """The `hiir` CLI: every noun has help, user mistakes end in one line and a non-zero exit."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import save_file
 
+from hiir.models import build
 from hiir.platform.cli import COMMANDS, cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +92,27 @@ def test_unusable_device_is_one_line_before_any_loading(tmp_path, verb, device, 
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"--device {device}" in lines[0].replace("'", "") and says in lines[0], lines
+
+
+@pytest.mark.parametrize("verb", ["eval", "restore"])
+def test_misaligned_tiles_are_refused_naming_the_options_before_any_image(tmp_path, verb, hiir_main):
+    model = build("tiny_x2")  # pad multiple 8
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.json").write_text(json.dumps(dataclasses.asdict(model.config)))
+    out = tmp_path / "restored"
+    code, err = hiir_main(verb, str(tmp_path), str(tmp_path), "--tile", "20", "--overlap", "4", "--out", str(out)) \
+        if verb == "restore" else hiir_main(verb, str(tmp_path), str(tmp_path), "--tile", "20", "--overlap", "4")
+    assert code == 2  # click's usage error
+    assert "'--tile' / '--overlap'" in err and "tile=20 and overlap=4" in err and "pad multiple 8" in err, err
+    assert not out.exists()
+
+
+def test_misaligned_validation_tiles_are_refused_before_any_worker(tmp_path, hiir_main):
+    code, err = hiir_main("train", "studies/train/tiny_sr_x2.yaml", "--set", "eval.tile=20", "--workdir", str(tmp_path))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "eval.tile / eval.tile_overlap" in lines[0] and "tile=20" in lines[0], lines
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
 
 
 @pytest.mark.parametrize("kind", ["train", "study"])

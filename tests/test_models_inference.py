@@ -35,7 +35,7 @@ def test_tiled_deeper_model_stays_close():
 
 
 def test_tiled_rejects_misaligned_tiles():
-    with pytest.raises(ValueError, match="multiples of the patch size 8"):
+    with pytest.raises(ValueError, match="multiples of the model's pad multiple 8"):
         tiled_forward(build("tiny_x2"), torch.rand(1, 3, 16, 16), tile=20, overlap=4)
 
 

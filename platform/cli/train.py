@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 import click
+from torch import nn
 from tqdm import tqdm
 
+from hiir.models.inference import check_tiling
 from hiir.platform.cli.options import (
     address_option,
     device_option,
@@ -62,6 +64,7 @@ def eval_(weights: Path, datasets: tuple[str, ...], self_ensemble: bool, tile: i
     """
     on = resolve_device(device)  # before loading anything: a wrong device is the cheapest error
     model = load_exported(weights).to(on)
+    _check_tiling(model, tile, overlap)
     dirs = [str(Path(d).resolve()) if "://" not in d else d for d in datasets]
     results = evaluate_datasets(model, dirs, tile=tile, overlap=overlap, self_ensemble=self_ensemble,
                                 progress=not as_json).metrics
@@ -90,10 +93,19 @@ def restore(weights: Path, inputs: tuple[Path, ...], out: Path, tile: int, overl
     """
     on = resolve_device(device)
     model = load_exported(weights).to(on)
+    _check_tiling(model, tile, overlap)
     files = [p for i in inputs for p in (sorted(i.iterdir()) if i.is_dir() else [i]) if p.is_file()]
     for path in tqdm(files, desc="restore", unit="img"):
         restore_files(model, path, out, tile=tile, overlap=overlap, self_ensemble=self_ensemble)
     click.echo(f"{len(files)} image(s) written to {out}")
+
+
+def _check_tiling(model: nn.Module, tile: int, overlap: int) -> None:
+    if tile:
+        try:
+            check_tiling(model.pad_multiple, tile, overlap)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--tile' / '--overlap'") from None
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -19,6 +19,7 @@ from hiir.data_prep import DatasetError, build_demo, load_manifest
 from hiir.data_prep.demo import DEGRADATION_SETS, DEMO_SETS
 from hiir.data_prep.online import pipeline_scale, train_pipeline
 from hiir.models import build
+from hiir.models.inference import check_tiling
 from hiir.models.summary import model_flops
 from hiir.platform.config import TrainConfig
 from hiir.platform.errors import ConfigError, HiirError
@@ -185,9 +186,15 @@ def apply_budget(cfg: TrainConfig, flops_per_step: float) -> TrainConfig:
 def check_patch(cfg: TrainConfig) -> None:
     """A training patch smaller than the model's largest group is reflect-padded up to it: several times the
     compute, and the largest groups hold mirror images of the patch where, at test time on whole images,
-    they hold real distant tokens. Train and test would then see different models: refuse it."""
+    they hold real distant tokens. Train and test would then see different models: refuse it. Validation
+    tiles that do not line up with that group would fail at the first validation, hours in: refuse them now."""
     model = cfg.resolved_model
     multiple, patch = model.pad_multiple, cfg.data.lq_patch
+    if cfg.eval.tile:
+        try:
+            check_tiling(multiple, cfg.eval.tile, cfg.eval.tile_overlap)
+        except ValueError as exc:
+            raise ConfigError(f"eval.tile / eval.tile_overlap: {exc}") from None
     if patch < multiple:
         largest = model.tree.pad  # the per-stage size it pads to: patch, or patch2 at tree depth 4
         raise ConfigError(f"data.lq_patch={patch} is smaller than the model's pad multiple {multiple} (its largest "
