@@ -210,8 +210,9 @@ def load_config_file(path: str | Path, overrides: list[str] | tuple[str, ...] = 
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """`optim.lr=1e-3` -> ("optim.lr", 0.001); bare words stay strings; a list or mapping of bare words
-    is read as YAML flow (`data.val=[s3://b/Set5, s3://b/Set14]`), as in a config file."""
+    """`optim.lr=1e-3` -> ("optim.lr", 0.001); `true`/`false` are booleans, as in a config file (and as
+    Python's True/False); other bare words stay strings; a list or mapping of bare words is read as YAML
+    flow (`data.val=[s3://b/Set5, s3://b/Set14]`), as in a config file."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key=value")
     key, text = item.split("=", 1)
@@ -219,7 +220,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
-        if text.strip()[:1] in ("[", "{"):
+        if text.strip() in ("true", "false"):  # YAML's spelling, which the config files use
+            value = text.strip() == "true"
+        elif text.strip()[:1] in ("[", "{"):
             try:
                 value = yaml.safe_load(text)
             except yaml.YAMLError as exc:

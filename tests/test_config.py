@@ -18,6 +18,10 @@ def test_overrides_are_typed():
     assert cfg.optim.lr == 1e-3 and cfg.engine.zero_stage == 3 and cfg.data.val == ["a", "b"]
     assert cfg.resolved_model.attention == "cosine"
     assert parse_override("name=my run") == ("name", "my run")
+    # YAML's booleans, as a config file spells them (they were strings, refused as "must be true or false")
+    assert parse_override("model.mean_shift=true") == ("model.mean_shift", True)
+    assert parse_override("eval.self_ensemble=false") == ("eval.self_ensemble", False)
+    assert load_config({}, ["model.mean_shift=false"]).resolved_model.mean_shift is False  # tiny_x2 shifts
     # lists of bare words, as in a YAML file (dataset URIs on a cluster)
     cfg = load_config({}, ["data.val=[s3://b/Set5, s3://b/Set14]", "data.train=s3://b/DF2K"])
     assert cfg.data.val == ["s3://b/Set5", "s3://b/Set14"] and cfg.data.train == "s3://b/DF2K"
