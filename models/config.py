@@ -109,6 +109,10 @@ class HiIRConfig:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
         if self.arch == "unet" and self.stages != 4:
             raise ValueError(f"stages={self.stages} must be 4 for arch='unet' (a 4-level encoder/decoder)")
+        if self.arch == "unet" and self.mean_shift:  # it was silently ignored there: a run "with" it was a run without
+            raise ValueError("mean_shift=True is the columnar network's (SwinIR's input shift); arch='unet' adds "
+                             "its input back at the end (a global residual), where a shift only moves the first "
+                             "conv's bias")
         if self.stages < 1 or self.dim < 1 or self.mup_base_dim < 1:
             raise ValueError(f"stages={self.stages}, dim={self.dim} and mup_base_dim={self.mup_base_dim} "
                              "must be positive")

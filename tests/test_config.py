@@ -48,6 +48,7 @@ def test_overrides_are_typed():
     ({}, ["optim.betas=[0.9, 0.99, 0.999]"], ["optim.betas", "2 items"]),
     ({}, ["data.val=Set5"], ["data.val", "list"]),
     ({}, ["model.heads=x"], ["model.heads", "wrong type"]),
+    ({}, ["model.preset=tiny_unet", "model.mean_shift=true"], ["mean_shift", "arch='unet'", "global residual"]),
     ({"data": {"mixture": [{"task": "a", "dataset": "x", "wieght": 1}]}}, [],
      ["data.mixture[0].wieght", "weight, degrade"]),
     ([], [], ["config", "mapping"]),
