@@ -144,14 +144,16 @@ def mlflow_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 240  # 120 s ran out twice beside a running study (load ~6 on 2 cores, 2026-12-05)
         while True:
             try:
                 urllib.request.urlopen(url + "/health", timeout=2)
                 break
             except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from None
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited with code {proc.returncode} before answering") from None
+                if time.time() > deadline:
+                    raise RuntimeError(f"mlflow server did not answer {url}/health within 240 s") from None
                 time.sleep(0.5)
         yield proc, url
     finally:

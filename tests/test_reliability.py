@@ -275,6 +275,7 @@ def test_killed_data_build_is_refused_then_rebuilt_with_overwrite(tmp_path, stal
 
     from hiir.data_prep import load_manifest
     from hiir.data_prep.demo import export_photos
+    from hiir.data_prep.manifest import SHARD_NAME
 
     photos = sorted(export_photos(tmp_path / "demo_photos").glob("*.png"))
     source = tmp_path / "photos"
@@ -287,7 +288,11 @@ def test_killed_data_build_is_refused_then_rebuilt_with_overwrite(tmp_path, stal
     proc = subprocess.Popen(_build_cmd(source, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (out.exists() and any(out.iterdir())):
+    # Kill once a whole shard is written. A kill that finds only a shard's temporary file may leave nothing: Ray's
+    # worker (not in this process group) dies when the driver does and removes its temporary file, and a build into
+    # an empty folder is rightly allowed (seen under load, 2026-12-05).
+    while time.time() < deadline and proc.poll() is None and not (
+            out.exists() and any(SHARD_NAME.match(p.name) for p in out.iterdir())):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # killed for real, mid-build
     proc.wait()

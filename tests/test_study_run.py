@@ -236,3 +236,43 @@ def test_a_folder_of_studies_runs_in_turn_skips_the_finished_resumes_the_interru
         "spec edited since its last run: running anew"
     assert _previous_run(folder / "b-one.yaml", "smoke", (), workdir)[1] == "finished"
     assert _previous_run(folder / "b-one.yaml", "full", (), workdir)[1] == "none"  # another scale
+
+
+def test_an_interrupted_study_leaves_its_unfinished_trials_open_not_stopped_early(tmp_path):
+    """Ctrl-C ends Tune's run as if every trial had ended, and the study's closing used to call each unfinished
+    trial "stopped early by the scheduler" and the study finished, so a folder run skipped it (seen 2026-12-05 on a
+    study with no scheduler). Without the scheduler's stop decision a trial is unfinished: its run and the study's
+    stay open for the resume. Tune's results are stood in for by what `_finish` reads of them."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from hiir.platform.study.run import _finish
+    from hiir.platform.study.state import StudyState
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("interrupted")
+    parent = client.create_run(experiment).info.run_id
+    runs = {}
+    for trial in ("done", "cut", "unreported"):
+        runs[trial] = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "hiir.trial_id": trial})
+    client.set_terminated(runs["done"].info.run_id, "FINISHED")
+    results = [SimpleNamespace(error=None, metrics={"trial_id": "done"}),
+               SimpleNamespace(error=None, metrics={"trial_id": "cut"}),
+               SimpleNamespace(error=None, metrics={})]  # interrupted before its first report
+    tune_path = tmp_path / "tune"
+    tune_path.mkdir()
+    state = StudyState.model_construct(tracking_uri=uri, parent_run_id=parent, tune_path=str(tune_path))
+
+    done = _finish("interrupted", tmp_path, state, results)
+    status = {t: client.get_run(r.info.run_id).info.status for t, r in runs.items()}
+    assert done.unfinished == 2
+    assert status == {"done": "FINISHED", "cut": "RUNNING", "unreported": "RUNNING"}
+    assert client.get_run(parent).info.status == "RUNNING"  # so `_previous_run` resumes it
+    assert STOPPED_EARLY_TAG not in client.get_run(runs["cut"].info.run_id).data.tags
+
+    (tune_path / f"asha-{parent}.pkl").write_bytes(b"not a pickle")  # decisions unknown: as the scheduler's
+    done = _finish("interrupted", tmp_path, state, results[:2])
+    assert done.unfinished == 0 and client.get_run(runs["cut"].info.run_id).info.status == "KILLED"
+    assert client.get_run(parent).info.status == "FINISHED"

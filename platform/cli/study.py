@@ -13,7 +13,7 @@ from hiir.platform.results.finish import finish_study, study_model_uri
 from hiir.platform.results.report import report_study
 from hiir.platform.results.summary import StudyLine, study_line, write_summary
 from hiir.platform.results.transfer import from_study
-from hiir.platform.study.run import resume_study, run_study
+from hiir.platform.study.run import StudyRun, resume_study, run_study
 from hiir.platform.study.spec import find_specs, load_spec, spec_folder, with_profiles
 from hiir.platform.study.state import find_study, list_studies
 
@@ -119,6 +119,7 @@ def _run_in_turn(refs: tuple[str, ...], paths: list[Path], *, scale: str, search
                         run_study(path, workdir=workdir, scale=scale, overrides=overrides, tracking_uri=tracking_uri,
                                   search=search, address=address, concurrent=concurrent))
                 finish_study(done)
+                _stop_if_interrupted(done)
                 directory = done.directory
             line = study_line(directory, str(path))
         except HiirError as exc:
@@ -169,3 +170,13 @@ def _summarize(done, no_report: bool) -> None:
         click.echo(f"best model: {finished.model_uri}  (serve it: hiir serve {done.name} --workdir "
                    f"{done.directory.parent.parent})")
     click.echo(f"browse the runs: hiir ui --workdir {done.directory.parent.parent}")
+    _stop_if_interrupted(done)
+
+
+def _stop_if_interrupted(done: StudyRun) -> None:
+    """Ctrl-C ends Tune's run as if it were over: say what is left, and exit as an interrupted command does."""
+    if done.unfinished:
+        click.echo(f"study {done.name} was interrupted with {done.unfinished} trial(s) unfinished; the report covers "
+                   f"the finished ones. Continue it with `hiir study resume {done.directory}` (or the same "
+                   "`hiir study run` of a folder).", err=True)
+        raise click.exceptions.Abort

@@ -343,8 +343,10 @@ def _set_order(t: Trial) -> dict[str, int]:
 
 def _counts(trials: list[Trial]) -> str:
     status = [_status(t) for t in trials]
+    unfinished = (f", {status.count('running')} unfinished (the study was interrupted, or is still running)"
+                  if "running" in status else "")
     return (f"{len(trials)} trials: {status.count('done')} finished, {status.count('failed')} failed, "
-            f"{status.count('stopped early')} stopped early by the scheduler.")
+            f"{status.count('stopped early')} stopped early by the scheduler{unfinished}.")
 
 
 def _status(t: Trial) -> str:

@@ -93,6 +93,7 @@ class StudyRun:
     directory: Path
     parent_run_id: str
     results: Any
+    unfinished: int = 0  # trials the study was interrupted in (Ctrl-C): their runs stay open for the resume
 
 
 def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides: tuple[str, ...] = (),
@@ -236,13 +237,17 @@ def _tuner(spec: StudySpec, state: StudyState):
 
 
 def _finish(name: str, directory: Path, state: StudyState, results) -> StudyRun:
-    """Close the MLflow runs as Tune saw the trials: finished, stopped early by the scheduler, or failed."""
+    """Close the MLflow runs as Tune saw the trials: finished, stopped early by the scheduler, or failed. A trial
+    that ended before its last step with no stop decision of the scheduler's was interrupted (Ctrl-C ends Tune's
+    run as if every trial had ended): its run, and the study's, stay open, so the study resumes, as after a crash."""
     errors = sum(1 for r in results if r.error is not None)
     try:  # ASHA's stop decisions, for the stopped runs' tags; the runs close without them too
         stops = {d.trial_id: d for d in read_decisions(journal_path(state.tune_path, state.parent_run_id))}
+        decisions_known = True
     except Exception as exc:  # noqa: BLE001 (the journal is on shared storage, which may fail in any way)
         logging.getLogger("hiir.study").warning("could not read the scheduler's stop decisions: %r", exc)
-        stops = {}
+        stops, decisions_known = {}, False
+    unfinished = 0
     try:
         store = tracking.Store(state.tracking_uri)
         runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in store.children(state.parent_run_id)}
@@ -250,25 +255,31 @@ def _finish(name: str, directory: Path, state: StudyState, results) -> StudyRun:
         for result in results:
             run = runs.get((result.metrics or {}).get("trial_id"))
             if run is None:
+                unfinished += result.error is None and not result.metrics  # interrupted before its first report
                 continue
             seen.add(run.info.run_id)
             if result.error is not None:
                 store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: _last_line(result.error)})
-            elif run.info.status != "FINISHED":  # the scheduler stopped it before its last step
-                tags = {tracking.STOPPED_EARLY_TAG: "true"}
+            elif run.info.status != "FINISHED":  # it ended before its last step
                 stop = stops.get(result.metrics["trial_id"])
+                if stop is None and decisions_known:  # not the scheduler's doing: interrupted
+                    unfinished += 1
+                    continue
+                tags = {tracking.STOPPED_EARLY_TAG: "true"}
                 if stop is not None:  # where, why, and against which trials of its group
                     tags.update({tracking.STOPPED_AT_TAG: str(stop.t), tracking.STOP_REASON_TAG: stop.reason,
                                  tracking.COMPARED_WITH_TAG: ",".join(stop.compared_with),
                                  tracking.STOP_GROUP_TAG: stop.group})
                 store.close(run.info.run_id, "KILLED", tags)
-        for run in runs.values():  # a trial that died before its first report left no result to match
-            if run.info.run_id not in seen and run.info.status == "RUNNING":
-                store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: "the trial ended before its first report"})
-        store.close(state.parent_run_id, "FINISHED" if errors < len(results) else "FAILED")
+        if not unfinished:
+            for run in runs.values():  # a trial that died before its first report left no result to match
+                if run.info.run_id not in seen and run.info.status == "RUNNING":
+                    store.close(run.info.run_id, "FAILED",
+                                {tracking.ERROR_TAG: "the trial ended before its first report"})
+            store.close(state.parent_run_id, "FINISHED" if errors < len(results) else "FAILED")
     except Exception as exc:  # noqa: BLE001 (a down server must not lose the results on disk)
         logging.getLogger("hiir.study").warning("could not close the study's MLflow runs: %s", exc)
-    return StudyRun(name, directory, state.parent_run_id, results)
+    return StudyRun(name, directory, state.parent_run_id, results, unfinished)
 
 
 def _last_line(error: BaseException) -> str:
