@@ -171,6 +171,7 @@ def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_t
 
     from hiir.platform import tracking
     from hiir.platform.study.run import _finish
+    from hiir.platform.study.schedulers import StopDecision, journal_path
     from hiir.platform.study.state import StudyState
 
     uri = default_tracking_uri(tmp_path)
@@ -190,6 +191,10 @@ def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_t
                        tracking_uri=uri, experiment="locked", parent_run_id=parent,
                        trial_storage=str(tmp_path / "tune" / "trials"), tune_path=str(tmp_path / "tune"),
                        search="basic", spec_path="locked.yaml")
+    (tmp_path / "tune").mkdir()  # ASHA's journal holds its decision: without one the trial was interrupted
+    stop = StopDecision(trial_id="stopped", group="all", time_attr="step", t=20, rung=20, metric="val_psnr",
+                        mode="max", value=30.0, cutoff=31.0, compared_with=("done",))
+    Path(journal_path(state.tune_path, parent)).write_bytes(pickle.dumps({"decisions": [stop]}))
     hold_s = MLFLOW_SQLITE_BUSY_S + 4
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "mlflow.db"), str(hold_s)],
                               stdout=subprocess.PIPE, text=True)
