@@ -100,8 +100,8 @@ def test_misaligned_tiles_are_refused_naming_the_options_before_any_image(tmp_pa
     save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
     (tmp_path / "model.json").write_text(json.dumps(dataclasses.asdict(model.config)))
     out = tmp_path / "restored"
-    code, err = hiir_main(verb, str(tmp_path), str(tmp_path), "--tile", "20", "--overlap", "4", "--out", str(out)) \
-        if verb == "restore" else hiir_main(verb, str(tmp_path), str(tmp_path), "--tile", "20", "--overlap", "4")
+    where = ["--out", str(out)] if verb == "restore" else []
+    code, err = hiir_main(verb, str(tmp_path), str(tmp_path), "--tile", "20", "--overlap", "4", *where)
     assert code == 2  # click's usage error
     assert "'--tile' / '--overlap'" in err and "tile=20 and overlap=4" in err and "pad multiple 8" in err, err
     assert not out.exists()

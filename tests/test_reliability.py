@@ -164,6 +164,26 @@ db.execute("COMMIT")
 """
 
 
+def _closing_study(tmp_path: Path, name: str, trials: tuple[str, ...]):
+    """A study's MLflow run with one open run per trial, and its state, as `_finish` finds them after Tune's run:
+    (store, parent run id, trial -> run id, state)."""
+    from hiir.platform import tracking
+    from hiir.platform.study.state import StudyState
+
+    uri = default_tracking_uri(tmp_path)
+    store = Store(uri)
+    exp = store.experiment(name, tmp_path)
+    parent = store.create_study_run(exp, name, scale="full", question="", params={})
+    runs = {trial: store.find_or_create_run(exp, f"{name}-{trial}", {
+        **tracking.trial_tags(name, trial, {}), tracking.PARENT_TAG: parent})[0] for trial in trials}
+    state = StudyState(name=name, base={}, raw={}, scale="full", overrides=[], workdir=str(tmp_path),
+                       tracking_uri=uri, experiment=name, parent_run_id=parent,
+                       trial_storage=str(tmp_path / "tune" / "trials"), tune_path=str(tmp_path / "tune"),
+                       search="basic", spec_path=f"{name}.yaml")
+    (tmp_path / "tune").mkdir()
+    return store, parent, runs, state
+
+
 def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_trial_run(tmp_path):
     """The study's closing step runs while another process holds SQLite's write lock for longer than MLflow
     waits: every trial run still ends as Tune saw it (finished, stopped early, failed), none stays RUNNING."""
@@ -172,26 +192,14 @@ def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_t
     from hiir.platform import tracking
     from hiir.platform.study.run import _finish
     from hiir.platform.study.schedulers import StopDecision, journal_path
-    from hiir.platform.study.state import StudyState
 
-    uri = default_tracking_uri(tmp_path)
-    store = Store(uri)
-    exp = store.experiment("locked", tmp_path)
-    parent = store.create_study_run(exp, "locked", scale="full", question="", params={})
-    runs = {trial: store.find_or_create_run(exp, f"locked-{trial}", {
-        **tracking.trial_tags("locked", trial, {}), tracking.PARENT_TAG: parent})[0]
-        for trial in ("done", "stopped", "failed", "silent")}
+    store, parent, runs, state = _closing_study(tmp_path, "locked", ("done", "stopped", "failed", "silent"))
     store.close(runs["done"], "FINISHED")  # fit_run closes a trial that reached its last step
     results = [SimpleNamespace(error=None, metrics={"trial_id": "done"}),
                SimpleNamespace(error=None, metrics={"trial_id": "stopped"}),  # ASHA stopped it
                SimpleNamespace(error=RuntimeError("Traceback\nOOM on rank 0"), metrics={"trial_id": "failed"}),
                SimpleNamespace(error=RuntimeError("died"), metrics={})]  # "silent": died before its first report
-
-    state = StudyState(name="locked", base={}, raw={}, scale="full", overrides=[], workdir=str(tmp_path),
-                       tracking_uri=uri, experiment="locked", parent_run_id=parent,
-                       trial_storage=str(tmp_path / "tune" / "trials"), tune_path=str(tmp_path / "tune"),
-                       search="basic", spec_path="locked.yaml")
-    (tmp_path / "tune").mkdir()  # ASHA's journal holds its decision: without one the trial was interrupted
+    # ASHA's journal holds its decision: without one the trial was interrupted
     stop = StopDecision(trial_id="stopped", group="all", time_attr="step", t=20, rung=20, metric="val_psnr",
                         mode="max", value=30.0, cutoff=31.0, compared_with=("done",))
     Path(journal_path(state.tune_path, parent)).write_bytes(pickle.dumps({"decisions": [stop]}))
@@ -215,6 +223,36 @@ def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_t
     assert closed["stopped"].data.tags[tracking.STOPPED_EARLY_TAG] == "true"
     assert closed["failed"].data.tags[tracking.ERROR_TAG] == "OOM on rank 0"
     assert closed["silent"].data.tags[tracking.ERROR_TAG] == "the trial ended before its first report"
+    assert store.get_run(parent).info.status == "FINISHED"
+
+
+def test_an_interrupted_study_leaves_its_unfinished_trials_open_not_stopped_early(tmp_path):
+    """Ctrl-C ends Tune's run as if every trial had ended, and the study's closing used to call each unfinished
+    trial "stopped early by the scheduler" and the study finished, so a folder run skipped it (seen 2026-12-05 on a
+    study with no scheduler). Without the scheduler's stop decision a trial is unfinished: its run and the study's
+    stay open for the resume."""
+    from types import SimpleNamespace
+
+    from hiir.platform import tracking
+    from hiir.platform.study.run import _finish
+    from hiir.platform.study.schedulers import journal_path
+
+    store, parent, runs, state = _closing_study(tmp_path, "interrupted", ("done", "cut", "unreported"))
+    store.close(runs["done"], "FINISHED")
+    results = [SimpleNamespace(error=None, metrics={"trial_id": "done"}),
+               SimpleNamespace(error=None, metrics={"trial_id": "cut"}),
+               SimpleNamespace(error=None, metrics={})]  # interrupted before its first report
+
+    done = _finish("interrupted", tmp_path, state, results)
+    status = {trial: store.get_run(run_id).info.status for trial, run_id in runs.items()}
+    assert done.unfinished == 2
+    assert status == {"done": "FINISHED", "cut": "RUNNING", "unreported": "RUNNING"}
+    assert store.get_run(parent).info.status == "RUNNING"  # so `_previous_run` resumes it
+    assert tracking.STOPPED_EARLY_TAG not in store.get_run(runs["cut"]).data.tags
+
+    Path(journal_path(state.tune_path, parent)).write_bytes(b"not a pickle")  # decisions unknown: as before
+    done = _finish("interrupted", tmp_path, state, results[:2])
+    assert done.unfinished == 0 and store.get_run(runs["cut"]).info.status == "KILLED"
     assert store.get_run(parent).info.status == "FINISHED"
 
 
