@@ -225,9 +225,12 @@ def verdict(drifts: list[Drift]) -> list[str]:
                 text = (f"**μP did not hold the optimum steadier than standard at this scale{where}**: standard "
                         f"moved less; {numbers}")
             else:
-                why = (f"the drifts differ by {abs(gain.mean()):.2f}, less than {MATERIAL}"
-                       if abs(gain.mean()) < MATERIAL else "the difference is within the noise")
-                text = f"**μP did not measurably stabilise the optimum at this scale{where}**: {why}; {numbers}"
+                if abs(gain.mean()) < MATERIAL:  # its interval may exclude 0: small, not unmeasured
+                    text = (f"**μP did not stabilise the optimum by a material amount at this scale{where}**: the "
+                            f"drifts differ by {abs(gain.mean()):.3f}, less than {MATERIAL}; {numbers}")
+                else:
+                    text = (f"**μP did not measurably stabilise the optimum at this scale{where}**: the difference "
+                            f"is within the noise; {numbers}")
         out.append(text + ".")
     return out
 
