@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export DS_ACCELERATOR ?= cpu
 export RAY_AUTH_MODE ?= disabled
+# The venv's tools first, as in an activated venv (DeepSpeed's JIT build takes the first ninja on PATH).
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: demo test venv clean
 

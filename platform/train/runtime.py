@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +38,16 @@ def worker_env() -> dict[str, str]:
     the driver's value where it has one, else the default."""
     defaults = {"TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "hiir" / "torch_extensions"), **MALLOC_ENV}
     passed = ("DS_ACCELERATOR", "HIIR_FAULT", "MLFLOW_TRACKING_URI", *defaults)
-    return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}}
+    return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}, "PATH": _interpreter_first_path()}
+
+
+def _interpreter_first_path() -> str:
+    """PATH with the interpreter's own bin directory first, as an activated venv has it. DeepSpeed JIT-builds
+    its CPU all-reduce op with the first `ninja` on PATH, and two ninja versions hash a command line
+    differently: a worker that found the system's ninja where `make venv` used the venv's found the op
+    "changed" and rebuilt it (~35 s of both cores, in the first two trials of a study; bench/RESULTS.md)."""
+    bin_dir, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
+    return path if path.split(os.pathsep)[0] == bin_dir else os.pathsep.join(p for p in (bin_dir, path) if p)
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
