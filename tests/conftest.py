@@ -73,6 +73,14 @@ def train_config():
     return tiny_train_config
 
 
+@pytest.fixture(scope="session")
+def checkpoint_dirs():
+    """A run's checkpoint directories under its storage folder (`<storage>/<run name>`), oldest first."""
+    def dirs(run_dir: Path) -> list[Path]:
+        return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    return dirs
+
+
 def tiny_train_config(name: str, **sections):
     """A 2-worker, tiny-model config on the demo data; `sections` override whole keys."""
     from hiir.platform.config import load_config

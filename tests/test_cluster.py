@@ -114,7 +114,7 @@ finally:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_real_two_node_cluster_refuses_node_local_paths_and_spreads_a_zero2_run(train_config, mlflow_server,
-                                                                                  tmp_path):
+                                                                                  tmp_path, checkpoint_dirs):
     from mlflow.tracking import MlflowClient
 
     from hiir.platform.tracking import WORKER_NODES_TAG
@@ -171,7 +171,7 @@ def test_a_real_two_node_cluster_refuses_node_local_paths_and_spreads_a_zero2_ru
     assert len(set(nodes.values())) == 2  # one worker on each node
     names = {r.info.run_name for r in client.search_runs([run.info.experiment_id])}
     assert names == {"cluster-z2"}, names  # the refused runs never got as far as an MLflow run
-    last = sorted(p for p in (tmp_path / "shared" / "cluster-z2").glob("checkpoint_*") if p.is_dir())[-1]
+    last = checkpoint_dirs(tmp_path / "shared" / "cluster-z2")[-1]
     verify(last)
     assert sorted(p.name for p in (last / "integrity").iterdir()) == ["rank0.json", "rank1.json"]  # both ranks saved
 

@@ -29,11 +29,8 @@ pytestmark = pytest.mark.slow
 # ---------------------------------------------------------------- checkpoints
 
 
-def _checkpoints(storage: Path, name: str) -> list[Path]:
-    return sorted(p for p in (storage / name).glob("checkpoint_*") if p.is_dir())
-
-
-def test_worker_killed_while_validating_then_while_saving_completes(workdir, train_config, tmp_path, monkeypatch):
+def test_worker_killed_while_validating_then_while_saving_completes(workdir, train_config, tmp_path, monkeypatch,
+                                                                    checkpoint_dirs):
     # One run, two faults: rank 0 dies validating at step 10 (no checkpoint yet: the retry starts over),
     # then rank 1 dies writing the step-20 checkpoint (the retry resumes from step 10). Under ZeRO-3 in bf16,
     # what `precision: auto` picks on a GPU (DeepSpeed runs it on the CPU too): each rank saves its own shards.
@@ -44,7 +41,7 @@ def test_worker_killed_while_validating_then_while_saving_completes(workdir, tra
     assert all(m.exists() for m in markers.values()) and result.metrics["step"] == 20
     assert (result.export_dir / "model.safetensors").is_file()
     # Whatever was half-written when the worker died is refused by its integrity record, never used.
-    ckpts = _checkpoints(workdir / "ray_results", "kill-validate-save")
+    ckpts = checkpoint_dirs(workdir / "ray_results" / "kill-validate-save")
     assert ckpts, "the run left no checkpoint to check"
     refused = []
     for ckpt in ckpts:
@@ -94,13 +91,13 @@ def test_unreachable_tracking_server_fails_before_workers(workdir, train_config)
 
 @pytest.mark.timeout(600)
 def test_tracking_server_dies_mid_run_training_finishes_and_keeps_records(workdir, train_config, mlflow_server,
-                                                                         caplog):
+                                                                         caplog, checkpoint_dirs):
     proc, url = mlflow_server
     killed = {"done": False}
 
     def kill_server_at_first_checkpoint():
         deadline = time.time() + 240
-        while time.time() < deadline and not _checkpoints(workdir / "ray_results", "server-dies"):
+        while time.time() < deadline and not checkpoint_dirs(workdir / "ray_results" / "server-dies"):
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         killed["done"] = True

@@ -32,7 +32,8 @@ BASE = {
 }
 
 
-def _write_spec(path: Path, name: str, search: dict, scheduler: dict | None = None, **base) -> Path:
+def _write_spec(path: Path, name: str, search: dict, scheduler: dict | None = None, num_samples: int | None = None,
+                **base) -> Path:
     spec = {
         "name": name, "question": "does it work?",
         "base": {**BASE, **base, "tracking": {**BASE["tracking"], "experiment": name}},
@@ -40,6 +41,7 @@ def _write_spec(path: Path, name: str, search: dict, scheduler: dict | None = No
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "search": search,
         "scheduler": scheduler or {"kind": "none"},
+        **({"num_samples": num_samples} if num_samples else {}),
     }
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -112,8 +114,7 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
     # first has finished, so the second is left to resume. Optuna samples the lr from a continuous range: the
     # resumed study must go on with the searcher's saved state (a fresh seeded one would draw the first lr again).
     spec = _write_spec(tmp_path / "resume.yaml", "resume-study", {"lr": {"loguniform": [1e-4, 3e-3]}},
-                       optim={**BASE["optim"], "max_steps": 20})
-    spec.write_text(yaml.safe_dump({**yaml.safe_load(spec.read_text()), "num_samples": 2}))
+                       num_samples=2, optim={**BASE["optim"], "max_steps": 20})
     shared = f"file://{tmp_path}/shared"
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "HIIR_STORAGE": shared}
     cmd = [sys.executable, "-m", "hiir.platform.cli", "study", "run", str(spec), "--workdir", str(workdir),

@@ -92,7 +92,8 @@ def test_zero2_two_workers_learns_exports_and_tracks(reference, workdir):
     assert client.get_logged_model(Store.model_id(run)).source_run_id == run.info.run_id
 
 
-def test_killed_run_resumes_where_it_stopped(reference, workdir, train_config, tmp_path, monkeypatch):
+def test_killed_run_resumes_where_it_stopped(reference, workdir, train_config, tmp_path, monkeypatch,
+                                             checkpoint_dirs):
     # validating every 5 steps where the reference validates every 10: training must not depend on it
     cfg = train_config("resume-z2", model=DROP_PATH, eval={"every": 5, "max_images": 3})
     marker = tmp_path / "killed"
@@ -118,7 +119,7 @@ def test_killed_run_resumes_where_it_stopped(reference, workdir, train_config, t
     assert steps == sorted(set(steps)) and steps[-1] == 20  # one run, one continuous curve
 
     # Its newest checkpoint truncated on disk, the run continued to step 30 falls back to the one before.
-    newest = sorted(p for p in (workdir / "ray_results" / "resume-z2").glob("checkpoint_*") if p.is_dir())[-1]
+    newest = checkpoint_dirs(workdir / "ray_results" / "resume-z2")[-1]
     victim = max((p for p in newest.rglob("*.pt") if p.is_file()), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     longer = fit_run(train_config("resume-z2", model=DROP_PATH, eval={"every": 5, "max_images": 3},
@@ -128,7 +129,7 @@ def test_killed_run_resumes_where_it_stopped(reference, workdir, train_config, t
     assert tags[RESUMED_TAG] == "15" and newest.name in tags[SKIPPED_TAG]  # the step-20 checkpoint was refused
 
 
-def test_ddp_two_workers_learns_and_exports(workdir, train_config):
+def test_ddp_two_workers_learns_and_exports(workdir, train_config, checkpoint_dirs):
     """DDP with two ranks: both take part (each names its node in the run's tag), it learns, and rank 0 alone
     writes the checkpoints."""
     from hiir.platform.train.checkpoint import verify
@@ -146,7 +147,7 @@ def test_ddp_two_workers_learns_and_exports(workdir, train_config):
     assert sorted(psnr) == [5, 10] and psnr[10] > psnr[5] + 1.0, psnr  # it learns
     ranks = [entry.split("=")[0] for entry in run.data.tags[WORKER_NODES_TAG].split(",")]
     assert ranks == ["rank0", "rank1"], run.data.tags[WORKER_NODES_TAG]  # both ranks took part
-    last = sorted(p for p in (workdir / "ray_results" / "ddp-2w").glob("checkpoint_*") if p.is_dir())[-1]
+    last = checkpoint_dirs(workdir / "ray_results" / "ddp-2w")[-1]
     verify(last)
     assert sorted(p.name for p in (last / "integrity").iterdir()) == ["rank0.json"]  # rank 0 alone writes
 
