@@ -42,12 +42,12 @@ def worker_env() -> dict[str, str]:
 
 
 def _interpreter_first_path() -> str:
-    """PATH with the interpreter's own bin directory first, as an activated venv has it. DeepSpeed JIT-builds
-    its CPU all-reduce op with the first `ninja` on PATH, and two ninja versions hash a command line
-    differently: a worker that found the system's ninja where `make venv` used the venv's found the op
-    "changed" and rebuilt it (~35 s of both cores, in the first two trials of a study; bench/RESULTS.md)."""
-    bin_dir, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
-    return path if path.split(os.pathsep)[0] == bin_dir else os.pathsep.join(p for p in (bin_dir, path) if p)
+    """The interpreter's own bin directory, then the worker's node's own PATH (Ray expands `${PATH}` where the
+    worker starts, so a cluster node keeps its tools): as an activated venv has it. DeepSpeed JIT-builds its
+    CPU all-reduce op with the first `ninja` on PATH, and two ninja versions hash a command line differently:
+    a worker that found the system's ninja where `make venv` used the venv's found the op "changed" and rebuilt
+    it (~35 s of both cores, in the first two trials of a study; bench/RESULTS.md)."""
+    return f"{Path(sys.executable).parent}{os.pathsep}${{PATH}}"
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
