@@ -224,13 +224,12 @@ def verdict(drifts: list[Drift]) -> list[str]:
             elif hi < 0 and -gain.mean() >= MATERIAL:
                 text = (f"**μP did not hold the optimum steadier than standard at this scale{where}**: standard "
                         f"moved less; {numbers}")
+            elif abs(gain.mean()) < MATERIAL:  # its interval may exclude 0: small, not unmeasured
+                text = (f"**μP did not stabilise the optimum by a material amount at this scale{where}**: the "
+                        f"drifts differ by {abs(gain.mean()):.3f}, less than {MATERIAL}; {numbers}")
             else:
-                if abs(gain.mean()) < MATERIAL:  # its interval may exclude 0: small, not unmeasured
-                    text = (f"**μP did not stabilise the optimum by a material amount at this scale{where}**: the "
-                            f"drifts differ by {abs(gain.mean()):.3f}, less than {MATERIAL}; {numbers}")
-                else:
-                    text = (f"**μP did not measurably stabilise the optimum at this scale{where}**: the difference "
-                            f"is within the noise; {numbers}")
+                text = (f"**μP did not measurably stabilise the optimum at this scale{where}**: the difference "
+                        f"is within the noise; {numbers}")
         out.append(text + ".")
     return out
 

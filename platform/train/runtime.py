@@ -34,8 +34,8 @@ LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_prestart_worker_first_driver":
 
 
 def worker_env() -> dict[str, str]:
-    """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, allocator settings):
-    the driver's value where it has one, else the default."""
+    """Environment every Ray worker needs (DeepSpeed on CPU, its JIT cache, allocator settings): the driver's
+    value where it has one, else the default; and PATH with the interpreter's bin first."""
     defaults = {"TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "hiir" / "torch_extensions"), **MALLOC_ENV}
     passed = ("DS_ACCELERATOR", "HIIR_FAULT", "MLFLOW_TRACKING_URI", *defaults)
     return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}, "PATH": _interpreter_first_path()}
