@@ -81,9 +81,9 @@ def machine() -> dict:
 # ---------------------------------------------------------------- bare loop (child process)
 
 
-def bare_child(cfg_path: str, seconds: float, every: int, warmup: int) -> None:
-    """The bare loop of one trial config; prints READY after the warm-up, waits for a line on stdin, then
-    times windows of `every` steps for `seconds` and prints them as JSON."""
+def bare_loop(cfg_dict: dict):
+    """The bare loop of one trial config: its model, AdamW on the engine's groups, its loss, batch, LQ patch and
+    torch threads, on 4 batches already in memory. Returns `steps(n, start)`, which runs n steps."""
     import torch
 
     from hiir.models import build
@@ -91,7 +91,7 @@ def bare_child(cfg_path: str, seconds: float, every: int, warmup: int) -> None:
     from hiir.platform.train.engine import _param_groups
     from hiir.platform.train.worker import _losses
 
-    cfg = load_config(json.loads(Path(cfg_path).read_text()))
+    cfg = load_config(cfg_dict)
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
     mc = cfg.resolved_model
@@ -112,16 +112,28 @@ def bare_child(cfg_path: str, seconds: float, every: int, warmup: int) -> None:
             opt.zero_grad(set_to_none=True)
             loss.item()
 
-    steps(warmup, 0)
-    print("READY", flush=True)
-    sys.stdin.readline()
-    windows, step, t_end = [], warmup, time.perf_counter() + seconds
+    return steps
+
+
+def timed_windows(steps, seconds: float, every: int, start: int) -> list[float]:
+    """Seconds per step of consecutive windows of `every` steps, for `seconds` (at least 3 windows)."""
+    windows, step, t_end = [], start, time.perf_counter() + seconds
     while time.perf_counter() < t_end or len(windows) < 3:
         t = time.perf_counter()
         steps(every, step)
         windows.append((time.perf_counter() - t) / every)
         step += every
-    print("BARE_JSON " + json.dumps({"step_s": windows}), flush=True)
+    return windows
+
+
+def bare_child(cfg_path: str, seconds: float, every: int, warmup: int) -> None:
+    """`bare_loop` in a child process: prints READY after the warm-up, waits for a line on stdin, then
+    times windows of `every` steps for `seconds` and prints them as JSON."""
+    steps = bare_loop(json.loads(Path(cfg_path).read_text()))
+    steps(warmup, 0)
+    print("READY", flush=True)
+    sys.stdin.readline()
+    print("BARE_JSON " + json.dumps({"step_s": timed_windows(steps, seconds, every, warmup)}), flush=True)
 
 
 def bare_pass(sizes: dict[str, dict], concurrency: int, seconds: float, every: int, workdir: Path) -> dict:
