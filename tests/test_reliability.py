@@ -190,12 +190,14 @@ def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_t
     from hiir.platform.study.run import _finish
     from hiir.platform.study.schedulers import StopDecision, journal_path
 
-    store, parent, runs, state = _closing_study(tmp_path, "locked", ("done", "stopped", "failed", "silent"))
+    store, parent, runs, state = _closing_study(tmp_path, "locked", ("done", "stopped", "failed", "silent", "quiet"))
     store.close(runs["done"], "FINISHED")  # fit_run closes a trial that reached its last step
     results = [SimpleNamespace(error=None, metrics={"trial_id": "done"}),
                SimpleNamespace(error=None, metrics={"trial_id": "stopped"}),  # ASHA stopped it
                SimpleNamespace(error=RuntimeError("Traceback\nOOM on rank 0"), metrics={"trial_id": "failed"}),
-               SimpleNamespace(error=RuntimeError("died"), metrics={})]  # "silent": died before its first report
+               SimpleNamespace(error=RuntimeError("died"), metrics={}),  # "silent": died before its first report
+               # "quiet": no scheduler, so no report reached Tune; its directory, named by its trial id, finds its run
+               SimpleNamespace(error=RuntimeError("Traceback\nbad batch"), metrics={}, path=str(tmp_path / "quiet"))]
     # ASHA's journal holds its decision: without one the trial was interrupted
     stop = StopDecision(trial_id="stopped", group="all", time_attr="step", t=20, rung=20, metric="val_psnr",
                         mode="max", value=30.0, cutoff=31.0, compared_with=("done",))
@@ -216,10 +218,11 @@ def test_study_closing_while_another_process_locks_the_sqlite_store_ends_every_t
 
     closed = {trial: store.get_run(run_id) for trial, run_id in runs.items()}
     assert {trial: run.info.status for trial, run in closed.items()} == {
-        "done": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "silent": "FAILED"}
+        "done": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "silent": "FAILED", "quiet": "FAILED"}
     assert closed["stopped"].data.tags[tracking.STOPPED_EARLY_TAG] == "true"
     assert closed["failed"].data.tags[tracking.ERROR_TAG] == "OOM on rank 0"
     assert closed["silent"].data.tags[tracking.ERROR_TAG] == "the trial ended before its first report"
+    assert closed["quiet"].data.tags[tracking.ERROR_TAG] == "bad batch"
     assert store.get_run(parent).info.status == "FINISHED"
 
 

@@ -168,6 +168,12 @@ def test_killed_study_driver_resumes_without_rerunning_finished_trials(workdir, 
         assert len(steps) == len(set(steps)), steps
     lrs = [float(trial_axes(r.data.tags)["optim.lr"]) for r in runs]
     assert all(1e-4 <= lr <= 3e-3 for lr in lrs) and lrs[0] != lrs[1], lrs  # sampled, and not drawn anew
+    # No scheduler: a trial hands Tune one result, when it ends (its two evals stay in MLflow; no report queue is
+    # polled while it trains), and its directory is named by its trial id, which finds the run of a silent failure.
+    tune_dir = tmp_path / "shared" / "studies" / "resume-study"
+    trials = json.loads(sorted(tune_dir.glob("experiment_state-*.json"))[-1].read_text())["trial_data"]
+    assert [json.loads(meta)["last_result"]["training_iteration"] for _, meta in trials] == [1, 1]
+    assert all((tune_dir / json.loads(trial)["trial_id"]).is_dir() for trial, _ in trials)
 
 
 @pytest.mark.timeout(600)

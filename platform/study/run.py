@@ -2,7 +2,8 @@
 
 `run_study` validates the spec, creates the study's MLflow parent run and hands Tune one trainable,
 `run_trial`, which calls `train.fit.fit_run` under that parent (the Train V2 pattern: `Tuner(TorchTrainer)`
-is not supported). Worker reports reach Tune through `TuneReportCallback`, so ASHA can stop weak trials.
+is not supported). With a scheduler, worker reports reach Tune as they happen (`TuneReportCallback`), so ASHA
+can stop weak trials; without one, a trial's return value is its one result.
 `resume_study` continues an interrupted study with `Tuner.restore`. At the end, every trial's MLflow run is
 closed as Tune saw it: finished, stopped early by the scheduler, or failed.
 """
@@ -83,7 +84,8 @@ def run_trial(params: dict[str, Any], *, study: StudyState) -> dict[str, Any]:
                                           "tracking.experiment": study.experiment})
     tags = tracking.trial_tags(study.name, trial_id, params)
     result = fit_run(cfg, workdir=Path(study.workdir), tracking_uri=study.tracking_uri,
-                     storage=study.trial_storage, parent_run_id=study.parent_run_id, tags=tags, in_tune=True)
+                     storage=study.trial_storage, parent_run_id=study.parent_run_id, tags=tags, in_tune=True,
+                     stream_reports=study.scheduler != "none")  # only a scheduler reads a trial's progress
     return {**result.metrics, "mlflow_run_id": result.run_id}
 
 
@@ -131,7 +133,8 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
         name=spec.name, base=spec.base, raw=raw, scale=scale, overrides=list(overrides), workdir=str(workdir),
         tracking_uri=uri, experiment=experiment, parent_run_id=parent_run_id,
         trial_storage=f"{tune_root}/{spec.name}/trials", tune_path=f"{tune_root}/{spec.name}", search=search,
-        spec_path=str(path), max_concurrent=concurrent, transfer_from=transferred.source if transferred else None)
+        spec_path=str(path), max_concurrent=concurrent, transfer_from=transferred.source if transferred else None,
+        scheduler=spec.scheduler.kind)
     directory.mkdir(parents=True, exist_ok=True)
     write_state(directory, state)
     if state.tune_path != str(directory):  # beside Tune's state, so a lost head loses no study
@@ -230,10 +233,22 @@ def _tuner(spec: StudySpec, state: StudyState):
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     search_alg=search_alg, num_samples=num_samples,
                                     max_concurrent_trials=state.max_concurrent or max_concurrent(base),
-                                    reuse_actors=scheduler is None),
+                                    reuse_actors=scheduler is None, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=spec.name, storage_path=state.tune_path.rsplit("/", 1)[0],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
+
+
+def _trial_dirname(trial) -> str:
+    """A trial's directory is named by its id: `_finish` finds the trial of a result that holds no report."""
+    return trial.trial_id
+
+
+def _trial_id(result) -> str | None:
+    """The Tune trial a result belongs to: from its reports, else from its directory (`_trial_dirname`)."""
+    reported = (result.metrics or {}).get("trial_id")
+    path = getattr(result, "path", None)
+    return reported or (Path(path).name if path else None)
 
 
 def _finish(name: str, directory: Path, state: StudyState, results) -> StudyRun:
@@ -253,7 +268,8 @@ def _finish(name: str, directory: Path, state: StudyState, results) -> StudyRun:
         runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in store.children(state.parent_run_id)}
         seen = set()
         for result in results:
-            run = runs.get((result.metrics or {}).get("trial_id"))
+            trial_id = _trial_id(result)
+            run = runs.get(trial_id)
             if run is None:
                 unfinished += result.error is None and not result.metrics  # interrupted before its first report
                 continue
@@ -261,7 +277,7 @@ def _finish(name: str, directory: Path, state: StudyState, results) -> StudyRun:
             if result.error is not None:
                 store.close(run.info.run_id, "FAILED", {tracking.ERROR_TAG: _last_line(result.error)})
             elif run.info.status != "FINISHED":  # it ended before its last step
-                stop = stops.get(result.metrics["trial_id"])
+                stop = stops.get(trial_id)
                 if stop is None and decisions_known:  # not the scheduler's doing: interrupted
                     unfinished += 1
                     continue

@@ -61,8 +61,11 @@ class RunResult:
 
 def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None, storage: str | None = None,
             parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-            in_tune: bool = False, address: str | None = None) -> RunResult:
-    """Validate, track, train. Returns the final metrics and where the exported weights are."""
+            in_tune: bool = False, stream_reports: bool = False, address: str | None = None) -> RunResult:
+    """Validate, track, train. Returns the final metrics and where the exported weights are.
+
+    In a study (`in_tune`), `stream_reports` hands each worker report to Tune as it happens, which a scheduler
+    needs; without it the trial's return value is its one result, and Tune polls no report queue for it."""
     entered = time.time()
     workdir = Path(workdir).resolve()
     storage = storage or run_storage(workdir)
@@ -82,7 +85,7 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
         check_fits_locally(cfg, address)
         check_cluster_paths(cfg, address, [storage], uri)
     run_id = _start_mlflow_run(cfg, uri, workdir, parent_run_id, tags or {}, stats)
-    trainer = _trainer(cfg, storage, run_id, uri, workdir, in_tune)
+    trainer = _trainer(cfg, storage, run_id, uri, workdir, stream_reports)
     fit_called = time.time()
     try:
         with _progress(uri, run_id, cfg.optim.max_steps, enabled=not in_tune):
@@ -102,10 +105,10 @@ def fit_run(cfg: TrainConfig, *, workdir: Path, tracking_uri: str | None = None,
     return RunResult(cfg.name, run_id, metrics, export)
 
 
-def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workdir: Path, in_tune: bool):
-    callbacks = []
-    if in_tune:
-        callbacks.append(TuneReportCallback())  # propagates worker reports to Tune (ASHA needs them)
+def _trainer(cfg: TrainConfig, storage: str, run_id: str | None, uri: str, workdir: Path, stream_reports: bool):
+    # TuneReportCallback hands worker reports to Tune through a queue actor, which Tune's session polls every 0.2 s
+    # while the trial runs: ~1.6% of a 2-core machine for two trials (bench/RESULTS.md, "study overhead").
+    callbacks = [TuneReportCallback()] if stream_reports else []
     resources = worker_resources(cfg)
     return TorchTrainer(
         train_loop_per_worker,
