@@ -378,14 +378,13 @@ def test_the_base_trial_is_built_once_and_is_the_first_finite_point():
 
 
 def test_study_json_reads_back_with_the_same_keys(tmp_path):
-    """study.json keeps its keys; one written before max_concurrent, transfer_from and scheduler existed still
-    reads, and streams its trials' reports to Tune as it did then."""
+    """study.json keeps its keys; one written before max_concurrent and transfer_from existed still reads."""
     import json
 
     from hiir.platform.study.state import StudyState, read_state, state_spec, write_state
 
     keys = ["name", "base", "raw", "scale", "overrides", "workdir", "tracking_uri", "experiment", "parent_run_id",
-            "trial_storage", "tune_path", "search", "spec_path", "max_concurrent", "transfer_from", "scheduler"]
+            "trial_storage", "tune_path", "search", "spec_path", "max_concurrent", "transfer_from"]
     old = {"name": "t", "base": {"model": {"preset": "tiny_x2"}}, "raw": _good(), "scale": "smoke",
            "overrides": ["optim.lr=0.001"], "workdir": str(tmp_path), "tracking_uri": "sqlite:///x.db",
            "experiment": "hiir", "parent_run_id": "abc", "trial_storage": "/s/t/trials", "tune_path": "/s/t",
@@ -393,7 +392,6 @@ def test_study_json_reads_back_with_the_same_keys(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps(old, indent=1))
     state = read_state(tmp_path)
     assert isinstance(state, StudyState) and state.max_concurrent is None and state.transfer_from is None
-    assert state.scheduler is None  # run_trial streams reports unless the scheduler is "none"
     assert state_spec(state).base["optim"] == {"max_steps": 10, "lr": 0.001}
     write_state(tmp_path / "again", state)
     assert list(json.loads((tmp_path / "again" / "study.json").read_text())) == keys

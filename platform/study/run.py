@@ -75,8 +75,9 @@ def max_concurrent(per_trial: TrainConfig, total: dict[str, float] | None = None
     return int(have // need) or None
 
 
-def run_trial(params: dict[str, Any], *, study: StudyState) -> dict[str, Any]:
-    """One Tune trial: a TorchTrainer fit under the study's parent run."""
+def run_trial(params: dict[str, Any], *, study: StudyState, stream_reports: bool) -> dict[str, Any]:
+    """One Tune trial: a TorchTrainer fit under the study's parent run. `stream_reports` when a scheduler reads
+    the trial's progress (`fit_run`)."""
     trial_id = tune.get_context().get_trial_id()
     # The study parsed its spec and checked every grid point once; a trial validates its own config only,
     # with Tune's values applied as they are (never through text).
@@ -85,7 +86,7 @@ def run_trial(params: dict[str, Any], *, study: StudyState) -> dict[str, Any]:
     tags = tracking.trial_tags(study.name, trial_id, params)
     result = fit_run(cfg, workdir=Path(study.workdir), tracking_uri=study.tracking_uri,
                      storage=study.trial_storage, parent_run_id=study.parent_run_id, tags=tags, in_tune=True,
-                     stream_reports=study.scheduler != "none")  # only a scheduler reads a trial's progress
+                     stream_reports=stream_reports)
     return {**result.metrics, "mlflow_run_id": result.run_id}
 
 
@@ -133,8 +134,7 @@ def run_study(ref: str | Path, *, workdir: Path, scale: str = "full", overrides:
         name=spec.name, base=spec.base, raw=raw, scale=scale, overrides=list(overrides), workdir=str(workdir),
         tracking_uri=uri, experiment=experiment, parent_run_id=parent_run_id,
         trial_storage=f"{tune_root}/{spec.name}/trials", tune_path=f"{tune_root}/{spec.name}", search=search,
-        spec_path=str(path), max_concurrent=concurrent, transfer_from=transferred.source if transferred else None,
-        scheduler=spec.scheduler.kind)
+        spec_path=str(path), max_concurrent=concurrent, transfer_from=transferred.source if transferred else None)
     directory.mkdir(parents=True, exist_ok=True)
     write_state(directory, state)
     if state.tune_path != str(directory):  # beside Tune's state, so a lost head loses no study
@@ -170,7 +170,7 @@ def resume_study(directory: Path | str, *, address: str | None = None) -> StudyR
     init_ray(address, num_cpus=None if address else (os.cpu_count() or 1) + 1)
     if not tune.Tuner.can_restore(state.tune_path):
         raise HiirError(f"{state.tune_path} holds no Tune experiment state to resume")
-    tuner = tune.Tuner.restore(state.tune_path, trainable=_trainable(state), resume_unfinished=True,
+    tuner = tune.Tuner.restore(state.tune_path, trainable=_trainable(state, spec), resume_unfinished=True,
                                resume_errored=True, param_space=param_space(spec, state.search))
     return _finish(spec.name, directory, state, tuner.fit())
 
@@ -186,8 +186,9 @@ def log_baseline(store: tracking.Store, run_id: str, cfg: TrainConfig) -> dict[s
     return metrics
 
 
-def _trainable(state: StudyState):
-    return tune.with_resources(tune.with_parameters(run_trial, study=state), {"cpu": TRIAL_ACTOR_CPU})
+def _trainable(state: StudyState, spec: StudySpec):
+    trial = tune.with_parameters(run_trial, study=state, stream_reports=spec.scheduler.kind != "none")
+    return tune.with_resources(trial, {"cpu": TRIAL_ACTOR_CPU})
 
 
 def _tuner(spec: StudySpec, state: StudyState):
@@ -225,7 +226,7 @@ def _tuner(spec: StudySpec, state: StudyState):
         search_alg = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=base.seed)
         num_samples = spec.trial_count
     return tune.Tuner(
-        _trainable(state),
+        _trainable(state, spec),
         param_space=param_space(spec, state.search),
         # A trial's process imports the platform (~5 s on 2 busy cores): without a scheduler the next trial
         # reuses it. A trial that a scheduler stops would keep training in a reused process until Tune gave

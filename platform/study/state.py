@@ -37,7 +37,6 @@ class StudyState(BaseModel):
     spec_path: str                       # the YAML file it was read from
     max_concurrent: int | None = None    # trials at once (--max-concurrent); None: as many as fit
     transfer_from: str | None = None     # the small study whose best values it took (--transfer-from)
-    scheduler: str | None = None         # its scheduler kind; None (older files): reports streamed, as then
 
 
 def study_dir(workdir: Path, name: str) -> Path:
