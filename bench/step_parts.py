@@ -17,12 +17,14 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from part_times import PartTimes
+from study_overhead import bare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -38,7 +40,7 @@ def child(cfg_path: str, data_dir: str, steps: int) -> None:
     from hiir.models import build
     from hiir.platform.config import load_config
     from hiir.platform.train.ema import EMA
-    from hiir.platform.train.engine import _param_groups, all_ranks_finite, make_engine
+    from hiir.platform.train.engine import all_ranks_finite, make_engine
     from hiir.platform.train.worker import _losses, _seed_step, _to_tensor
 
     deepspeed.init_distributed("gloo")
@@ -48,21 +50,12 @@ def child(cfg_path: str, data_dir: str, steps: int) -> None:
     torch.manual_seed(cfg.seed)
     engine = make_engine(cfg, build(cfg.resolved_model), cpu, 0)
     ema = EMA(engine.module, cfg.optim.ema_decay, keep=cfg.optim.ema_decay > 0)
-    torch.manual_seed(cfg.seed)
-    bare = build(cfg.resolved_model)
-    opt = torch.optim.AdamW(_param_groups(bare, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
-                            betas=cfg.optim.betas)
+    bare, opt = bare_model(cfg)
     reader = make_train_reader(data_dir, degrade=cfg.data.degrade, mixture=None, rank=0, world_size=1,
                                batch_size=cfg.data.batch_size, lq_patch=cfg.data.lq_patch, seed=cfg.seed,
                                augment=cfg.data.augment)
     loss_fn = _losses[cfg.optim.loss]
-    times: dict[str, list[float]] = {}
-
-    def timed(key, fn):
-        t = time.perf_counter()
-        out = fn()
-        times.setdefault(key, []).append(time.perf_counter() - t)
-        return out
+    timed = PartTimes()
 
     for step in range(steps):
         t0 = time.perf_counter()
@@ -75,15 +68,15 @@ def child(cfg_path: str, data_dir: str, steps: int) -> None:
         timed("worker: step (clip, optimizer, schedule)", lambda: engine.step())
         timed("worker: EMA", lambda: ema.update(engine.module))
         timed("worker: loss.item()", lambda: loss.item())
-        times.setdefault("worker: total", []).append(time.perf_counter() - t0)
+        timed.add("worker: total", time.perf_counter() - t0)
         t0 = time.perf_counter()
         out = timed("bare: forward", lambda: bare(lq))
         loss = timed("bare: loss", lambda: loss_fn(out, gt))
         timed("bare: backward", lambda: loss.backward())
         timed("bare: step (optimizer, zero_grad)", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
         timed("bare: loss.item()", lambda: loss.item())
-        times.setdefault("bare: total", []).append(time.perf_counter() - t0)
-    print("PARTS_JSON " + json.dumps({k: 1000 * statistics.median(v[WARMUP:]) for k, v in times.items()}), flush=True)
+        timed.add("bare: total", time.perf_counter() - t0)
+    print("PARTS_JSON " + json.dumps(timed.medians_ms(WARMUP)), flush=True)
 
 
 def run_child(cfg: dict, data_dir: Path, steps: int, scratch: Path) -> dict:

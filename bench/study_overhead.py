@@ -81,23 +81,33 @@ def machine() -> dict:
 # ---------------------------------------------------------------- bare loop (child process)
 
 
+def bare_model(cfg):
+    """A trial config's model, seeded as the trial seeds it, and AdamW on the engine's parameter groups with the
+    config's LR and betas: the bare loop's, and `step_parts.py`'s."""
+    import torch
+
+    from hiir.models import build
+    from hiir.platform.train.engine import _param_groups
+
+    torch.manual_seed(cfg.seed)
+    model = build(cfg.resolved_model)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
+                            betas=cfg.optim.betas)
+    return model, opt
+
+
 def bare_loop(cfg_dict: dict):
     """The bare loop of one trial config: its model, AdamW on the engine's groups, its loss, batch, LQ patch and
     torch threads, on 4 batches already in memory. Returns `steps(n, start)`, which runs n steps."""
     import torch
 
-    from hiir.models import build
     from hiir.platform.config import load_config
-    from hiir.platform.train.engine import _param_groups
     from hiir.platform.train.worker import _losses
 
     cfg = load_config(cfg_dict)
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    torch.manual_seed(cfg.seed)
+    model, opt = bare_model(cfg)
     mc = cfg.resolved_model
-    model = build(mc)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
-                            betas=cfg.optim.betas)
     loss_fn = _losses[cfg.optim.loss]
     b, p = cfg.data.batch_size, cfg.data.lq_patch
     batches = [(torch.rand(b, mc.in_channels, p, p), torch.rand(b, mc.in_channels, p * mc.scale, p * mc.scale))

@@ -42,6 +42,8 @@ import time
 import warnings
 from pathlib import Path
 
+from part_times import PartTimes
+
 from hiir.platform.config import ScalingConfig
 from hiir.platform.train.runtime import MALLOC_ENV
 
@@ -172,13 +174,7 @@ def profile_child(data_dir: Path, preset: str, batch: int, patch: int, threads: 
     bare = build(cfg.resolved_model)
     opt = torch.optim.AdamW(bare.parameters(), lr=LR, betas=BETAS)
     reader = TrainReader(data_dir, rank=0, world_size=1, batch_size=batch, lq_patch=patch, seed=0)
-    times: dict[str, list[float]] = {}
-
-    def timed(key, fn):
-        t = time.perf_counter()
-        out = fn()
-        times.setdefault(key, []).append(time.perf_counter() - t)
-        return out
+    timed = PartTimes()
 
     for step in range(steps):
         lq, gt = (_to_tensor(a, cpu) for a in timed("data", lambda: reader.get_batch(step)))
@@ -190,18 +186,18 @@ def profile_child(data_dir: Path, preset: str, batch: int, patch: int, threads: 
         timed("ds.engine_step", lambda: engine.step())
         timed("ds.ema", lambda: ema.update(engine.module))
         timed("ds.loss_item", lambda: loss.item())
-        times.setdefault("ds.total", []).append(time.perf_counter() - t0)
+        timed.add("ds.total", time.perf_counter() - t0)
         t0 = time.perf_counter()
         out = timed("bare.forward", lambda: bare(lq))
         loss = timed("bare.loss", lambda: F.l1_loss(out, gt))
         timed("bare.backward", lambda: loss.backward())
         timed("bare.optim_step", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
         timed("bare.loss_item", lambda: loss.item())
-        times.setdefault("bare.total", []).append(time.perf_counter() - t0)
+        timed.add("bare.total", time.perf_counter() - t0)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     warm = min(2, steps - 1)
-    return {"median_ms": {k: 1000 * statistics.median(v[warm:]) for k, v in times.items()},
+    return {"median_ms": timed.medians_ms(warm),
             "param_tensors": len(list(bare.parameters())), "params": sum(p.numel() for p in bare.parameters())}
 
 
