@@ -112,7 +112,7 @@ def main() -> None:
     cfg = models["hiir_b"].config
     n_swinir = models["swinir"].num_params()
     assert abs(n_swinir / SWINIR_PARAMS - 1) < 0.001, f"SwinIR has {n_swinir / 1e6:.3f}M params, not 11.75M"
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for k, m in models.items()}  # as trained
     x = torch.rand(args.batch, cfg.in_channels, args.lr_size, args.lr_size)
     y = torch.rand(args.batch, cfg.in_channels, args.lr_size * cfg.scale, args.lr_size * cfg.scale)
     print(f"{args.preset}: batch {args.batch} of {args.lr_size}^2 LR, x{cfg.scale}, AdamW, torch "

@@ -82,18 +82,16 @@ def machine() -> dict:
 
 
 def bare_model(cfg):
-    """A trial config's model, seeded as the trial seeds it, and AdamW on the engine's parameter groups with the
-    config's LR and betas: the bare loop's, and `step_parts.py`'s."""
+    """A trial config's model, seeded as the trial seeds it, and the engine's optimizer (`make_optimizer`): the
+    bare loop's, and `step_parts.py`'s."""
     import torch
 
     from hiir.models import build
-    from hiir.platform.train.engine import _param_groups
+    from hiir.platform.train.engine import make_optimizer
 
     torch.manual_seed(cfg.seed)
     model = build(cfg.resolved_model)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
-                            betas=cfg.optim.betas)
-    return model, opt
+    return model, make_optimizer(cfg, model)
 
 
 def bare_loop(cfg_dict: dict):

@@ -230,7 +230,7 @@ def test_standard_is_todays_model_and_optimizer():
     opt = torch.optim.AdamW([{"params": [p for n, p in plain.named_parameters() if p.ndim > 1 and n not in skip],
                               "weight_decay": WD},
                              {"params": [p for n, p in plain.named_parameters() if p.ndim <= 1 or n in skip],
-                              "weight_decay": 0.0}], lr=2e-3, betas=(0.9, 0.99))
+                              "weight_decay": 0.0}], lr=2e-3, betas=(0.9, 0.99), fused=True)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         x, y = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 32, 32, generator=g)

@@ -55,13 +55,20 @@ class Engine:
 
 
 def make_engine(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: int) -> Engine:
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
-                                  betas=cfg.optim.betas)
+    optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim))
     bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda"
                                               and torch.cuda.is_bf16_supported())  # pre-Ampere: fp32
     engines = {"deepspeed": DeepSpeedEngine, "ddp": DDPEngine}
     return engines[cfg.engine.kind](cfg, model, optimizer, scheduler, device, rank, bf16)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.AdamW:
+    """torch's AdamW on the model's parameter groups, fused: one kernel for every tensor. Unfused, AdamW on a
+    CPU loops over the tensors in Python (torch has no CPU foreach default): ~4.5 ms a step for the demo's
+    104 tensors, ~1 ms fused (bench/RESULTS.md, "fused AdamW"). The same update up to float rounding."""
+    return torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
+                             betas=cfg.optim.betas, fused=True)
 
 
 def _param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
