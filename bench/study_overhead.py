@@ -2,7 +2,7 @@
 
 One command, on a fresh workdir (a temp dir, removed unless --workdir):
   bare (before)  for each model size of the study, `--concurrency` processes at once (the trials a study
-                 runs at a time), each a bare torch loop: the trial's model, AdamW with the engine's groups,
+                 runs at a time), each a bare torch loop: the trial's model, the engine's fused AdamW and groups,
                  LR and betas, its batch and LQ patch, its torch threads, the workers' glibc settings
                  (`runtime.MALLOC_ENV`), on batches already in memory: forward, loss, backward, step,
                  zero_grad, loss.item(). No Ray, DeepSpeed, EMA, clipping, reader or logging.
