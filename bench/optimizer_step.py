@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from study_overhead import ROOT, study_sizes
 
 from hiir.models import build
 from hiir.platform.config import TrainConfig
 from hiir.platform.study.spec import load_spec
 from hiir.platform.train.engine import _param_groups, make_optimizer
 
-ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 10
 
 
@@ -62,10 +61,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     spec = load_spec(args.spec)
-    cases: dict[str, TrainConfig] = {}
-    for point in spec.finite_points():
-        cfg = spec.trial_config(point)
-        cases.setdefault(args.preset or str(cfg.model.get("params")), cfg)
+    cases = {args.preset: spec.base_trial} if args.preset else study_sizes(spec)
     steps = min(args.steps, 10) if args.preset else args.steps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); median of {steps} interleaved steps")
     print(f"{'model':>12} {'tensors':>8} {'fwd+bwd':>9} {'default':>9} {'fused':>9} {'saved':>8} {'of a step':>10}")

@@ -5,7 +5,7 @@ part of that ratio the stack takes before any of our step's work: for each size 
 Ray with the study's settings (`runtime.init_ray`, cores + 1 CPUs), a Tune run of `--concurrency` trials at
 once (the study's trial actor resources, reused actors), each trial fitting a Ray Train run of one worker with
 the study's worker shape and runtime env, and that worker running the bare loop of `study_overhead.bare_loop`
-(the trial's model, AdamW, batch, LQ patch and threads, batches in memory: no DeepSpeed, reader, EMA,
+(the trial's model, the engine's optimizer, batch, LQ patch and threads, batches in memory: no DeepSpeed, reader, EMA,
 clipping or MLflow). The trials' workers warm up, wait for each other, then time the same windows as the bare
 processes do. Bare passes (no Ray) run before and after, so load drift hits both.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import ray
 import study_overhead
 from ray import cloudpickle, tune
-from study_overhead import ROOT, bare_loop, bare_pass, machine, timed_windows
+from study_overhead import ROOT, bare_loop, bare_pass, machine, study_sizes, timed_windows, trials_at_once
 
 cloudpickle.register_pickle_by_value(study_overhead)  # the workers cannot import bench/ by name
 
@@ -95,11 +95,8 @@ def main() -> None:
     spec = load_spec(args.spec, overrides=tuple(args.sets))
     base = spec.base_trial
     every, cores = base.tracking.log_every, os.cpu_count() or 1
-    concurrency = args.concurrency or max(1, int(cores // (base.scaling.num_workers * base.scaling.cpus_per_worker)))
-    sizes: dict[str, dict] = {}
-    for point in spec.finite_points():
-        cfg = spec.trial_config(point)
-        sizes.setdefault(str(cfg.model.get("params") or cfg.model.get("preset")), cfg.to_dict())
+    concurrency = args.concurrency or trials_at_once(base, cores)
+    sizes = {key: cfg.to_dict() for key, cfg in study_sizes(spec).items()}
     mach = machine()
     print(f"{mach['cpu_model']}, {cores} cores, matmul fp32 1 thread {mach['matmul_gflops_1thread']:.1f} GFLOP/s, "
           f"load average {mach['load_avg'][0]:.1f}; {concurrency} loops at a time", flush=True)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from part_times import PartTimes
-from study_overhead import bare_model
+from study_overhead import bare_model, study_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -114,10 +114,7 @@ def main() -> None:
     from hiir.platform.study.spec import load_spec
 
     spec = load_spec(args.spec, overrides=tuple(args.sets))
-    sizes: dict[str, dict] = {}
-    for point in spec.finite_points():
-        cfg = spec.trial_config(point)
-        sizes.setdefault(str(cfg.model.get("params") or cfg.model.get("preset")), cfg.to_dict())
+    sizes = {key: cfg.to_dict() for key, cfg in study_sizes(spec).items()}
     results = {}
     with tempfile.TemporaryDirectory(prefix="hiir-step-parts-") as tmp:
         data_dir = build_demo(Path(tmp) / "data", progress=False)["sr_x2"]

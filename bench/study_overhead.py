@@ -54,6 +54,24 @@ def _med(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+# ---------------------------------------------------------------- the study's sizes
+
+
+def study_sizes(spec) -> dict:
+    """The first trial config of each model size (by `model.params`, else `model.preset`), in the study's order:
+    what this script, `step_floor.py`, `step_parts.py` and `optimizer_step.py` measure per size."""
+    sizes = {}
+    for point in spec.finite_points():
+        cfg = spec.trial_config(point)
+        sizes.setdefault(str(cfg.model.get("params") or cfg.model.get("preset")), cfg)
+    return sizes
+
+
+def trials_at_once(base, cores: int) -> int:
+    """How many trials of `base`'s worker shape a study runs at once on `cores` CPUs."""
+    return max(1, int(cores // (base.scaling.num_workers * base.scaling.cpus_per_worker)))
+
+
 # ---------------------------------------------------------------- machine
 
 
@@ -95,7 +113,7 @@ def bare_model(cfg):
 
 
 def bare_loop(cfg_dict: dict):
-    """The bare loop of one trial config: its model, AdamW on the engine's groups, its loss, batch, LQ patch and
+    """The bare loop of one trial config: its model, the engine's optimizer, its loss, batch, LQ patch and
     torch threads, on 4 batches already in memory. Returns `steps(n, start)`, which runs n steps."""
     import torch
 
@@ -243,12 +261,8 @@ def main() -> None:
     base = spec.base_trial
     every = base.tracking.log_every
     cores = os.cpu_count() or 1
-    concurrency = args.concurrency or max(1, int(cores // (base.scaling.num_workers * base.scaling.cpus_per_worker)))
-    sizes: dict[str, dict] = {}
-    for point in spec.finite_points():
-        cfg = spec.trial_config(point)
-        key = str(cfg.model.get("params") or cfg.model.get("preset"))
-        sizes.setdefault(key, cfg.to_dict())
+    concurrency = args.concurrency or trials_at_once(base, cores)
+    sizes = {key: cfg.to_dict() for key, cfg in study_sizes(spec).items()}
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="hiir-study-overhead-")
     workdir = Path(args.workdir or tmp.name).resolve()
