@@ -11,11 +11,10 @@ the bare loop's forward + backward, so the share of a step it is shows too.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from part_times import PartTimes
 from study_overhead import ROOT, study_sizes
 
 from hiir.models import build
@@ -27,28 +26,22 @@ WARMUP = 10
 
 
 def variants(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
-    groups = lambda: _param_groups(model, cfg.optim.weight_decay, cfg.optim.lr)  # noqa: E731
-    return {"default": torch.optim.AdamW(groups(), lr=cfg.optim.lr, betas=cfg.optim.betas),
-            "fused": make_optimizer(cfg, model)}
+    """torch's default AdamW (unfused) and the engine's, on the same parameter groups."""
+    default = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
+                                betas=cfg.optim.betas)
+    return {"default": default, "fused": make_optimizer(cfg, model)}
 
 
 def measure(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
     """Median ms of each optimizer's step and of one forward + backward, all interleaved."""
     opts = variants(cfg, model)
-    times: dict[str, list[float]] = {"forward + backward": [], **{k: [] for k in opts}}
-    for i in range(steps + WARMUP):
-        t = time.perf_counter()
-        F.l1_loss(model(x), y).backward()
-        spent = {"forward + backward": time.perf_counter() - t}
+    timed = PartTimes()
+    for _ in range(steps + WARMUP):
+        timed("forward + backward", lambda: F.l1_loss(model(x), y).backward())
         for name, opt in opts.items():  # the same gradients for each: weights drift, which no timing minds
-            t = time.perf_counter()
-            opt.step()
-            spent[name] = time.perf_counter() - t
+            timed(name, opt.step)
         model.zero_grad(set_to_none=True)
-        if i >= WARMUP:
-            for k, v in spent.items():
-                times[k].append(v)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return timed.medians_ms(WARMUP)
 
 
 def main() -> None:
