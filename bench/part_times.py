@@ -1,5 +1,5 @@
 """Wall time of each named part of a step, over many steps: the in-process profiles of the worker's step
-(`step_parts.py`, `train_overhead.py`) time their parts with it."""
+(`step_parts.py`, `train_overhead.py`, `optimizer_step.py`) time their parts with it."""
 from __future__ import annotations
 
 import statistics
