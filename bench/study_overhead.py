@@ -16,10 +16,12 @@ demo data and the report's mtime.
 Printed, and written with --json:
   - per size: bare ms/step at the concurrency, in-study ms/step (median of the logged windows that hold
     no validation; wall time between two loss logs / log_every, and the worker's self-timed step_time_s),
-    and their ratio (target <= 1.15);
+    and their ratio (target <= 1.15); beside it the ratio over the steady windows only, those that overlap
+    no other trial's start-up or wind-down (what the next trial's start costs the steps beside it);
   - per trial: non-step time (trial wall - time/steps_s; target <= 10 s) and its components;
   - efficiency over the trial phase = bare time of the study's steps / ((last trial end - first trial
-    start) x cores) (target >= 0.75), and the time outside the trials, from launch to the written report
+    start) x cores) (target >= 0.75), split into its three factors (the steps' speed, their share of the
+    trials' wall time, how full the cores were), and the time outside the trials, from launch to the written report
     (target <= 60 s), split into data build, Ray and study start, baseline, Tune start, report, exit;
   - the CPU model (lscpu), the fp32 matmul GFLOP/s of one thread and the load average.
 
@@ -215,8 +217,9 @@ def trial_records(uri: str, every_default: int) -> tuple[dict, list[dict]]:
         hist = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda x: x.step)
         hist = [h for h in hist if h.step % every == 0]  # the log points; eval reports share the key
         ts = {h.step: h.timestamp / 1000 for h in hist}
-        wall = [(ts[s] - ts[s - every]) / every for s in ts
-                if s - every in ts and (s - every) % eval_every != 0 and s - every > 0]
+        spans = [(ts[s - every], ts[s]) for s in ts
+                 if s - every in ts and (s - every) % eval_every != 0 and s - every > 0]
+        wall = [(b - a) / every for a, b in spans]
         self_t = [h.value for h in client.get_metric_history(run.info.run_id, "step_time_s") if h.step > every]
         phases = {k: m.get(f"time/{k}_s", float("nan")) for k in (*PHASES, "steps")}
         batch = [client.get_metric_history(run.info.run_id, "time/export_s")]
@@ -228,10 +231,29 @@ def trial_records(uri: str, every_default: int) -> tuple[dict, list[dict]]:
         trials.append({"run": run.info.run_name, "size": p.get("model.params") or p.get("model.preset", "?"),
                        "num_params": float(p.get("model.num_params", "nan")), "steps": int(m.get("step", 0)),
                        "status": run.info.status, "start": start, "end": end, "phases": phases,
-                       "wall_step_s": wall, "self_step_s": self_t})
+                       "wall_step_s": wall, "self_step_s": self_t, "windows": spans,
+                       "stepping": [min(ts.values()) - min(ts) * _med(wall), max(ts.values())] if ts else []})
     study_rec = {"start": study.info.start_time / 1000,
                  "baseline_logged": min((h.timestamp / 1000 for hs in baseline for h in hs), default=float("nan"))}
     return study_rec, sorted(trials, key=lambda t: t["start"])
+
+
+def steady_windows(trial: dict, trials: list[dict], every: int) -> list[float]:
+    """The trial's step windows (seconds a step) that overlap no other trial's start-up (its start to its
+    first step) or wind-down (its last step to its end): its steps beside other trials' steps only."""
+    busy = [span for t in trials if t is not trial and t["stepping"]
+            for span in ((t["start"], t["stepping"][0]), (t["stepping"][1], t["end"]))]
+    return [(b - a) / every for a, b in trial["windows"] if all(b <= lo or a >= hi for lo, hi in busy)]
+
+
+def efficiency_factors(trials: list[dict], bare_core_s: float, span: float, cores: int) -> dict[str, float]:
+    """Efficiency over the trial phase as the product of three factors: the steps' speed (bare time of the
+    steps / their time in the study), the steps' share of the trials' wall time (the rest is non-step time),
+    and how full the cores were (the trials' wall time / (trial phase x cores): a core with no trial is idle)."""
+    steps = sum(t["phases"]["steps"] for t in trials)
+    walls = sum(t["end"] - t["start"] for t in trials)
+    return {"steps' speed": bare_core_s / steps, "steps' share of trial wall": steps / walls,
+            "cores occupied": walls / (span * cores)}
 
 
 # ---------------------------------------------------------------- main
@@ -306,22 +328,27 @@ def main() -> None:
           f"{mach_after['matmul_gflops_1thread']:.1f} GFLOP/s (1 thread, before / after); load average "
           f"{mach['load_avg'][0]:.1f} / {load_study[0]:.1f} / {os.getloadavg()[0]:.1f} (start / study / end) ===")
     print(f"{'size':>7s} {'params':>8s} {'bare x' + str(concurrency):>9s} {'(before, after)':>16s} "
-          f"{'study wall':>10s} {'self':>7s} {'wall/bare':>9s} {'self/bare':>9s}")
+          f"{'study wall':>10s} {'self':>7s} {'wall/bare':>9s} {'self/bare':>9s} {'steady/bare':>11s} "
+          f"{'(windows)':>9s}")
     per_size, bare_core_s = {}, 0.0
     for key in sizes:
         mine = [t for t in trials if t["size"] == key]
         bare = _med(bare_before[key] + bare_after[key])
         wall = _med([w for t in mine for w in t["wall_step_s"]])
         self_t = _med([w for t in mine for w in t["self_step_s"]])
+        steady = [w for t in mine for w in steady_windows(t, trials, every)]
         bare_core_s += sum(t["steps"] for t in mine) * bare
         per_size[key] = {"bare_ms": 1000 * bare, "bare_before_ms": 1000 * _med(bare_before[key]),
                          "bare_after_ms": 1000 * _med(bare_after[key]), "study_wall_ms": 1000 * wall,
-                         "study_self_ms": 1000 * self_t, "ratio_wall": wall / bare, "ratio_self": self_t / bare}
+                         "study_self_ms": 1000 * self_t, "ratio_wall": wall / bare, "ratio_self": self_t / bare,
+                         "ratio_steady": _med(steady) / bare, "steady_windows": len(steady),
+                         "windows": sum(len(t["windows"]) for t in mine)}
         s = per_size[key]
         params = mine[0]["num_params"] if mine else float("nan")
         print(f"{key:>7s} {params / 1e6:7.3f}M {s['bare_ms']:8.1f}ms "
               f"{s['bare_before_ms']:7.1f},{s['bare_after_ms']:7.1f} "
-              f"{s['study_wall_ms']:8.1f}ms {s['study_self_ms']:6.1f} {s['ratio_wall']:9.3f} {s['ratio_self']:9.3f}")
+              f"{s['study_wall_ms']:8.1f}ms {s['study_self_ms']:6.1f} {s['ratio_wall']:9.3f} {s['ratio_self']:9.3f} "
+              f"{s['ratio_steady']:11.3f} {s['steady_windows']:4d}/{s['windows']:<4d}")
 
     # ------------------------------------------------------------ per trial
     print("\nper trial, seconds (non-step = trial wall - time/steps_s):")
@@ -347,7 +374,9 @@ def main() -> None:
     efficiency = bare_core_s / (span * cores)
     print(f"\nstudy: launch to exit {t1 - t0:.0f} s; trial phase {span:.0f} s (first trial start to last trial end); "
           f"bare time of its steps {bare_core_s:.0f} core-s at x{concurrency}")
-    print(f"efficiency over the trial phase: {efficiency:.3f} (target >= 0.75)")
+    factors = efficiency_factors(trials, bare_core_s, span, cores)
+    print(f"efficiency over the trial phase: {efficiency:.3f} (target >= 0.75) = "
+          + " x ".join(f"{v:.3f} ({k})" for k, v in factors.items()))
     print(f"time outside the trials: {total_outside:.0f} s (target <= 60 s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in outside.items()))
     worst = max((s["ratio_wall"] for s in per_size.values()), default=float("nan"))
@@ -361,6 +390,7 @@ def main() -> None:
             "machine": mach, "machine_after": mach_after, "load_study": load_study, "command": cmd,
             "sets": sets, "per_size": per_size, "trials": trials, "study": study, "outside": outside,
             "outside_s": total_outside, "span_s": span, "wall_s": t1 - t0, "efficiency": efficiency,
+            "efficiency_factors": factors,
             "bare": {"before": bare_before, "after": bare_after}}, indent=1))
     if tmp:
         tmp.cleanup()
