@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from part_times import PartTimes
+from part_times import PartTimes, one_rank_env
 from study_overhead import bare_model, study_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,17 +79,10 @@ def child(cfg_path: str, data_dir: str, steps: int) -> None:
 
 
 def run_child(cfg: dict, data_dir: Path, steps: int, scratch: Path) -> dict:
-    from hiir.platform.train.runtime import MALLOC_ENV
-
     path = scratch / "trial.json"
     path.write_text(json.dumps(cfg))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, **MALLOC_ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     proc = subprocess.run([sys.executable, __file__, "--_child", str(path), "--data", str(data_dir),
-                           "--steps", str(steps)], env=env, capture_output=True, text=True)
+                           "--steps", str(steps)], env=one_rank_env(), capture_output=True, text=True)
     found = [line for line in proc.stdout.splitlines() if line.startswith("PARTS_JSON ")]
     if proc.returncode or not found:
         raise RuntimeError(f"step-parts child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import time
 import warnings
 from pathlib import Path
 
-from part_times import PartTimes
+from part_times import PartTimes, one_rank_env
 
 from hiir.platform.config import ScalingConfig
 from hiir.platform.train.runtime import MALLOC_ENV
@@ -202,14 +201,9 @@ def profile_child(data_dir: Path, preset: str, batch: int, patch: int, threads: 
 
 
 def run_profile(data_dir: Path, spec: str, threads: int, steps: int) -> dict | None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     cmd = [sys.executable, __file__, "--_profile", spec, "--data", str(data_dir), "--threads", str(threads),
            "--profile-steps", str(steps)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=one_rank_env(), capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROFILE_JSON ")]
     if proc.returncode != 0 or not lines:
         print(f"  profile of {spec} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr)

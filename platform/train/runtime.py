@@ -38,16 +38,17 @@ def worker_env() -> dict[str, str]:
     value where it has one, else the default; and PATH with the interpreter's bin first."""
     defaults = {"TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "hiir" / "torch_extensions"), **MALLOC_ENV}
     passed = ("DS_ACCELERATOR", "HIIR_FAULT", "MLFLOW_TRACKING_URI", *defaults)
-    return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}, "PATH": _interpreter_first_path()}
+    return {**defaults, **{k: os.environ[k] for k in passed if k in os.environ}, "PATH": interpreter_first_path()}
 
 
-def _interpreter_first_path() -> str:
-    """The interpreter's own bin directory, then the worker's node's own PATH (Ray expands `${PATH}` where the
-    worker starts, so a cluster node keeps its tools): as an activated venv has it. DeepSpeed JIT-builds its
-    CPU all-reduce op with the first `ninja` on PATH, and two ninja versions hash a command line differently:
-    a worker that found the system's ninja where `make venv` used the venv's found the op "changed" and rebuilt
-    it (~35 s of both cores, in the first two trials of a study; bench/RESULTS.md)."""
-    return f"{Path(sys.executable).parent}{os.pathsep}${{PATH}}"
+def interpreter_first_path(rest: str = "${PATH}") -> str:
+    """The interpreter's own bin directory, then `rest`: by default the worker's node's own PATH (Ray expands
+    `${PATH}` where the worker starts, so a cluster node keeps its tools), as an activated venv has it; a local
+    child process passes its parent's PATH. DeepSpeed JIT-builds its CPU all-reduce op with the first `ninja`
+    on PATH, and two ninja versions hash a command line differently: a process that found the system's ninja
+    where `make venv` used the venv's found the op "changed" and rebuilt it (~35 s of both cores, in the first
+    two trials of a study; bench/RESULTS.md), and the next process with the venv's ninja rebuilt it again."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{rest}"
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
