@@ -20,16 +20,14 @@ from study_overhead import ROOT, study_sizes
 from hiir.models import build
 from hiir.platform.config import TrainConfig
 from hiir.platform.study.spec import load_spec
-from hiir.platform.train.engine import _param_groups, make_optimizer
+from hiir.platform.train.engine import make_optimizer
 
 WARMUP = 10
 
 
 def variants(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
     """torch's default AdamW (unfused) and the engine's, on the same parameter groups."""
-    default = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
-                                betas=cfg.optim.betas)
-    return {"default": default, "fused": make_optimizer(cfg, model)}
+    return {"default": make_optimizer(cfg, model, fused=False), "fused": make_optimizer(cfg, model)}
 
 
 def measure(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:

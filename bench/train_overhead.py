@@ -1,10 +1,11 @@
 """Training overhead: one Ray Train worker with DeepSpeed ZeRO-2 against a bare torch loop.
 
 For each size (preset, batch, LQ patch), in one run, on the demo sr_x2 data:
-  bare      a single-process torch loop in this process: no Ray, no DeepSpeed; plain AdamW, the
-            same model, batch, patch and batches (`TrainReader.get_batch(step)`, rank 0 of 1,
-            same seed), the same torch thread count. Timed in windows of `log_every` steps
-            (data + forward + L1 + backward + AdamW + zero_grad + loss.item()), after a warm-up.
+  bare      a single-process torch loop in this process: no Ray, no DeepSpeed; AdamW fused as the
+            engine's (`engine.make_optimizer`), the same model, batch, patch and batches
+            (`TrainReader.get_batch(step)`, rank 0 of 1, same seed), the same torch thread count. Timed in
+            windows of `log_every` steps (data + forward + L1 + backward + AdamW + zero_grad + loss.item()),
+            after a warm-up.
             Measured before the first Ray pass and after each one (--repeats), so load drift hits both.
   ray       `hiir.platform.train.fit.fit_run` (its embedded Ray, as `hiir train` starts it) with
             scaling.num_workers=1, cpus_per_worker = --threads, engine deepspeed ZeRO-2: the real
@@ -72,7 +73,7 @@ def bare_windows(data_dir: Path, preset: str, batch: int, patch: int, threads: i
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = build(preset)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, fused=True)  # as the engine's
     reader = TrainReader(data_dir, rank=0, world_size=1, batch_size=batch, lq_patch=patch, seed=seed)
 
     def to_tensor(a):  # the worker's `_to_tensor`
@@ -171,7 +172,7 @@ def profile_child(data_dir: Path, preset: str, batch: int, patch: int, threads: 
     ema = EMA(engine.module, cfg.optim.ema_decay, keep=True)
     torch.manual_seed(0)
     bare = build(cfg.resolved_model)
-    opt = torch.optim.AdamW(bare.parameters(), lr=LR, betas=BETAS)
+    opt = torch.optim.AdamW(bare.parameters(), lr=LR, betas=BETAS, fused=True)  # as the engine's
     reader = TrainReader(data_dir, rank=0, world_size=1, batch_size=batch, lq_patch=patch, seed=0)
     timed = PartTimes()
 

@@ -63,12 +63,13 @@ def make_engine(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: 
     return engines[cfg.engine.kind](cfg, model, optimizer, scheduler, device, rank, bf16)
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.AdamW:
+def make_optimizer(cfg: TrainConfig, model: nn.Module, *, fused: bool = True) -> torch.optim.AdamW:
     """torch's AdamW on the model's parameter groups, fused: one kernel for every tensor. Unfused, AdamW on a
     CPU loops over the tensors in Python (torch has no CPU foreach default): ~4.5 ms a step for the demo's
-    104 tensors, ~1 ms fused (bench/RESULTS.md, "fused AdamW"). The same update up to float rounding."""
+    104 tensors, ~1 ms fused (bench/RESULTS.md, "fused AdamW"). The same update up to float rounding.
+    (`fused=False` is torch's default, which `bench/optimizer_step.py` compares against.)"""
     return torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay, cfg.optim.lr), lr=cfg.optim.lr,
-                             betas=cfg.optim.betas, fused=True)
+                             betas=cfg.optim.betas, fused=fused)
 
 
 def _param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
